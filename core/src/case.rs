@@ -1,0 +1,180 @@
+//! What one measured case is.
+//!
+//! A case is one engine on one layer's attention: `batch` sequences, each with `query_len`
+//! new query tokens at positions `[context - query_len, context)` attending causally to
+//! `context` keys (DESIGN.md section 3). Prefill: a chunk of a prompt (`query_len = context`
+//! is a whole-prompt prefill); dense prefill uses MLA in MHA mode. Decode: usually one query
+//! token per sequence (two with MTP); dense decode uses MQA mode. DSA always uses the indexer,
+//! top-k and MQA-mode attention over the selected keys.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CoreError, ModelShape};
+
+/// Prefill or decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Prefill,
+    Decode,
+}
+
+impl Phase {
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "prefill" => Ok(Phase::Prefill),
+            "decode" => Ok(Phase::Decode),
+            _ => Err(CoreError::Unknown { kind: "phase", value: s.into(), choices: "prefill, decode".into() }),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prefill => "prefill",
+            Phase::Decode => "decode",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Numeric precision of inputs and caches. `fp8` means an FP8 indexer and the FP8 KV cache
+/// (656-byte latent + 132-byte indexer entry per token), compute in bf16/fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+    Fp8,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp8" | "e4m3" => Ok(Precision::Fp8),
+            _ => Err(CoreError::Unknown { kind: "precision", value: s.into(), choices: "f32, bf16, fp8".into() }),
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp8 => "fp8",
+        }
+    }
+    /// Bytes per element of the compute inputs (fp8 caches are counted by the analytic model).
+    pub fn element_bytes(self) -> usize {
+        match self {
+            Precision::F32 => 4,
+            Precision::Bf16 | Precision::Fp8 => 2,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One measured case. Serialised into every record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Case {
+    /// Engine id, e.g. `dense-cpu`, `dsa-cuda`.
+    pub engine: String,
+    pub shape: ModelShape,
+    pub phase: Phase,
+    /// Keys each query sequence attends to (the position L of DESIGN.md).
+    pub context: usize,
+    /// Independent sequences.
+    pub batch: usize,
+    /// New query tokens per sequence, at positions [context - query_len, context).
+    pub query_len: usize,
+    pub precision: Precision,
+    /// Seed of the generated inputs.
+    pub seed: u64,
+}
+
+impl Case {
+    /// DSA's k for this case: min(top_k, context).
+    pub fn effective_top_k(&self) -> usize {
+        self.shape.top_k.min(self.context)
+    }
+
+    /// Position of query `i` (0-based within the chunk).
+    pub fn query_position(&self, i: usize) -> usize {
+        self.context - self.query_len + i
+    }
+
+    /// Number of query tokens in the case (batch x query_len).
+    pub fn query_tokens(&self) -> usize {
+        self.batch * self.query_len
+    }
+
+    /// Whether this case is a DSA engine (by id convention `dsa-*`).
+    pub fn is_sparse(&self) -> bool {
+        self.engine.starts_with("dsa")
+    }
+
+    /// The key that identifies a case across runs (for `--resume` and comparisons):
+    /// everything but the seed.
+    pub fn key(&self) -> String {
+        format!(
+            "{}|{}|{}|L={}|B={}|q={}|{}|k={}",
+            self.engine,
+            self.shape.name,
+            self.phase,
+            self.context,
+            self.batch,
+            self.query_len,
+            self.precision,
+            self.shape.top_k
+        )
+    }
+
+    /// The key of the point this case belongs to (the case without its engine), used to pair
+    /// dense and sparse cases.
+    pub fn point_key(&self) -> String {
+        format!(
+            "{}|{}|L={}|B={}|q={}|{}",
+            self.shape.name, self.phase, self.context, self.batch, self.query_len, self.precision
+        )
+    }
+
+    /// Check the case is well-formed; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        self.shape.validate()?;
+        if self.context == 0 {
+            return Err(CoreError::Invalid {
+                field: "context",
+                value: "0".into(),
+                why: "a case needs at least one key; use e.g. `--contexts 1k..64k`".into(),
+            });
+        }
+        if self.batch == 0 {
+            return Err(CoreError::Invalid { field: "batch", value: "0".into(), why: "use `--batch 1` or more".into() });
+        }
+        if self.query_len == 0 {
+            return Err(CoreError::Invalid {
+                field: "query_len",
+                value: "0".into(),
+                why: "each sequence needs at least one query token".into(),
+            });
+        }
+        if self.query_len > self.context {
+            return Err(CoreError::Invalid {
+                field: "query_len",
+                value: self.query_len.to_string(),
+                why: format!("query tokens cannot exceed the context ({})", self.context),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! ctxcost-core: the shared vocabulary of ctxcost.
+//!
+//! Everything the other crates agree on lives here and nowhere else: model shapes
+//! ([`shape`]), what one measured case is ([`case`]), the analytic FLOP/byte/KV model of
+//! DSA.md section 3 ([`analytic`]), the seeded input generator that CPU and GPU engines
+//! reproduce bit for bit ([`inputs`]), the versioned record schema ([`record`]), the
+//! statistics used by the runner and the reports ([`stats`]) and output verification
+//! helpers ([`verify`]). This crate knows no engine.
+
+pub mod analytic;
+pub mod case;
+pub mod error;
+pub mod inputs;
+pub mod numeric;
+pub mod record;
+pub mod shape;
+pub mod stats;
+pub mod units;
+pub mod verify;
+
+pub use case::{Case, Phase, Precision};
+pub use error::CoreError;
+pub use inputs::{InputTensor, Inputs};
+pub use shape::ModelShape;
