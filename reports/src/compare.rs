@@ -1,0 +1,1 @@
+//! Regression comparison of two record sets (placeholder).
