@@ -1,1 +1,48 @@
-fn main() {}
+//! ctxcost: measure what long context really costs.
+//!
+//! The binary owns the command line, the runner (child process per point, interleaved
+//! sampling, crash-safe JSONL records, `--resume`), environment capture, memory probes and
+//! progress display. Verbs: `run`, `engines`, `report`, `compare`, `ceilings`.
+
+mod cli;
+#[cfg(feature = "report")]
+mod cmd_compare;
+#[cfg(feature = "report")]
+mod cmd_report;
+mod envinfo;
+mod memory;
+mod point;
+mod recordio;
+mod runner;
+mod summary;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
+    match cli.command.unwrap_or(cli::Command::Run(Box::default())) {
+        cli::Command::Run(args) => runner::run(*args),
+        cli::Command::Engines => {
+            cli::print_engines();
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "report")]
+        cli::Command::Report(args) => cmd_report::run(args),
+        #[cfg(feature = "report")]
+        cli::Command::Compare(args) => cmd_compare::run(args),
+        cli::Command::Ceilings => cli::ceilings(),
+        cli::Command::Point => point::child_main(),
+    }
+}

@@ -1,0 +1,294 @@
+//! The command line: clap definitions, and the one place where flags, a TOML sweep file and
+//! preset defaults are merged (flags over file over preset) and validated, before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use ctxcost_core::units::{parse_contexts, parse_size};
+use ctxcost_core::{Phase, Precision};
+use ctxcost_engines::registry::{available_engines, cuda_available, ENGINE_IDS};
+use ctxcost_workloads::{Sweep, PRESETS};
+
+/// ctxcost measures what long context really costs: dense vs DeepSeek sparse attention
+/// (DSA) over sweeps of context length, with verified engines, raw samples, confidence
+/// intervals and crash-safe JSONL records.
+#[derive(Debug, Parser)]
+#[command(name = "ctxcost", version, about, long_about = None, after_help = "With no verb, `ctxcost` runs the default sweep (`run`).\nExamples:\n  ctxcost run                                  # cpu-quick here, h200 on a GPU machine\n  ctxcost run --preset cpu-quick --out r.jsonl\n  ctxcost run --engines dense-cpu,dsa-cpu --contexts 1k..16k --phase decode --batch 8\n  ctxcost engines\n  ctxcost report r.jsonl --out report/\n  ctxcost compare base.jsonl new.jsonl")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a sweep: verify each engine against the f64 reference, then time it; append one
+    /// JSONL record per case.
+    Run(Box<RunArgs>),
+    /// List the engines of this build and whether each can run on this machine.
+    Engines,
+    /// Write the cost report (HTML, Markdown, CSV, Parquet) from record files.
+    #[cfg(feature = "report")]
+    Report(crate::cmd_report::ReportArgs),
+    /// Compare two record sets: a noise-aware regression gate (exit 1 on regression).
+    #[cfg(feature = "report")]
+    Compare(crate::cmd_compare::CompareArgs),
+    /// Measure this GPU's ceilings (device copy bandwidth, cuBLAS bf16 GEMM rate).
+    Ceilings,
+    /// Internal: measure one point in a child process (reads a job on stdin).
+    #[command(name = "__point", hide = true)]
+    Point,
+}
+
+/// Arguments of `ctxcost run`. Flags override the sweep file, which overrides the preset.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// Preset sweep: cpu-quick, cpu-full or h200 [default: h200 where a GPU is usable, else cpu-quick].
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// TOML sweep file (same fields as a preset; `base = "<preset>"` names the defaults).
+    #[arg(long, value_name = "FILE")]
+    pub sweep: Option<PathBuf>,
+    /// Engines, comma-separated (see `ctxcost engines`).
+    #[arg(long, value_name = "LIST")]
+    pub engines: Option<String>,
+    /// Model shape: deepseek-v3.2-exp, deepseek-v3.1-terminus, tiny, small.
+    #[arg(long)]
+    pub shape: Option<String>,
+    /// Context lengths: `1k,2k,4k` or `1k..64k` (powers of two between).
+    #[arg(long, value_name = "LIST")]
+    pub contexts: Option<String>,
+    /// Phase: prefill, decode or both.
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// Sequences per case (both phases), comma-separated.
+    #[arg(long, value_name = "LIST")]
+    pub batch: Option<String>,
+    /// Prefill chunk: query tokens per prefill case (capped at the context).
+    #[arg(long, value_name = "TOKENS")]
+    pub chunk: Option<String>,
+    /// Precisions, comma-separated: f32, bf16, fp8.
+    #[arg(long, value_name = "LIST")]
+    pub precision: Option<String>,
+    /// DSA top-k (keys kept per query).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Output JSONL file [default: runs/<sweep>-<UTC time>.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Continue an existing output file: cases already recorded are skipped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Overwrite an existing output file.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Seed of the generated inputs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Inputs from a safetensors file of captured activations instead of seeded ones.
+    #[arg(long, value_name = "FILE")]
+    pub tensors: Option<PathBuf>,
+    /// Stop sampling when the median's 95% CI half-width is under this fraction [default 0.02].
+    #[arg(long, value_name = "FRACTION")]
+    pub target_ci: Option<f64>,
+    /// Most samples per case.
+    #[arg(long)]
+    pub max_samples: Option<usize>,
+    /// Most seconds of sampling per point.
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// Untimed warm-up runs per case.
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Skip verification against the reference (not recommended: results are unchecked).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Do not write the report at the end.
+    #[arg(long)]
+    pub no_report: bool,
+    /// Report folder [default: the output file's name without .jsonl, plus `-report`].
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+}
+
+/// A validated run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub sweep: Sweep,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub force: bool,
+    pub tensors: Option<PathBuf>,
+    pub verify: bool,
+    pub report_dir: Option<PathBuf>,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+}
+
+/// Merge flags, file and preset into a validated plan; every error names the flag and the fix.
+pub fn resolve(a: RunArgs) -> Result<Plan> {
+    let mut sweep = match (&a.sweep, &a.preset) {
+        (Some(_), Some(_)) => bail!("--sweep and --preset both given: use one (a sweep file names its preset with `base = \"...\"`)"),
+        (Some(path), None) => Sweep::from_toml_file(&path.to_string_lossy())?,
+        (None, Some(p)) => Sweep::preset(p).map_err(|_| anyhow::anyhow!("--preset: unknown preset `{p}` (choose one of: {})", PRESETS.join(", ")))?,
+        (None, None) => Sweep::preset(if cuda_available().is_ok() { "h200" } else { "cpu-quick" })?,
+    };
+    if let Some(e) = &a.engines {
+        let list = split_list(e);
+        for id in &list {
+            if !ENGINE_IDS.contains(&id.as_str()) {
+                bail!("--engines: unknown engine `{id}` (choose from: {}; `ctxcost engines` lists them)", ENGINE_IDS.join(", "));
+            }
+        }
+        sweep.engines = list;
+    }
+    for id in &sweep.engines {
+        if !ENGINE_IDS.contains(&id.as_str()) {
+            bail!("sweep engine `{id}` is unknown (choose from: {})", ENGINE_IDS.join(", "));
+        }
+    }
+    if let Some(s) = &a.shape {
+        let k = sweep.shape.top_k;
+        sweep.shape = ctxcost_core::ModelShape::by_name(s).context("--shape")?;
+        if sweep.shape.has_indexer() && a.top_k.is_none() && k > 0 {
+            // keep the shape's own k
+        }
+    }
+    if let Some(k) = a.top_k {
+        if k == 0 {
+            bail!("--top-k 0: DSA keeps the top-k keys per query; use a positive k such as 2048");
+        }
+        sweep.shape.top_k = k;
+    }
+    if let Some(c) = &a.contexts {
+        sweep.contexts = parse_contexts(c).context("--contexts")?;
+    }
+    if let Some(p) = &a.phase {
+        sweep.phases = match p.trim().to_ascii_lowercase().as_str() {
+            "both" | "all" => vec![Phase::Prefill, Phase::Decode],
+            other => vec![Phase::parse(other).map_err(|_| anyhow::anyhow!("--phase: unknown phase `{p}` (choose prefill, decode or both)"))?],
+        };
+    }
+    if let Some(b) = &a.batch {
+        let list: Vec<usize> = split_list(b)
+            .iter()
+            .map(|x| x.parse::<usize>().map_err(|_| anyhow::anyhow!("--batch: `{x}` is not a whole number (e.g. `--batch 1,8,64`)")))
+            .collect::<Result<_>>()?;
+        if list.contains(&0) {
+            bail!("--batch 0: a case needs at least one sequence (e.g. `--batch 1`)");
+        }
+        sweep.prefill_batch = list.clone();
+        sweep.decode_batch = list;
+    }
+    if let Some(c) = &a.chunk {
+        sweep.prefill_chunk = parse_size(c).context("--chunk")?;
+    }
+    if let Some(p) = &a.precision {
+        sweep.precisions = split_list(p).iter().map(|x| Precision::parse(x)).collect::<Result<_, _>>().context("--precision")?;
+    }
+    if let Some(s) = a.seed {
+        sweep.seed = s;
+    }
+    if let Some(t) = a.target_ci {
+        sweep.sampling.target_rel_ci = t;
+    }
+    if let Some(n) = a.max_samples {
+        sweep.sampling.max_samples = n;
+        sweep.sampling.min_samples = sweep.sampling.min_samples.min(n);
+    }
+    if let Some(s) = a.max_seconds {
+        sweep.sampling.max_seconds = s;
+    }
+    if let Some(w) = a.warmup {
+        sweep.sampling.warmup = w;
+    }
+    sweep.validate()?;
+    if let Some(t) = &a.tensors {
+        // Parse now so a bad file fails before any work; the child re-reads it.
+        ctxcost_workloads::tensors::load(&t.to_string_lossy())?;
+    }
+    check_memory(&sweep)?;
+    let out = a.out.clone().unwrap_or_else(|| default_out(&sweep.name));
+    Ok(Plan { sweep, out, resume: a.resume, force: a.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir: if a.no_report { None } else { Some(a.report_dir.clone().unwrap_or_else(|| default_report_dir(&a.out.clone().unwrap_or_else(|| default_out("run"))))) } })
+}
+
+fn default_out(name: &str) -> PathBuf {
+    PathBuf::from("runs").join(format!("{}-{}.jsonl", name, crate::envinfo::utc_compact()))
+}
+
+/// `runs/x.jsonl` -> `runs/x-report`.
+pub fn default_report_dir(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "ctxcost".into());
+    out.with_file_name(format!("{stem}-report"))
+}
+
+/// Host bytes a CPU case needs (inputs as f32, the score matrix, outputs), estimated from
+/// the shapes before anything is allocated.
+pub fn cpu_case_host_bytes(case: &ctxcost_core::Case) -> f64 {
+    use ctxcost_core::InputTensor as T;
+    let s = &case.shape;
+    let tensors: &[T] = if case.is_sparse() {
+        &[T::MqaQ, T::Latent, T::IndexQ, T::IndexK, T::IndexW]
+    } else if case.phase == Phase::Prefill {
+        &[T::MhaQ, T::MhaK, T::MhaV]
+    } else {
+        &[T::MqaQ, T::Latent]
+    };
+    let inputs: usize = tensors.iter().map(|t| t.len(case)).sum();
+    let heads = if case.is_sparse() { s.index_heads.max(s.heads) } else { s.heads };
+    // Scores of one sequence at a time, kept twice (scores and probabilities).
+    let scores = 2 * heads * case.query_len * case.context;
+    let outs = case.query_tokens() * s.heads * s.mqa_v_dim().max(s.mha_v_dim());
+    // Inputs are held rounded (f32) by the engine and once more by the verifier's cache.
+    4.0 * (2 * inputs + scores + outs) as f64
+}
+
+fn check_memory(sweep: &Sweep) -> Result<()> {
+    let avail = crate::memory::mem_available_bytes().unwrap_or(u64::MAX) as f64;
+    for p in sweep.points() {
+        for c in p.cases.iter().filter(|c| c.engine.ends_with("-cpu")) {
+            let need = cpu_case_host_bytes(c);
+            if need > 0.8 * avail {
+                bail!(
+                    "case {} needs about {:.1} GiB of host memory, more than this machine has available ({:.1} GiB): lower --contexts, --batch or --chunk, or use a smaller --shape",
+                    c.key(),
+                    need / (1u64 << 30) as f64,
+                    avail / (1u64 << 30) as f64
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ctxcost engines`.
+pub fn print_engines() {
+    println!("{:<12} {:<11} description", "engine", "status");
+    for e in available_engines() {
+        let status = if e.available.is_ok() { "available" } else { "unavailable" };
+        println!("{:<12} {:<11} {}", e.id, status, e.description);
+        if let Err(why) = &e.available {
+            println!("{:<12} {:<11} reason: {}", "", "", why);
+        }
+    }
+}
+
+/// `ctxcost ceilings`.
+pub fn ceilings() -> Result<ExitCode> {
+    if let Err(why) = cuda_available() {
+        bail!("ceilings need a usable NVIDIA GPU: {why}");
+    }
+    #[cfg(feature = "cuda")]
+    {
+        crate::runner::print_ceilings()?;
+        Ok(ExitCode::SUCCESS)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        bail!("this build has no CUDA support")
+    }
+}

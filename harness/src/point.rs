@@ -1,0 +1,272 @@
+//! Measuring one point in a child process (`ctxcost __point`, fed a [`Job`] on stdin).
+//!
+//! A point is the cases of all engines at one shape/phase/context/batch/precision. For each
+//! case: support check (a `No` is a `skipped` record), untimed prepare (device OOM is a
+//! `skipped: out of memory` record), verification against the f64 reference (a mismatch is
+//! a `failed` record and no timing), warm-up. Then the surviving cases are sampled in
+//! lockstep, A B A B, until every median's 95% CI half-width is under the target (after the
+//! minimum sample count) or a cap is hit, so paired ratios survive machine drift.
+//! Peak host memory is isolated per case by resetting the RSS high-water mark.
+//! Records go to stdout, one JSON line each; the parent writes them to the record file.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use ctxcost_core::analytic::{case_kv_bytes, case_work};
+use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
+use ctxcost_core::stats::summarize;
+use ctxcost_core::{Case, Inputs};
+use ctxcost_engines::{check, make_engine, Engine, EngineError, Support};
+use ctxcost_workloads::Sampling;
+
+use crate::{envinfo, memory};
+
+/// What the parent sends a child.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    pub cases: Vec<Case>,
+    pub sampling: Sampling,
+    pub verify: bool,
+    pub tensors: Option<String>,
+    pub tool: Tool,
+    pub env: Environment,
+}
+
+/// Slowdowns planted for tests: `CTXCOST_TEST_SLOWDOWN=engine=factor[,engine=factor]`.
+fn planted_slowdowns() -> BTreeMap<String, f64> {
+    std::env::var("CTXCOST_TEST_SLOWDOWN")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| v.trim().parse::<f64>().ok().filter(|f| *f >= 1.0).map(|f| (k.trim().to_string(), f)))
+        .collect()
+}
+
+fn base_record(case: &Case, job: &Job, engine_id: &str, timer: &str) -> Record {
+    let work = case_work(case);
+    Record {
+        schema_version: SCHEMA_VERSION,
+        tool: job.tool.clone(),
+        env: job.env.clone(),
+        key: case.key(),
+        case: case.clone(),
+        engine: engine_id.to_string(),
+        status: Status::Ok,
+        reason: None,
+        samples_ms: vec![],
+        components_ms: BTreeMap::new(),
+        timer: timer.to_string(),
+        warmup_runs: 0,
+        stats: None,
+        stop_rule: None,
+        work,
+        rates: Rates::default(),
+        memory: Memory { kv_bytes_model: case_kv_bytes(case), ..Default::default() },
+        verification: None,
+        started_at: envinfo::utc_now(),
+        finished_at: String::new(),
+    }
+}
+
+fn emit(mut r: Record) -> Result<()> {
+    r.finished_at = envinfo::utc_now();
+    let mut line = serde_json::to_string(&r)?;
+    line.push('\n');
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn finish_with(mut r: Record, status: Status, reason: String) -> Result<()> {
+    r.status = status;
+    r.reason = Some(reason);
+    emit(r)
+}
+
+struct Active {
+    engine: Box<dyn Engine>,
+    record: Record,
+    slowdown: f64,
+}
+
+/// Entry point of `ctxcost __point`.
+pub fn child_main() -> Result<ExitCode> {
+    // Die with the parent: a killed run must not leave measuring children behind.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a signal to deliver to this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("reading the job")?;
+    let job: Job = serde_json::from_str(&text).context("parsing the job")?;
+    let loaded = match &job.tensors {
+        Some(p) => Some(Arc::new(ctxcost_workloads::tensors::load(p)?)),
+        None => None,
+    };
+    let slow = planted_slowdowns();
+    let mut active: Vec<Active> = Vec::new();
+    for case in &job.cases {
+        let inputs = Inputs { seed: case.seed, loaded: loaded.clone() };
+        let mut engine = match make_engine(&case.engine) {
+            Ok(e) => e,
+            Err(e) => {
+                finish_with(base_record(case, &job, &case.engine, "none"), Status::Failed, e)?;
+                continue;
+            }
+        };
+        let mut rec = base_record(case, &job, engine.id(), engine.timer());
+        if let Support::No(why) = engine.supports(case) {
+            finish_with(rec, Status::Skipped, why)?;
+            continue;
+        }
+        if let Err(e) = case.validate() {
+            finish_with(rec, Status::Skipped, e.to_string())?;
+            continue;
+        }
+        memory::reset_peak();
+        let rss0 = memory::rss_bytes().unwrap_or(0);
+        match engine.prepare(case, &inputs) {
+            Ok(()) => {}
+            Err(EngineError::Unsupported(why)) => {
+                finish_with(rec, Status::Skipped, why)?;
+                continue;
+            }
+            Err(EngineError::OutOfMemory(why)) => {
+                engine.release();
+                finish_with(rec, Status::Skipped, format!("out of memory: {why}"))?;
+                continue;
+            }
+            Err(e) => {
+                engine.release();
+                finish_with(rec, Status::Failed, format!("prepare: {e}"))?;
+                continue;
+            }
+        }
+        if job.verify {
+            let verdict = engine.output().map(|out| check::verify(case, &inputs, &out, &engine.verify_rows(case)));
+            match verdict {
+                Ok(v) => {
+                    let passed = v.passed;
+                    let detail = format!(
+                        "verification failed ({}): norm-relative error {:.3e}, max abs error {:.3e}, {} elements over tolerance{}",
+                        v.method,
+                        v.output.norm_rel_err,
+                        v.output.max_abs_err,
+                        v.output.mismatches,
+                        v.selection.as_ref().map(|s| format!(", {} top-k rows differ ({} unexplained entries)", s.rows_differing, s.unexplained)).unwrap_or_default()
+                    );
+                    rec.verification = Some(v);
+                    if !passed {
+                        engine.release();
+                        finish_with(rec, Status::Failed, detail)?;
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    engine.release();
+                    finish_with(rec, Status::Failed, format!("output for verification: {e}"))?;
+                    continue;
+                }
+            }
+        }
+        let mut warm_err = None;
+        for _ in 0..job.sampling.warmup {
+            if let Err(e) = engine.run() {
+                warm_err = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = warm_err {
+            engine.release();
+            let status = if matches!(e, EngineError::OutOfMemory(_)) { Status::Skipped } else { Status::Failed };
+            finish_with(rec, status, format!("warm-up: {e}"))?;
+            continue;
+        }
+        rec.warmup_runs = job.sampling.warmup;
+        let peak = memory::peak_rss_bytes().unwrap_or(0);
+        rec.memory.peak_host_bytes = Some(peak.saturating_sub(rss0));
+        if let Some(d) = engine.device_memory() {
+            rec.memory.peak_device_bytes = Some(d.peak_allocated);
+            rec.memory.device_free_before = d.free_before;
+            rec.memory.device_free_after = d.free_after;
+        }
+        let slowdown = slow.get(engine.id()).copied().unwrap_or(1.0);
+        active.push(Active { engine, record: rec, slowdown });
+    }
+    sample(&mut active, &job.sampling)?;
+    for mut a in active {
+        a.engine.release();
+        emit(a.record)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Lockstep sampling of the active cases until the stopping rule is met.
+fn sample(active: &mut Vec<Active>, rule: &Sampling) -> Result<()> {
+    if active.is_empty() {
+        return Ok(());
+    }
+    let start = Instant::now();
+    let mut n = 0usize;
+    let mut next_check = rule.min_samples;
+    let stop = loop {
+        let mut i = 0;
+        while i < active.len() {
+            let a = &mut active[i];
+            match a.engine.run() {
+                Ok(t) => {
+                    let mut total = t.total_ms;
+                    if a.slowdown > 1.0 {
+                        let extra = total * (a.slowdown - 1.0);
+                        std::thread::sleep(Duration::from_secs_f64(extra / 1e3));
+                        total += extra;
+                    }
+                    a.record.samples_ms.push(total);
+                    for (name, ms) in t.components {
+                        a.record.components_ms.entry(name.to_string()).or_default().push(ms);
+                    }
+                    i += 1;
+                }
+                Err(e) => {
+                    let mut gone = active.remove(i);
+                    gone.engine.release();
+                    let status = if matches!(e, EngineError::OutOfMemory(_)) { Status::Skipped } else { Status::Failed };
+                    let n = gone.record.samples_ms.len();
+                    finish_with(gone.record, status, format!("run failed after {n} samples: {e}"))?;
+                }
+            }
+        }
+        if active.is_empty() {
+            return Ok(());
+        }
+        n += 1;
+        if n >= rule.max_samples {
+            break "max-samples";
+        }
+        if start.elapsed().as_secs_f64() >= rule.max_seconds && n >= 3.min(rule.min_samples) {
+            break "max-time";
+        }
+        if n >= next_check {
+            // The bootstrap costs O(n log n) per resample: check at growing intervals.
+            next_check = n + (n / 8).max(1);
+            if active.iter().all(|a| summarize(&a.record.samples_ms).rel_half_width <= rule.target_rel_ci) {
+                break "ci-target";
+            }
+        }
+    };
+    for a in active.iter_mut() {
+        let s = summarize(&a.record.samples_ms);
+        let secs = s.median / 1e3;
+        a.record.rates = Rates { tflops: a.record.work.flops / secs / 1e12, tbps: a.record.work.bytes / secs / 1e12 };
+        a.record.stats = Some(s);
+        a.record.stop_rule = Some(stop.to_string());
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! `ctxcost run`: expands the sweep, runs each point in a child process (so peak memory is
+//! the point's own and a crash or OOM kill of one point does not end the sweep), appends
+//! each record to the JSONL file the moment it arrives, shows progress, and ends with the
+//! summary table and the report.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use ctxcost_core::record::{Record, Status};
+use ctxcost_core::units::format_tokens;
+
+use crate::cli::{resolve, RunArgs};
+use crate::point::Job;
+use crate::{envinfo, recordio, summary};
+
+/// Run a sweep.
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let plan = resolve(args)?;
+    let (mut writer, done) = recordio::open_output(&plan.out, plan.resume, plan.force)?;
+    let points = plan.sweep.points();
+    let total: usize = points.iter().map(|p| p.cases.len()).sum();
+    let pending: Vec<_> = points
+        .into_iter()
+        .map(|p| p.cases.into_iter().filter(|c| !done.contains(&c.key())).collect::<Vec<_>>())
+        .filter(|cs| !cs.is_empty())
+        .collect();
+    let already = total - pending.iter().map(Vec::len).sum::<usize>();
+    eprintln!(
+        "ctxcost {}: sweep `{}` ({} shape), {} cases in {} points{} -> {}",
+        env!("CARGO_PKG_VERSION"),
+        plan.sweep.name,
+        plan.sweep.shape.name,
+        total,
+        pending.len(),
+        if already > 0 { format!(", {already} already recorded") } else { String::new() },
+        plan.out.display()
+    );
+    let env = envinfo::capture();
+    let tool = envinfo::tool();
+    let exe = std::env::current_exe().context("locating the ctxcost binary")?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} cases  {elapsed_precise} elapsed, ETA {eta}  {msg}").expect("valid template"));
+    bar.set_position(already as u64);
+    let started = Instant::now();
+    let mut this_run: HashSet<String> = HashSet::new();
+    let mut failed = 0usize;
+    let n_points = pending.len();
+    for (pi, cases) in pending.into_iter().enumerate() {
+        let c0 = &cases[0];
+        let label = format!("{} {} L={} B={} {}", c0.shape.name, c0.phase, format_tokens(c0.context), c0.batch, c0.precision);
+        bar.set_message(label.clone());
+        let job = Job { cases: cases.clone(), sampling: plan.sweep.sampling.clone(), verify: plan.verify, tensors: plan.tensors.as_ref().map(|p| p.to_string_lossy().to_string()), tool: tool.clone(), env: env.clone() };
+        let mut child = Command::new(&exe)
+            .arg("__point")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting a measuring process")?;
+        {
+            let mut stdin = child.stdin.take().expect("piped");
+            stdin.write_all(serde_json::to_string(&job)?.as_bytes())?;
+        }
+        let mut err_pipe = child.stderr.take().expect("piped");
+        let err_thread = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err_pipe.read_to_string(&mut s);
+            s
+        });
+        let mut got: HashSet<String> = HashSet::new();
+        for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+            let line = line?;
+            match Record::from_line(&line) {
+                Ok(r) => {
+                    if r.status == Status::Failed {
+                        failed += 1;
+                    }
+                    if r.status != Status::Ok || !tty {
+                        let what = match r.status {
+                            Status::Ok => format!("{:.4} ms median", r.median_ms().unwrap_or(f64::NAN)),
+                            _ => format!("{:?}: {}", r.status, r.reason.as_deref().unwrap_or("")).to_lowercase(),
+                        };
+                        bar.suspend(|| eprintln!("[{}/{}] {} {} {}", pi + 1, n_points, r.engine, label, what));
+                    }
+                    writer.append(&r)?;
+                    got.insert(r.key.clone());
+                    this_run.insert(r.key);
+                    bar.inc(1);
+                }
+                Err(e) => bar.suspend(|| eprintln!("warning: measuring process wrote a line that is not a record ({e}): {line}")),
+            }
+        }
+        let status = child.wait()?;
+        let stderr_text = err_thread.join().unwrap_or_default();
+        let missing: Vec<_> = cases.iter().filter(|c| !got.contains(&c.key())).collect();
+        if !missing.is_empty() {
+            let why = match (status.code(), status.signal()) {
+                (_, Some(9)) => "measuring process was killed (signal 9; out of host memory?)".to_string(),
+                (_, Some(sig)) => format!("measuring process died on signal {sig}"),
+                (Some(code), _) => format!("measuring process exited with code {code}"),
+                _ => "measuring process ended abnormally".to_string(),
+            };
+            let last = stderr_text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+            for c in missing {
+                let mut r = failed_record(c, &job, format!("{why}{}", if last.is_empty() { String::new() } else { format!(": {last}") }));
+                r.finished_at = envinfo::utc_now();
+                writer.append(&r)?;
+                this_run.insert(r.key);
+                failed += 1;
+                bar.inc(1);
+            }
+        } else if !stderr_text.trim().is_empty() {
+            bar.suspend(|| eprint!("{stderr_text}"));
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!("finished in {:.1} s; records in {}", started.elapsed().as_secs_f64(), plan.out.display());
+    let records = recordio::read_records(&plan.out)?;
+    println!("{}", summary::render(&records));
+    if let Some(dir) = &plan.report_dir {
+        write_report(&plan.out, dir);
+    }
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn failed_record(c: &ctxcost_core::Case, job: &Job, reason: String) -> Record {
+    let mut r = Record {
+        schema_version: ctxcost_core::record::SCHEMA_VERSION,
+        tool: job.tool.clone(),
+        env: job.env.clone(),
+        key: c.key(),
+        case: c.clone(),
+        engine: c.engine.clone(),
+        status: Status::Failed,
+        reason: Some(reason),
+        samples_ms: vec![],
+        components_ms: Default::default(),
+        timer: "none".into(),
+        warmup_runs: 0,
+        stats: None,
+        stop_rule: None,
+        work: ctxcost_core::analytic::case_work(c),
+        rates: Default::default(),
+        memory: Default::default(),
+        verification: None,
+        started_at: envinfo::utc_now(),
+        finished_at: String::new(),
+    };
+    r.memory.kv_bytes_model = ctxcost_core::analytic::case_kv_bytes(c);
+    r
+}
+
+#[cfg(feature = "report")]
+fn write_report(records: &std::path::Path, dir: &std::path::Path) {
+    match crate::cmd_report::write_default_report(&[records.to_path_buf()], dir) {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            println!("report: {}", dir.join("index.html").display());
+        }
+        Err(e) => eprintln!("warning: the report could not be written: {e:#}"),
+    }
+}
+
+#[cfg(not(feature = "report"))]
+fn write_report(records: &std::path::Path, _dir: &std::path::Path) {
+    eprintln!("this build has no report feature: run `ctxcost report {}` where it does", records.display());
+}
+
+/// Print the GPU ceilings (device copy, cuBLAS GEMM).
+#[cfg(feature = "cuda")]
+pub fn print_ceilings() -> Result<()> {
+    anyhow::bail!("ceilings are not available in this build yet")
+}
