@@ -1,0 +1,728 @@
+//! From records to numbers: dense and sparse cases of the same point are paired into series
+//! (one per machine, backend, shape, phase, batch, chunk and precision), priced with the
+//! cost model, and compared: the sparse/dense cost ratio with its 95% CI at every measured
+//! context, marginal and per request, attention-only and whole-model; break-even contexts;
+//! DeepSeek's Fig. 3 ratio at the same positions; and, where bf16 and fp8 records of both
+//! engines exist, the saving split into "from FP8" and "from sparsity".
+//!
+//! CIs: the attention-only marginal ratio uses `ctxcost_core::stats::ratio_ci` on the paired
+//! raw samples. The whole-model and per-request ratios combine several medians, so they use
+//! one joint paired bootstrap over all points of the series (same resampling scheme, fixed
+//! seed, so the numbers are reproducible from the raw samples).
+
+use std::collections::BTreeMap;
+
+use ctxcost_core::stats::{self, RatioCi};
+use ctxcost_core::{Phase, Precision};
+
+use crate::cost::{self, OtherCost, OtherSource};
+use crate::load::{LoadedRecord, RecordSet};
+use crate::reference::Fig3;
+
+/// Bootstrap resamples of the joint bootstrap.
+pub const JOINT_RESAMPLES: usize = 2000;
+
+/// Settings of the cost model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostSettings {
+    /// Price of one GPU-hour (USD).
+    pub usd_per_gpu_hour: f64,
+    /// Achieved TFLOP/s assumed for the rest of the model when no GEMM record exists.
+    pub other_tflops: f64,
+}
+
+impl Default for CostSettings {
+    fn default() -> Self {
+        Self { usd_per_gpu_hour: 2.0, other_tflops: 400.0 }
+    }
+}
+
+/// What identifies a series: everything of a case but the engine kind and the context.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    pub env: String,
+    /// Engine id after `dense-` / `dsa-` (e.g. `cpu`, `cuda`).
+    pub backend: String,
+    pub shape: String,
+    pub phase: Phase,
+    pub batch: usize,
+    /// Query tokens per sequence; `None` for whole-prompt prefill (`query_len = context`).
+    pub query_len: Option<usize>,
+    pub precision: Precision,
+}
+
+impl SeriesKey {
+    /// A compact label; the machine is added when the report mixes machines.
+    pub fn label(&self, with_env: bool) -> String {
+        let q = match (self.phase, self.query_len) {
+            (_, None) => "whole prompt".to_string(),
+            (Phase::Prefill, Some(q)) => format!("chunk {q}"),
+            (Phase::Decode, Some(1)) => "1 token/step".to_string(),
+            (Phase::Decode, Some(q)) => format!("{q} tokens/step"),
+        };
+        let base = format!("{} {} {} B={} {}", self.backend, self.shape, self.precision, self.batch, q);
+        if with_env {
+            format!("{base} @ {}", self.env)
+        } else {
+            base
+        }
+    }
+}
+
+/// A ratio band: where the point ratio falls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Band {
+    /// ratio <= 0.5: the claim holds.
+    AtMostHalf,
+    /// 0.5 < ratio < 1: sparse is cheaper, by less than half.
+    HalfToOne,
+    /// ratio >= 1: sparse costs as much or more.
+    AtLeastDense,
+}
+
+impl Band {
+    pub fn of(ratio: f64) -> Self {
+        if ratio <= 0.5 {
+            Band::AtMostHalf
+        } else if ratio < 1.0 {
+            Band::HalfToOne
+        } else {
+            Band::AtLeastDense
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Band::AtMostHalf => "<= 0.5",
+            Band::HalfToOne => "0.5-1",
+            Band::AtLeastDense => ">= 1",
+        }
+    }
+}
+
+/// The claim "sparse costs at most half of dense" at one point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Holds,
+    DoesNotHold,
+    NotMeasured,
+}
+
+impl Claim {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Claim::Holds => "holds",
+            Claim::DoesNotHold => "does not hold",
+            Claim::NotMeasured => "not measured",
+        }
+    }
+}
+
+/// Verdict of one ratio with its CI.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointVerdict {
+    pub band: Band,
+    pub claim: Claim,
+    /// The CI reaches both sides of 0.5: the data cannot tell whether the claim holds here.
+    pub straddles_half: bool,
+    /// The CI contains 1.0: the data cannot tell which is cheaper here.
+    pub straddles_one: bool,
+}
+
+impl PointVerdict {
+    pub fn of(r: &RatioCi) -> Self {
+        let band = Band::of(r.ratio);
+        let claim = if band == Band::AtMostHalf { Claim::Holds } else { Claim::DoesNotHold };
+        Self { band, claim, straddles_half: r.lo < 0.5 && r.hi > 0.5, straddles_one: r.lo < 1.0 && r.hi > 1.0 }
+    }
+
+    /// "holds", "does not hold", with the CI caveat when it straddles 0.5.
+    pub fn wording(&self) -> String {
+        if self.straddles_half {
+            format!("{} at the median; the 95% CI straddles 0.5", self.claim.as_str())
+        } else {
+            self.claim.as_str().to_string()
+        }
+    }
+}
+
+/// Costs of one engine at one point, USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct EngineCost {
+    pub median_ms: f64,
+    pub n_samples: usize,
+    /// One layer's attention, seconds per token.
+    pub attn_seconds_per_token: f64,
+    pub attn_marginal: f64,
+    pub model_marginal: f64,
+    pub attn_request: f64,
+    pub model_request: f64,
+}
+
+/// One measured context of a series with both engines measured.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub context: usize,
+    pub query_tokens: usize,
+    /// Indices into `RecordSet::records`.
+    pub dense_record: usize,
+    pub dsa_record: usize,
+    pub dense: EngineCost,
+    pub dsa: EngineCost,
+    pub attn_ratio: RatioCi,
+    pub model_ratio: RatioCi,
+    pub attn_request_ratio: RatioCi,
+    pub model_request_ratio: RatioCi,
+    /// Verdict of the attention-only marginal ratio (the headline).
+    pub verdict: PointVerdict,
+    /// DeepSeek Fig. 3 at the same position: marginal and whole-request ratios.
+    pub fig3_ratio: Option<f64>,
+    pub fig3_request_ratio: Option<f64>,
+    /// Medians of the DSA components (indexer, topk, attention), ms, where recorded.
+    pub dsa_components: BTreeMap<String, f64>,
+}
+
+/// Where a ratio curve crosses a threshold (going down with context).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Crossing {
+    /// At or below the threshold at every measured context; any crossing lies below `first`.
+    BelowRange { first: usize },
+    /// Interpolated in log-context between two measured contexts.
+    At(f64),
+    /// Above the threshold at the largest measured context `last`.
+    AboveRange { last: usize },
+    /// No measured point.
+    NoData,
+}
+
+impl Crossing {
+    /// A sort key in tokens (below-range sorts first, above-range last).
+    fn key(&self) -> f64 {
+        match *self {
+            Crossing::BelowRange { first } => first as f64 * 0.5,
+            Crossing::At(x) => x,
+            Crossing::AboveRange { .. } => f64::INFINITY,
+            Crossing::NoData => f64::NAN,
+        }
+    }
+
+    /// Tokens where the crossing was found, if inside the measured range.
+    pub fn tokens(&self) -> Option<f64> {
+        match *self {
+            Crossing::At(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// Compact text: `3.4K`, `<= 1K`, `> 8K`, `n/a`.
+    pub fn text(&self) -> String {
+        match *self {
+            Crossing::BelowRange { first } => format!("<= {}", fmt_tokens(first as f64)),
+            Crossing::At(x) => fmt_tokens(x),
+            Crossing::AboveRange { last } => format!("> {}", fmt_tokens(last as f64)),
+            Crossing::NoData => "n/a".into(),
+        }
+    }
+}
+
+/// A break-even context with its CI (from where the CI bounds of the ratio cross).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakEven {
+    pub threshold: f64,
+    pub estimate: Crossing,
+    pub lo: Crossing,
+    pub hi: Crossing,
+}
+
+impl BreakEven {
+    /// `3.4K [2.9K, 4.1K]`.
+    pub fn text(&self) -> String {
+        format!("{} [{}, {}]", self.estimate.text(), self.lo.text(), self.hi.text())
+    }
+}
+
+/// The context from which `ys` stays at or below `t` (ys over ascending `xs`), interpolated
+/// linearly in the ratio against log-context between the last point above `t` and the next.
+pub fn crossing(xs: &[usize], ys: &[f64], t: f64) -> Crossing {
+    if xs.is_empty() {
+        return Crossing::NoData;
+    }
+    match ys.iter().rposition(|&y| y > t) {
+        None => Crossing::BelowRange { first: xs[0] },
+        Some(i) if i + 1 == xs.len() => Crossing::AboveRange { last: xs[i] },
+        Some(i) => {
+            let (la, lb) = ((xs[i] as f64).ln(), (xs[i + 1] as f64).ln());
+            let f = (ys[i] - t) / (ys[i] - ys[i + 1]);
+            Crossing::At((la + f * (lb - la)).exp())
+        }
+    }
+}
+
+/// Break-even of a ratio series with CIs: the estimate from the ratios, the bounds from the
+/// CI curves (the lower CI curve crosses first).
+pub fn break_even(xs: &[usize], ratios: &[RatioCi], t: f64) -> BreakEven {
+    let r: Vec<f64> = ratios.iter().map(|x| x.ratio).collect();
+    let lo: Vec<f64> = ratios.iter().map(|x| x.lo).collect();
+    let hi: Vec<f64> = ratios.iter().map(|x| x.hi).collect();
+    let (a, b) = (crossing(xs, &lo, t), crossing(xs, &hi, t));
+    let (first, second) = if a.key() <= b.key() || b.key().is_nan() { (a, b) } else { (b, a) };
+    BreakEven { threshold: t, estimate: crossing(xs, &r, t), lo: first, hi: second }
+}
+
+/// Break-evens of a series at 1.0 and 0.5, for the four ratios.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakEvens {
+    pub attn_one: BreakEven,
+    pub attn_half: BreakEven,
+    pub model_one: BreakEven,
+    pub model_half: BreakEven,
+    pub attn_request_one: BreakEven,
+    pub attn_request_half: BreakEven,
+    pub model_request_one: BreakEven,
+    pub model_request_half: BreakEven,
+}
+
+/// A context with only one engine measured (or neither usable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unpaired {
+    pub context: usize,
+    pub why: String,
+}
+
+/// One series: dense and sparse over context.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub key: SeriesKey,
+    pub dense_engine: String,
+    pub dsa_engine: String,
+    pub layers: u32,
+    pub top_k: usize,
+    pub active_params: f64,
+    pub other: OtherCost,
+    pub points: Vec<Point>,
+    pub unpaired: Vec<Unpaired>,
+    pub break_evens: BreakEvens,
+    /// Every measured record of the series by context (dense, dsa), paired or not.
+    pub dense_records: BTreeMap<usize, usize>,
+    pub dsa_records: BTreeMap<usize, usize>,
+}
+
+impl Series {
+    pub fn contexts(&self) -> Vec<usize> {
+        self.points.iter().map(|p| p.context).collect()
+    }
+    pub fn min_context(&self) -> Option<usize> {
+        self.points.first().map(|p| p.context)
+    }
+    pub fn max_context(&self) -> Option<usize> {
+        self.points.last().map(|p| p.context)
+    }
+}
+
+/// The saving of dense-bf16 -> dsa-fp8 split into the FP8 part and the sparsity part, at one
+/// context (attention-only marginal cost).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrecisionSplit {
+    pub env: String,
+    pub backend: String,
+    pub shape: String,
+    pub phase: Phase,
+    pub batch: usize,
+    pub query_len: Option<usize>,
+    pub context: usize,
+    pub dense_bf16_usd: f64,
+    pub dense_fp8_usd: f64,
+    pub dsa_fp8_usd: f64,
+    pub dsa_bf16_usd: Option<f64>,
+    /// 1 - dsa_fp8 / dense_bf16.
+    pub total_saving: f64,
+    /// 1 - dense_fp8 / dense_bf16.
+    pub from_fp8: f64,
+    /// (dense_fp8 - dsa_fp8) / dense_bf16.
+    pub from_sparsity: f64,
+}
+
+/// Everything the report says, computed once.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub settings: CostSettings,
+    pub series: Vec<Series>,
+    pub splits: Vec<PrecisionSplit>,
+    /// Records (indices) of engines that are neither dense nor DSA nor GEMM.
+    pub other_engine_records: Vec<usize>,
+    /// Whether the records come from more than one machine.
+    pub mixed_env: bool,
+}
+
+fn backend_of(engine: &str) -> Option<(bool, String)> {
+    if let Some(b) = engine.strip_prefix("dense-") {
+        Some((false, b.to_string()))
+    } else {
+        engine.strip_prefix("dsa-").map(|b| (true, b.to_string()))
+    }
+}
+
+fn key_of(r: &LoadedRecord) -> Option<(bool, SeriesKey)> {
+    let c = &r.record.case;
+    let (sparse, backend) = backend_of(&c.engine)?;
+    let query_len = if c.query_len == c.context && c.phase == Phase::Prefill && c.context > 1 { None } else { Some(c.query_len) };
+    Some((
+        sparse,
+        SeriesKey { env: r.env_label.clone(), backend, shape: c.shape.name.clone(), phase: c.phase, batch: c.batch, query_len, precision: c.precision },
+    ))
+}
+
+/// The measured per-token time of the rest of the model for a series, if GEMM records exist
+/// on the same machine for the same shape, phase and query-token count.
+fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
+    let gemms: Vec<&LoadedRecord> = set
+        .records
+        .iter()
+        .filter(|r| {
+            r.record.engine.starts_with("gemm")
+                && r.is_measured()
+                && r.env_label == key.env
+                && r.record.case.shape.name == key.shape
+                && r.record.case.phase == key.phase
+        })
+        .collect();
+    if gemms.is_empty() {
+        return None;
+    }
+    let same_tokens: Vec<&&LoadedRecord> = gemms.iter().filter(|r| r.record.case.query_tokens() == query_tokens).collect();
+    let chosen: Vec<&LoadedRecord> = if same_tokens.is_empty() { gemms.clone() } else { same_tokens.into_iter().copied().collect() };
+    let per_token: Vec<f64> = chosen.iter().map(|r| cost::seconds_per_token(r.median_ms(), r.record.case.query_tokens())).collect();
+    Some(OtherCost {
+        seconds_per_token: stats::median(&per_token),
+        source: OtherSource::Measured { engine: chosen[0].record.engine.clone(), records: chosen.len() },
+    })
+}
+
+/// Analyse a record set.
+pub fn analyse(set: &RecordSet, settings: &CostSettings, fig3: &Fig3) -> Analysis {
+    // Group measured dense/DSA records by series and context.
+    let mut groups: BTreeMap<SeriesKey, (BTreeMap<usize, usize>, BTreeMap<usize, usize>)> = BTreeMap::new();
+    let mut unmeasured: BTreeMap<SeriesKey, Vec<(usize, String)>> = BTreeMap::new();
+    let mut other_engine_records = Vec::new();
+    for (i, r) in set.records.iter().enumerate() {
+        let Some((sparse, key)) = key_of(r) else {
+            if !r.record.engine.starts_with("gemm") {
+                other_engine_records.push(i);
+            }
+            continue;
+        };
+        let ctx = r.record.case.context;
+        if r.is_measured() {
+            let g = groups.entry(key).or_default();
+            if sparse {
+                g.1.insert(ctx, i);
+            } else {
+                g.0.insert(ctx, i);
+            }
+        } else {
+            let why = match (&r.record.status, &r.record.reason) {
+                (s, Some(reason)) => format!("{} {:?}: {reason}", r.record.engine, s).to_lowercase(),
+                (s, None) => format!("{} {:?}", r.record.engine, s).to_lowercase(),
+            };
+            unmeasured.entry(key).or_default().push((ctx, why));
+        }
+    }
+    for key in unmeasured.keys() {
+        groups.entry(key.clone()).or_default();
+    }
+
+    let mut series = Vec::new();
+    for (key, (dense, dsa)) in groups {
+        if let Some(s) = build_series(set, settings, fig3, key.clone(), dense, dsa, unmeasured.remove(&key).unwrap_or_default()) {
+            series.push(s);
+        }
+    }
+    let splits = precision_splits(&series);
+    let mixed_env = set.env_labels().len() > 1;
+    Analysis { settings: settings.clone(), series, splits, other_engine_records, mixed_env }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_series(
+    set: &RecordSet,
+    settings: &CostSettings,
+    fig3: &Fig3,
+    key: SeriesKey,
+    dense: BTreeMap<usize, usize>,
+    dsa: BTreeMap<usize, usize>,
+    unmeasured: Vec<(usize, String)>,
+) -> Option<Series> {
+    let any = dense.values().chain(dsa.values()).next().copied().or_else(|| {
+        set.records.iter().position(|r| key_of(r).map(|(_, k)| k == key).unwrap_or(false))
+    })?;
+    let shape = &set.records[any].record.case.shape;
+    let (layers, top_k, active_params) = (shape.layers, shape.top_k, shape.active_params);
+    let mut unpaired: Vec<Unpaired> = unmeasured.into_iter().map(|(context, why)| Unpaired { context, why }).collect();
+    let mut paired: Vec<(usize, usize, usize)> = Vec::new();
+    let contexts: std::collections::BTreeSet<usize> = dense.keys().chain(dsa.keys()).copied().collect();
+    for ctx in contexts {
+        match (dense.get(&ctx), dsa.get(&ctx)) {
+            (Some(&d), Some(&s)) => paired.push((ctx, d, s)),
+            (Some(_), None) => unpaired.push(Unpaired { context: ctx, why: "no measured DSA record at this point".into() }),
+            (None, Some(_)) => unpaired.push(Unpaired { context: ctx, why: "no measured dense record at this point".into() }),
+            (None, None) => {}
+        }
+    }
+    unpaired.sort_by_key(|u| u.context);
+
+    let query_tokens_first = paired.first().map(|&(_, d, _)| set.records[d].record.case.query_tokens()).unwrap_or(1);
+    let other = measured_other(set, &key, query_tokens_first).unwrap_or_else(|| OtherCost {
+        seconds_per_token: cost::analytic_other_seconds_per_token(active_params, settings.other_tflops),
+        source: OtherSource::Analytic { active_params, tflops: settings.other_tflops },
+    });
+    let price = settings.usd_per_gpu_hour;
+    let usd = |s: f64| cost::usd_per_million(s, price);
+    let whole_prompt = key.query_len.is_none();
+    let lf = layers as f64;
+
+    // Per-point medians -> seconds per token, one layer.
+    let per_tok = |rec: usize, med_ms: f64| cost::seconds_per_token(med_ms, set.records[rec].record.case.query_tokens());
+    let samples = |rec: usize| -> &[f64] { &set.records[rec].record.samples_ms };
+
+    // Attention-only costs as functions of per-point per-token times (one layer).
+    let request_curve = |pts: &[(f64, f64)], i: usize| -> f64 {
+        if whole_prompt {
+            pts[i].1
+        } else {
+            cost::request_average(&pts[..=i], pts[i].0)
+        }
+    };
+
+    let dense_tok: Vec<(f64, f64)> = paired.iter().map(|&(c, d, _)| (c as f64, per_tok(d, set.records[d].median_ms()))).collect();
+    let dsa_tok: Vec<(f64, f64)> = paired.iter().map(|&(c, _, s)| (c as f64, per_tok(s, set.records[s].median_ms()))).collect();
+
+    // Joint paired bootstrap of all point medians.
+    let boot = joint_bootstrap(&paired.iter().map(|&(_, d, s)| (samples(s), samples(d))).collect::<Vec<_>>(), JOINT_RESAMPLES);
+    let n = paired.len();
+    let mut model_r = vec![Vec::with_capacity(boot.len()); n];
+    let mut attn_req_r = vec![Vec::with_capacity(boot.len()); n];
+    let mut model_req_r = vec![Vec::with_capacity(boot.len()); n];
+    for meds in &boot {
+        let d: Vec<(f64, f64)> = paired.iter().zip(meds).map(|(&(c, d, _), m)| (c as f64, per_tok(d, m.1))).collect();
+        let s: Vec<(f64, f64)> = paired.iter().zip(meds).map(|(&(c, _, s), m)| (c as f64, per_tok(s, m.0))).collect();
+        for i in 0..n {
+            model_r[i].push((lf * s[i].1 + other.seconds_per_token) / (lf * d[i].1 + other.seconds_per_token));
+            let (rd, rs) = (request_curve(&d, i), request_curve(&s, i));
+            attn_req_r[i].push(rs / rd);
+            model_req_r[i].push((lf * rs + other.seconds_per_token) / (lf * rd + other.seconds_per_token));
+        }
+    }
+    let ci = |ratio: f64, xs: &[f64]| RatioCi { ratio, lo: stats::percentile(xs, 2.5), hi: stats::percentile(xs, 97.5) };
+
+    let mut points = Vec::new();
+    for (i, &(ctx, d, s)) in paired.iter().enumerate() {
+        let (dr, sr) = (&set.records[d], &set.records[s]);
+        let (dt, st) = (dense_tok[i].1, dsa_tok[i].1);
+        let (dreq, sreq) = (request_curve(&dense_tok, i), request_curve(&dsa_tok, i));
+        let engine_cost = |rec: &LoadedRecord, t: f64, req: f64| EngineCost {
+            median_ms: rec.median_ms(),
+            n_samples: rec.record.samples_ms.len(),
+            attn_seconds_per_token: t,
+            attn_marginal: usd(lf * t),
+            model_marginal: usd(lf * t + other.seconds_per_token),
+            attn_request: usd(lf * req),
+            model_request: usd(lf * req + other.seconds_per_token),
+        };
+        let dense_cost = engine_cost(dr, dt, dreq);
+        let dsa_cost = engine_cost(sr, st, sreq);
+        let attn_ratio = stats::ratio_ci(&sr.record.samples_ms, &dr.record.samples_ms).unwrap_or(RatioCi { ratio: st / dt, lo: f64::NAN, hi: f64::NAN });
+        let model_ratio = ci(dsa_cost.model_marginal / dense_cost.model_marginal, &model_r[i]);
+        let attn_request_ratio = ci(sreq / dreq, &attn_req_r[i]);
+        let model_request_ratio = ci(dsa_cost.model_request / dense_cost.model_request, &model_req_r[i]);
+        let dsa_components =
+            sr.record.components_ms.iter().map(|(k, v)| (k.clone(), stats::median(v))).filter(|(_, m)| m.is_finite()).collect();
+        points.push(Point {
+            context: ctx,
+            query_tokens: dr.record.case.query_tokens(),
+            dense_record: d,
+            dsa_record: s,
+            dense: dense_cost,
+            dsa: dsa_cost,
+            attn_ratio,
+            model_ratio,
+            attn_request_ratio,
+            model_request_ratio,
+            verdict: PointVerdict::of(&attn_ratio),
+            fig3_ratio: fig3.ratio_at(key.phase, ctx as f64),
+            fig3_request_ratio: fig3.request_ratio_at(key.phase, ctx as f64),
+            dsa_components,
+        });
+    }
+
+    let xs: Vec<usize> = points.iter().map(|p| p.context).collect();
+    let col = |f: &dyn Fn(&Point) -> RatioCi| -> Vec<RatioCi> { points.iter().map(f).collect() };
+    let (a, m, ar, mr) = (col(&|p| p.attn_ratio), col(&|p| p.model_ratio), col(&|p| p.attn_request_ratio), col(&|p| p.model_request_ratio));
+    let break_evens = BreakEvens {
+        attn_one: break_even(&xs, &a, 1.0),
+        attn_half: break_even(&xs, &a, 0.5),
+        model_one: break_even(&xs, &m, 1.0),
+        model_half: break_even(&xs, &m, 0.5),
+        attn_request_one: break_even(&xs, &ar, 1.0),
+        attn_request_half: break_even(&xs, &ar, 0.5),
+        model_request_one: break_even(&xs, &mr, 1.0),
+        model_request_half: break_even(&xs, &mr, 0.5),
+    };
+    let engine_name = |m: &BTreeMap<usize, usize>, sparse: bool| {
+        m.values().next().map(|&i| set.records[i].record.engine.clone()).unwrap_or_else(|| format!("{}-{}", if sparse { "dsa" } else { "dense" }, key.backend))
+    };
+    Some(Series {
+        dense_engine: engine_name(&dense, false),
+        dsa_engine: engine_name(&dsa, true),
+        key,
+        layers,
+        top_k,
+        active_params,
+        other,
+        points,
+        unpaired,
+        break_evens,
+        dense_records: dense,
+        dsa_records: dsa,
+    })
+}
+
+/// Joint bootstrap: for every resample, the (sparse, dense) medians of every point. Pairs are
+/// resampled jointly when both sample sets have the same length (interleaved A B A B), else
+/// independently; the generator is seeded so results are reproducible.
+pub fn joint_bootstrap(points: &[(&[f64], &[f64])], resamples: usize) -> Vec<Vec<(f64, f64)>> {
+    if points.is_empty() {
+        return Vec::new();
+    }
+    let mut state: u64 = 0x5EED_0003 ^ points.len() as u64;
+    let mut below = |n: usize| {
+        state = state.wrapping_add(1);
+        (ctxcost_core::inputs::splitmix64(state) % n as u64) as usize
+    };
+    let mut out = Vec::with_capacity(resamples);
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for _ in 0..resamples {
+        let mut meds = Vec::with_capacity(points.len());
+        for &(num, den) in points {
+            a.clear();
+            b.clear();
+            if num.len() == den.len() {
+                for _ in 0..num.len() {
+                    let j = below(num.len());
+                    a.push(num[j]);
+                    b.push(den[j]);
+                }
+            } else {
+                for _ in 0..num.len() {
+                    a.push(num[below(num.len())]);
+                }
+                for _ in 0..den.len() {
+                    b.push(den[below(den.len())]);
+                }
+            }
+            meds.push((stats::median(&a), stats::median(&b)));
+        }
+        out.push(meds);
+    }
+    out
+}
+
+/// FP8 vs sparsity split wherever dense-bf16, dense-fp8 and dsa-fp8 share a point.
+fn precision_splits(series: &[Series]) -> Vec<PrecisionSplit> {
+    let find = |k: &SeriesKey, p: Precision| series.iter().find(|s| s.key.precision == p && SeriesKey { precision: p, ..k.clone() } == s.key);
+    let mut out = Vec::new();
+    for s16 in series.iter().filter(|s| s.key.precision == Precision::Bf16) {
+        let Some(s8) = find(&s16.key, Precision::Fp8) else { continue };
+        for p16 in &s16.points {
+            let Some(p8) = s8.points.iter().find(|p| p.context == p16.context) else { continue };
+            let (d16, d8, sp8) = (p16.dense.attn_marginal, p8.dense.attn_marginal, p8.dsa.attn_marginal);
+            out.push(PrecisionSplit {
+                env: s16.key.env.clone(),
+                backend: s16.key.backend.clone(),
+                shape: s16.key.shape.clone(),
+                phase: s16.key.phase,
+                batch: s16.key.batch,
+                query_len: s16.key.query_len,
+                context: p16.context,
+                dense_bf16_usd: d16,
+                dense_fp8_usd: d8,
+                dsa_fp8_usd: sp8,
+                dsa_bf16_usd: Some(p16.dsa.attn_marginal),
+                total_saving: 1.0 - sp8 / d16,
+                from_fp8: 1.0 - d8 / d16,
+                from_sparsity: (d8 - sp8) / d16,
+            });
+        }
+    }
+    out
+}
+
+/// Format a token count: `1K`, `3.4K`, `128K`, `1.5M`, `700`.
+pub fn fmt_tokens(x: f64) -> String {
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    let k = x / 1024.0;
+    if k >= 1024.0 {
+        format!("{}M", format!("{:.3}", k / 1024.0).trim_end_matches('0').trim_end_matches('.'))
+    } else if k >= 100.0 || (k >= 1.0 && (k - k.round()).abs() < 0.05) {
+        format!("{:.0}K", k)
+    } else if k >= 1.0 {
+        format!("{:.1}K", k)
+    } else {
+        format!("{:.0}", x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(ratio: f64, lo: f64, hi: f64) -> RatioCi {
+        RatioCi { ratio, lo, hi }
+    }
+
+    #[test]
+    fn crossings_interpolate_in_log_context() {
+        let xs = [1024, 2048, 4096, 8192];
+        // 1.2 -> 0.8 between 1K and 2K: halfway in log space = 1024 * sqrt(2).
+        match crossing(&xs, &[1.2, 0.8, 0.4, 0.3], 1.0) {
+            Crossing::At(x) => assert!((x - 1024.0 * 2f64.sqrt()).abs() < 1e-9),
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(crossing(&xs, &[0.9, 0.8, 0.4, 0.3], 1.0), Crossing::BelowRange { first: 1024 });
+        assert_eq!(crossing(&xs, &[1.2, 1.1, 1.05, 1.01], 1.0), Crossing::AboveRange { last: 8192 });
+        // Dips below then back above: the crossing that stays below counts.
+        assert!(matches!(crossing(&xs, &[0.9, 1.1, 0.8, 0.7], 1.0), Crossing::At(x) if x > 2048.0 && x < 4096.0));
+        assert_eq!(crossing(&[], &[], 1.0), Crossing::NoData);
+    }
+
+    #[test]
+    fn break_even_bounds_come_from_ci_curves() {
+        let xs = [1024, 2048, 4096];
+        let r = [rc(1.2, 1.1, 1.3), rc(0.9, 0.8, 1.05), rc(0.6, 0.55, 0.65)];
+        let be = break_even(&xs, &r, 1.0);
+        let (lo, est, hi) = (be.lo.tokens().unwrap(), be.estimate.tokens().unwrap(), be.hi.tokens().unwrap());
+        assert!(lo < est && est < hi, "{be:?}");
+        assert!(matches!(break_even(&xs, &r, 0.5).hi, Crossing::AboveRange { last: 4096 }));
+    }
+
+    #[test]
+    fn verdict_wording() {
+        let v = PointVerdict::of(&rc(0.45, 0.40, 0.55));
+        assert_eq!(v.claim, Claim::Holds);
+        assert!(v.straddles_half && !v.straddles_one);
+        assert!(v.wording().contains("straddles 0.5"));
+        let v = PointVerdict::of(&rc(0.7, 0.6, 0.8));
+        assert_eq!((v.band, v.claim, v.straddles_half), (Band::HalfToOne, Claim::DoesNotHold, false));
+        assert_eq!(PointVerdict::of(&rc(1.0, 0.9, 1.1)).band, Band::AtLeastDense);
+    }
+
+    #[test]
+    fn token_formatting() {
+        assert_eq!(fmt_tokens(1024.0), "1K");
+        assert_eq!(fmt_tokens(3444.0), "3.4K");
+        assert_eq!(fmt_tokens(131072.0), "128K");
+        assert_eq!(fmt_tokens(700.0), "700");
+        assert_eq!(fmt_tokens(1024.0 * 1024.0 * 1.5), "1.5M");
+    }
+}

@@ -1,0 +1,568 @@
+//! HTML and Markdown from one document model: the report is assembled once as a list of
+//! blocks (headings, paragraphs, lists, tables, figures) and written twice, so the two
+//! outputs always say the same thing. The HTML is self-contained (charts as base64 PNG, no
+//! scripts, no external resources); the Markdown links the PNGs written beside it.
+
+use ctxcost_core::record::Status;
+
+use crate::analysis::{fmt_tokens, BreakEven, Crossing, Series};
+use crate::charts::{Chart, ChartKind};
+use crate::reference::FIG3_CITATION;
+use crate::report::Report;
+use crate::verdict::{self, HEADLINE_BASIS, QUESTION};
+
+/// One piece of the document.
+#[derive(Debug, Clone)]
+enum Block {
+    H2 { id: &'static str, text: String },
+    H3(String),
+    P(String),
+    /// A paragraph shown in bold (the question).
+    Strong(String),
+    List { id: Option<&'static str>, items: Vec<String> },
+    Table { id: Option<&'static str>, header: Vec<String>, rows: Vec<Vec<String>> },
+    Figure(ChartKind),
+}
+
+/// `x` with `n` significant digits.
+pub fn sig(x: f64, n: usize) -> String {
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
+    let mag = x.abs().log10().floor() as i32;
+    let decimals = (n as i32 - 1 - mag).max(0) as usize;
+    format!("{x:.decimals$}")
+}
+
+fn ci(r: &ctxcost_core::stats::RatioCi) -> String {
+    format!("{:.3} [{:.3}, {:.3}]", r.ratio, r.lo, r.hi)
+}
+
+fn opt(x: Option<f64>) -> String {
+    x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "not in Fig. 3".into())
+}
+
+fn be_text(b: &BreakEven) -> String {
+    if b.estimate == Crossing::NoData {
+        "not measured".into()
+    } else {
+        b.text()
+    }
+}
+
+fn label(r: &Report, s: &Series) -> String {
+    s.key.label(r.analysis.mixed_env)
+}
+
+fn document(r: &Report) -> (String, Vec<Block>) {
+    let a = &r.analysis;
+    let set = &r.set;
+    let title = "ctxcost report: dense vs sparse (DSA) attention cost over context length".to_string();
+    let mut b = Vec::new();
+
+    // 1. Verdict first.
+    b.push(Block::H2 { id: "verdict", text: "Verdict".into() });
+    b.push(Block::Strong(QUESTION.into()));
+    b.push(Block::P(format!("Basis: {HEADLINE_BASIS}. \"Holds\" means the median ratio is at most 0.5; where the 95% CI straddles 0.5 the report says so.")));
+    let mut items: Vec<String> = a.series.iter().map(|s| verdict::series_sentence(a, s, &r.fig3)).collect();
+    if items.is_empty() {
+        items.push("Not measured: the records hold no dense/DSA pair (engines `dense-*` and `dsa-*` at the same point).".into());
+    }
+    b.push(Block::List { id: Some("verdict-lines"), items });
+    let cav = verdict::caveats(a, set);
+    if !cav.is_empty() {
+        b.push(Block::List { id: None, items: cav });
+    }
+    b.push(Block::Table {
+        id: Some("verdict-table"),
+        header: vec![
+            "series".into(),
+            "measured contexts".into(),
+            "ratio <= 0.5 from [95% CI]".into(),
+            "break-even (1.0) [95% CI]".into(),
+            "ratio at largest context".into(),
+            "DeepSeek Fig. 3 there".into(),
+        ],
+        rows: a
+            .series
+            .iter()
+            .map(|s| {
+                let last = s.points.last();
+                vec![
+                    format!("{} {}", s.key.phase, label(r, s)),
+                    if s.points.is_empty() {
+                        "not measured".into()
+                    } else {
+                        s.points.iter().map(|p| fmt_tokens(p.context as f64)).collect::<Vec<_>>().join(", ")
+                    },
+                    be_text(&s.break_evens.attn_half),
+                    be_text(&s.break_evens.attn_one),
+                    last.map(|p| format!("{}: {}", fmt_tokens(p.context as f64), ci(&p.attn_ratio))).unwrap_or_else(|| "not measured".into()),
+                    last.map(|p| opt(p.fig3_ratio)).unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    });
+
+    // 2. The key chart, then the tables.
+    b.push(Block::H2 { id: "charts", text: "Charts".into() });
+    for k in ChartKind::ALL {
+        b.push(Block::Figure(k));
+    }
+
+    b.push(Block::H2 { id: "ratios", text: "Sparse/dense ratio at every measured context".into() });
+    b.push(Block::P(
+        "Ratios are sparse/dense costs with 95% CIs. Marginal: the cost of a token at that position. Per request: the average over positions 0..L. \
+Attention-only: measured. Whole model: attention x layers plus the rest of the model (see Assumptions). Fig. 3: DeepSeek's ratio at the same position (marginal, and averaged over 0..L)."
+            .into(),
+    ));
+    b.push(Block::Table {
+        id: Some("ratio-table"),
+        header: [
+            "series", "context", "dense ms", "DSA ms", "attention ratio [95% CI]", "claim", "band", "whole-model ratio", "per-request attention ratio",
+            "per-request whole-model ratio", "Fig. 3 marginal", "Fig. 3 per request",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: a
+            .series
+            .iter()
+            .flat_map(|s| {
+                s.points.iter().map(move |p| {
+                    vec![
+                        format!("{} {}", s.key.phase, label(r, s)),
+                        fmt_tokens(p.context as f64),
+                        format!("{} (n={})", sig(p.dense.median_ms, 4), p.dense.n_samples),
+                        format!("{} (n={})", sig(p.dsa.median_ms, 4), p.dsa.n_samples),
+                        ci(&p.attn_ratio),
+                        p.verdict.wording(),
+                        p.verdict.band.as_str().into(),
+                        ci(&p.model_ratio),
+                        ci(&p.attn_request_ratio),
+                        ci(&p.model_request_ratio),
+                        opt(p.fig3_ratio),
+                        opt(p.fig3_request_ratio),
+                    ]
+                })
+            })
+            .collect(),
+    });
+
+    b.push(Block::H2 { id: "break-even", text: "Break-even contexts".into() });
+    b.push(Block::P(
+        "Where the ratio crosses the threshold for good (interpolated in log-context between measured points); the bracket is where the CI bounds cross. \
+`<= X`: already below at the smallest measured context; `> X`: not reached by the largest."
+            .into(),
+    ));
+    let mut be_rows = Vec::new();
+    for s in &a.series {
+        let e = &s.break_evens;
+        for (t, am, mm, ar, mr) in [
+            (1.0, &e.attn_one, &e.model_one, &e.attn_request_one, &e.model_request_one),
+            (0.5, &e.attn_half, &e.model_half, &e.attn_request_half, &e.model_request_half),
+        ] {
+            be_rows.push(vec![
+                format!("{} {}", s.key.phase, label(r, s)),
+                format!("{t}"),
+                be_text(am),
+                be_text(mm),
+                be_text(ar),
+                be_text(mr),
+                verdict::fig3_crossing(&r.fig3, s.key.phase, t).text(),
+            ]);
+        }
+    }
+    b.push(Block::Table {
+        id: Some("break-even-table"),
+        header: ["series", "ratio", "attention, marginal", "whole model, marginal", "attention, per request", "whole model, per request", "DeepSeek Fig. 3 (marginal)"]
+            .map(String::from)
+            .to_vec(),
+        rows: be_rows,
+    });
+
+    b.push(Block::H2 { id: "costs", text: "Cost per million tokens".into() });
+    b.push(Block::P(format!(
+        "USD per million tokens at ${}/GPU-hour. Attention-only = layers x one layer's attention; whole model adds the rest of the model.",
+        a.settings.usd_per_gpu_hour
+    )));
+    b.push(Block::Table {
+        id: Some("cost-table"),
+        header: [
+            "series", "context", "dense attention", "DSA attention", "dense whole model", "DSA whole model", "dense per request (attention)",
+            "DSA per request (attention)", "dense per request (whole model)", "DSA per request (whole model)",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: a
+            .series
+            .iter()
+            .flat_map(|s| {
+                s.points.iter().map(move |p| {
+                    vec![
+                        format!("{} {}", s.key.phase, label(r, s)),
+                        fmt_tokens(p.context as f64),
+                        sig(p.dense.attn_marginal, 4),
+                        sig(p.dsa.attn_marginal, 4),
+                        sig(p.dense.model_marginal, 4),
+                        sig(p.dsa.model_marginal, 4),
+                        sig(p.dense.attn_request, 4),
+                        sig(p.dsa.attn_request, 4),
+                        sig(p.dense.model_request, 4),
+                        sig(p.dsa.model_request, 4),
+                    ]
+                })
+            })
+            .collect(),
+    });
+
+    b.push(Block::H2 { id: "fp8-split", text: "Saving from FP8 vs saving from sparsity".into() });
+    if a.splits.is_empty() {
+        b.push(Block::P(
+            "Not measured: splitting the saving needs dense-bf16, dense-fp8 and dsa-fp8 records of the same point. Each series above compares like with like (same precision on both sides)."
+                .into(),
+        ));
+    } else {
+        b.push(Block::P(
+            "Attention-only marginal cost. Total saving = 1 - dsa-fp8 / dense-bf16 = from FP8 (1 - dense-fp8 / dense-bf16) + from sparsity ((dense-fp8 - dsa-fp8) / dense-bf16)."
+                .into(),
+        ));
+        b.push(Block::Table {
+            id: Some("fp8-table"),
+            header: ["phase", "backend", "shape", "context", "dense bf16", "dense fp8", "DSA fp8", "DSA bf16", "total saving", "from FP8", "from sparsity"]
+                .map(String::from)
+                .to_vec(),
+            rows: a
+                .splits
+                .iter()
+                .map(|x| {
+                    vec![
+                        x.phase.to_string(),
+                        x.backend.clone(),
+                        x.shape.clone(),
+                        fmt_tokens(x.context as f64),
+                        sig(x.dense_bf16_usd, 4),
+                        sig(x.dense_fp8_usd, 4),
+                        sig(x.dsa_fp8_usd, 4),
+                        x.dsa_bf16_usd.map(|v| sig(v, 4)).unwrap_or_else(|| "not measured".into()),
+                        format!("{:.1}%", 100.0 * x.total_saving),
+                        format!("{:.1}%", 100.0 * x.from_fp8),
+                        format!("{:.1}%", 100.0 * x.from_sparsity),
+                    ]
+                })
+                .collect(),
+        });
+    }
+
+    b.push(Block::H2 { id: "api-prices", text: "DeepSeek API prices (for comparison)".into() });
+    b.push(Block::P(format!(
+        "USD per million tokens before and after the V3.2-Exp launch (table: {}). The cut is the same at every context length: a pricing decision, not a measurement of cost.",
+        r.prices_from
+    )));
+    b.push(Block::Table {
+        id: Some("api-price-table"),
+        header: ["item", "before", "after", "after / before", "effective", "models", "source"].map(String::from).to_vec(),
+        rows: r
+            .prices
+            .iter()
+            .map(|p| {
+                vec![
+                    p.item.clone(),
+                    format!("{}", p.before),
+                    format!("{}", p.after),
+                    format!("{:.2}", p.ratio()),
+                    p.effective_date.clone(),
+                    format!("{} -> {}", p.model_before, p.model_after),
+                    p.source.clone(),
+                ]
+            })
+            .collect(),
+    });
+
+    b.push(Block::H2 { id: "method", text: "Method".into() });
+    b.push(Block::List {
+        id: None,
+        items: vec![
+            "Every case measures one layer's attention. Prefill at L: a chunk of q query tokens at positions [L-q, L) attending causally to L keys (the marginal cost near position L). Decode at L: B sequences, each one new token over an L-token cache.".into(),
+            "Median of the raw samples of each case (recomputed from `samples_ms`). seconds_per_token = median case seconds / query tokens (B x q: per chunk token in prefill, per sequence token of the batch in decode).".into(),
+            "usd_per_million_tokens = seconds_per_token x usd_per_gpu_hour / 3600 x 1e6; attention-only = layers x one layer; whole model = layers x one layer + the rest of the model per token.".into(),
+            "Per request of L tokens = the average of the marginal cost over positions 0..L: power-law (straight in log-log) interpolation between measured contexts, the first measured value below the smallest one. Whole-prompt prefill cases (q = L) are per-request costs already.".into(),
+            "Ratio CIs: attention-only marginal ratios use a paired bootstrap of the ratio of medians (2000 resamples, ctxcost-core `ratio_ci`; dense and DSA samples of a point are interleaved, so sample i of each was taken together). Whole-model and per-request ratios use one joint paired bootstrap over all points of a series (2000 resamples, fixed seed).".into(),
+            "Break-even: the context from which the ratio stays at or below the threshold, interpolated linearly in the ratio against log-context between the last measured point above and the next; its bracket is where the CI bounds cross.".into(),
+            format!("DeepSeek's numbers: {FIG3_CITATION}. Positions in K are read as multiples of 1024 tokens; values between the 1K samples are interpolated linearly."),
+        ],
+    });
+
+    b.push(Block::H2 { id: "assumptions", text: "Assumptions".into() });
+    let mut assumptions = vec![
+        format!("Price: ${} per GPU-hour (`--usd-per-gpu-hour`; DeepSeek's Fig. 3 uses $2).", a.settings.usd_per_gpu_hour),
+        "The measured machine is priced at the GPU-hour price whatever it is (a CPU run is priced as if it were the GPU).".into(),
+    ];
+    let mut others: Vec<String> = a.series.iter().map(|s| format!("Rest of the model for {} {}: {}.", s.key.phase, label(r, s), s.other.describe())).collect();
+    others.dedup();
+    assumptions.extend(others);
+    assumptions.push(format!(
+        "When no GEMM record (engine `gemm-*`) exists for a series, the rest of the model is analytic: 2 x active parameters / {} TFLOP/s (`--other-tflops`), an assumed achieved rate.",
+        a.settings.other_tflops
+    ));
+    b.push(Block::List { id: None, items: assumptions });
+
+    // Not measured / data quality.
+    b.push(Block::H2 { id: "data", text: "Not measured and data problems".into() });
+    let mut dq = Vec::new();
+    for s in &a.series {
+        for u in &s.unpaired {
+            dq.push(format!("{} {} at {}: not measured ({})", s.key.phase, label(r, s), fmt_tokens(u.context as f64), u.why));
+        }
+    }
+    for rec in &set.records {
+        if rec.record.status != Status::Ok && !a.series.iter().any(|s| s.unpaired.iter().any(|u| u.why.contains(&rec.record.engine))) {
+            dq.push(format!("{}: {:?} ({})", rec.record.key, rec.record.status, rec.record.reason.clone().unwrap_or_default()).to_lowercase());
+        }
+        if rec.record.verification.as_ref().map(|v| !v.passed).unwrap_or(false) {
+            dq.push(format!("{}: output verification FAILED; its timing is reported but should not be trusted", rec.record.key));
+        }
+    }
+    for &i in &a.other_engine_records {
+        dq.push(format!("{}: engine `{}` is neither dense nor DSA; not part of the verdict", set.records[i].record.key, set.records[i].record.engine));
+    }
+    if !set.superseded.is_empty() {
+        dq.push(format!("{} record(s) superseded by a later record of the same case on the same machine (the later one is used).", set.superseded.len()));
+    }
+    for p in set.problems.iter().take(20) {
+        dq.push(format!("bad line {}:{}: {}", p.file, p.line, p.why));
+    }
+    if set.problems.len() > 20 {
+        dq.push(format!("... and {} more bad lines", set.problems.len() - 20));
+    }
+    if dq.is_empty() {
+        dq.push("None: every record read was measured, paired and verified where verification ran.".into());
+    }
+    b.push(Block::List { id: Some("data-problems"), items: dq });
+
+    b.push(Block::H2 { id: "environment", text: "Environment".into() });
+    let mut env_rows = Vec::new();
+    for label in set.env_labels() {
+        let recs: Vec<_> = set.records.iter().filter(|x| x.env_label == label).collect();
+        let e = &recs[0].record.env;
+        let mut tools: Vec<String> = recs.iter().map(|x| format!("{} {} ({})", x.record.tool.name, x.record.tool.version, x.record.tool.git_sha)).collect();
+        tools.sort();
+        tools.dedup();
+        let mut timers: Vec<String> = recs.iter().map(|x| x.record.timer.clone()).collect();
+        timers.sort();
+        timers.dedup();
+        let gpu = if e.gpu.is_empty() { "none".to_string() } else { e.gpu.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ") };
+        env_rows.push(vec![
+            label.clone(),
+            e.os.clone(),
+            format!("{} x{}", e.cpu, e.cpu_cores),
+            format!("{:.1} GiB", e.host_memory_bytes as f64 / 1024f64.powi(3)),
+            gpu,
+            tools.join(", "),
+            timers.join(", "),
+            recs.len().to_string(),
+        ]);
+    }
+    b.push(Block::Table {
+        id: Some("environment-table"),
+        header: ["machine", "os", "cpu", "memory", "gpu", "tool", "timer", "records"].map(String::from).to_vec(),
+        rows: env_rows,
+    });
+    b.push(Block::H3("Record files".into()));
+    b.push(Block::List { id: None, items: set.files.iter().map(|(f, n)| format!("{f}: {n} record(s)")).collect() });
+    (title, b)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Standard base64 (RFC 4648, with padding).
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+const CSS: &str = "body{font-family:'DejaVu Sans',Verdana,sans-serif;max-width:1240px;margin:1.5em auto;padding:0 1em;color:#222;line-height:1.45}\
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}\
+#verdict{background:#f5f9ff;border:1px solid #b8cfee;border-radius:6px;padding:.6em 1.2em}\
+#verdict h2{margin-top:.3em;border:none}\
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0;display:block;overflow-x:auto}\
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#eee}\
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}\
+code{background:#f2f2f2;padding:0 .2em}";
+
+fn inline_code_html(s: &str) -> String {
+    // `code` spans -> <code>; everything else escaped.
+    let mut out = String::new();
+    for (i, part) in s.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str(&format!("<code>{}</code>", esc(part)));
+        } else {
+            out.push_str(&esc(part));
+        }
+    }
+    out
+}
+
+/// The self-contained HTML report.
+pub fn html(r: &Report, charts: &[Chart]) -> String {
+    let (title, blocks) = document(r);
+    let mut h = String::new();
+    h.push_str(&format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{}</title><style>{CSS}</style></head><body>\n<h1>{}</h1>\n",
+        esc(&title),
+        esc(&title)
+    ));
+    let mut in_verdict = false;
+    for b in &blocks {
+        match b {
+            Block::H2 { id, text } => {
+                if in_verdict {
+                    h.push_str("</section>\n");
+                    in_verdict = false;
+                }
+                if *id == "verdict" {
+                    h.push_str("<section id=\"verdict\">\n");
+                    in_verdict = true;
+                    h.push_str(&format!("<h2>{}</h2>\n", esc(text)));
+                } else {
+                    h.push_str(&format!("<h2 id=\"{id}\">{}</h2>\n", esc(text)));
+                }
+            }
+            Block::H3(t) => h.push_str(&format!("<h3>{}</h3>\n", esc(t))),
+            Block::P(t) => h.push_str(&format!("<p>{}</p>\n", inline_code_html(t))),
+            Block::Strong(t) => h.push_str(&format!("<p class=\"question\"><strong>{}</strong></p>\n", esc(t))),
+            Block::List { id, items } => {
+                match id {
+                    Some(id) => h.push_str(&format!("<ul id=\"{id}\">\n")),
+                    None => h.push_str("<ul>\n"),
+                }
+                for i in items {
+                    h.push_str(&format!("<li>{}</li>\n", inline_code_html(i)));
+                }
+                h.push_str("</ul>\n");
+            }
+            Block::Table { id, header, rows } => {
+                match id {
+                    Some(id) => h.push_str(&format!("<table id=\"{id}\">")),
+                    None => h.push_str("<table>"),
+                }
+                h.push_str("<thead><tr>");
+                for c in header {
+                    h.push_str(&format!("<th>{}</th>", esc(c)));
+                }
+                h.push_str("</tr></thead><tbody>\n");
+                if rows.is_empty() {
+                    h.push_str(&format!("<tr><td colspan=\"{}\">not measured</td></tr>\n", header.len()));
+                }
+                for row in rows {
+                    h.push_str("<tr>");
+                    for c in row {
+                        h.push_str(&format!("<td>{}</td>", inline_code_html(c)));
+                    }
+                    h.push_str("</tr>\n");
+                }
+                h.push_str("</tbody></table>\n");
+            }
+            Block::Figure(kind) => {
+                if let Some(c) = charts.iter().find(|c| c.kind == *kind) {
+                    let (w, hh) = crate::charts::CHART_SIZE;
+                    h.push_str(&format!(
+                        "<figure id=\"{}\"><img alt=\"{}\" width=\"{w}\" height=\"{hh}\" src=\"data:image/png;base64,{}\"><figcaption>{}</figcaption></figure>\n",
+                        kind.id(),
+                        esc(kind.title()),
+                        base64(&c.png),
+                        esc(&caption(*kind))
+                    ));
+                }
+            }
+        }
+    }
+    if in_verdict {
+        h.push_str("</section>\n");
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn caption(kind: ChartKind) -> String {
+    match kind {
+        ChartKind::Ratio => format!("{}. Solid: attention-only marginal ratio with its 95% CI band; dashed colour: per request over 0..L; grey dashed: DeepSeek's Fig. 3 ratio. Thick bars on the 1.0 and 0.5 lines: break-even CIs; triangles: estimates.", ChartKind::Ratio.title()),
+        ChartKind::Cost => format!("{}. Ours: whole-model cost (attention x layers + rest of the model, see Assumptions). {FIG3_CITATION}.", ChartKind::Cost.title()),
+        k => k.title().to_string(),
+    }
+}
+
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// The Markdown report; chart PNGs are linked by file name (written beside it).
+pub fn markdown(r: &Report, charts: &[Chart]) -> String {
+    let (title, blocks) = document(r);
+    let mut m = format!("# {title}\n\n");
+    for b in &blocks {
+        match b {
+            Block::H2 { text, .. } => m.push_str(&format!("## {text}\n\n")),
+            Block::H3(t) => m.push_str(&format!("### {t}\n\n")),
+            Block::P(t) => m.push_str(&format!("{t}\n\n")),
+            Block::Strong(t) => m.push_str(&format!("**{t}**\n\n")),
+            Block::List { items, .. } => {
+                for i in items {
+                    m.push_str(&format!("- {i}\n"));
+                }
+                m.push('\n');
+            }
+            Block::Table { header, rows, .. } => {
+                m.push_str(&format!("| {} |\n", header.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")));
+                m.push_str(&format!("|{}\n", "---|".repeat(header.len())));
+                if rows.is_empty() {
+                    m.push_str(&format!("| not measured |{}\n", " |".repeat(header.len() - 1)));
+                }
+                for row in rows {
+                    m.push_str(&format!("| {} |\n", row.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | ")));
+                }
+                m.push('\n');
+            }
+            Block::Figure(kind) => {
+                if charts.iter().any(|c| c.kind == *kind) {
+                    m.push_str(&format!("![{}]({}.png)\n\n*{}* ([SVG]({}.svg))\n\n", kind.title(), kind.id(), caption(*kind), kind.id()));
+                }
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn significant_digits() {
+        assert_eq!(sig(16.944444, 4), "16.94");
+        assert_eq!(sig(0.0012345, 3), "0.00123");
+        assert_eq!(sig(1234.4, 3), "1234");
+    }
+}

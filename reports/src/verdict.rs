@@ -1,0 +1,147 @@
+//! The words of the report: one verdict sentence per series answering "at which context
+//! lengths does sparse attention cost at most half of dense, here, and how sure are we?",
+//! worded only as far as the evidence goes ("holds", "does not hold", "not measured"), with
+//! the CI caveats and DeepSeek's Fig. 3 at the same positions beside it.
+
+use ctxcost_core::Phase;
+
+use crate::analysis::{fmt_tokens, crossing, Analysis, Crossing, Series};
+use crate::reference::Fig3;
+
+/// Where DeepSeek's own Fig. 3 marginal ratio crosses a threshold for a phase.
+pub fn fig3_crossing(fig3: &Fig3, phase: Phase, t: f64) -> Crossing {
+    let pts: Vec<(usize, f64)> =
+        fig3.rows.iter().filter(|r| r.position > 0.0).filter_map(|r| fig3.ratio_at(phase, r.position).map(|v| (r.position as usize, v))).collect();
+    let xs: Vec<usize> = pts.iter().map(|p| p.0).collect();
+    let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    crossing(&xs, &ys, t)
+}
+
+fn r3(r: &ctxcost_core::stats::RatioCi) -> String {
+    format!("{:.2} [{:.2}, {:.2}]", r.ratio, r.lo, r.hi)
+}
+
+/// The question every report answers first.
+pub const QUESTION: &str = "At which context lengths does sparse attention (DSA) cost at most half of dense attention, here, and how sure are we?";
+
+/// What the headline ratio is.
+pub const HEADLINE_BASIS: &str =
+    "sparse/dense attention-only marginal cost per token (the cost of a token at that position, as in DeepSeek's Fig. 3), median ratio with its 95% bootstrap CI over paired samples";
+
+/// One verdict sentence for a series.
+pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
+    let label = s.key.label(a.mixed_env);
+    let head = format!("{} ({label}, {} vs {})", s.key.phase, s.dsa_engine, s.dense_engine);
+    let (Some(first), Some(last)) = (s.points.first(), s.points.last()) else {
+        let why = s.unpaired.first().map(|u| format!(": {}", u.why)).unwrap_or_default();
+        return format!("{head}: not measured, no context has both engines measured{why}.");
+    };
+    let range = if first.context == last.context {
+        fmt_tokens(first.context as f64)
+    } else {
+        format!("{}-{}", fmt_tokens(first.context as f64), fmt_tokens(last.context as f64))
+    };
+    let be = &s.break_evens;
+    let half = &be.attn_half;
+    let mut out = String::new();
+    match half.estimate {
+        Crossing::BelowRange { .. } => {
+            let worst = s.points.iter().max_by(|a, b| a.attn_ratio.ratio.total_cmp(&b.attn_ratio.ratio)).unwrap();
+            out.push_str(&format!(
+                "{head}: holds at every measured context ({range}); highest ratio {} at {}",
+                r3(&worst.attn_ratio),
+                fmt_tokens(worst.context as f64)
+            ));
+        }
+        Crossing::At(x) => {
+            out.push_str(&format!(
+                "{head}: holds from about {} [{}, {}] up to {} (the largest measured context; ratio there {})",
+                fmt_tokens(x),
+                half.lo.text(),
+                half.hi.text(),
+                fmt_tokens(last.context as f64),
+                r3(&last.attn_ratio)
+            ));
+        }
+        Crossing::AboveRange { .. } | Crossing::NoData => {
+            let best = s.points.iter().min_by(|a, b| a.attn_ratio.ratio.total_cmp(&b.attn_ratio.ratio)).unwrap();
+            out.push_str(&format!(
+                "{head}: does not hold at any measured context ({range}); lowest ratio {} at {}",
+                r3(&best.attn_ratio),
+                fmt_tokens(best.context as f64)
+            ));
+        }
+    }
+    let straddle: Vec<String> = s.points.iter().filter(|p| p.verdict.straddles_half).map(|p| fmt_tokens(p.context as f64)).collect();
+    if !straddle.is_empty() {
+        out.push_str(&format!("; the CI straddles 0.5 at {}", straddle.join(", ")));
+    }
+    out.push_str(&match be.attn_one.estimate {
+        Crossing::BelowRange { .. } => "; cheaper than dense at every measured context".to_string(),
+        Crossing::At(x) => format!("; break-even with dense at {} [{}, {}]", fmt_tokens(x), be.attn_one.lo.text(), be.attn_one.hi.text()),
+        Crossing::AboveRange { .. } => "; costs as much as dense or more at the largest measured context".to_string(),
+        Crossing::NoData => String::new(),
+    });
+    out.push_str(&format!(
+        "; per request of {}: {}; whole model (modelled): {}",
+        fmt_tokens(last.context as f64),
+        r3(&last.attn_request_ratio),
+        r3(&last.model_ratio)
+    ));
+    let fig_half = fig3_crossing(fig3, s.key.phase, 0.5);
+    match last.fig3_ratio {
+        Some(f) => out.push_str(&format!(
+            "; DeepSeek Fig. 3 at {}: {:.2} (at most half from about {})",
+            fmt_tokens(last.context as f64),
+            f,
+            fig_half.text()
+        )),
+        None => out.push_str(&format!("; beyond DeepSeek Fig. 3's 0-128K range (there at most half from about {})", fig_half.text())),
+    }
+    if (last.context as f64) < fig3.max_position() {
+        out.push_str(&format!("; not measured above {}", fmt_tokens(last.context as f64)));
+    }
+    out.push('.');
+    out
+}
+
+/// Caveats that change how far the verdict carries.
+pub fn caveats(a: &Analysis, set: &crate::load::RecordSet) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut shapes: Vec<(&str, usize)> = a.series.iter().map(|s| (s.key.shape.as_str(), s.top_k)).collect();
+    shapes.sort();
+    shapes.dedup();
+    for (shape, k) in shapes {
+        if shape != "deepseek-v3.2-exp" {
+            out.push(format!(
+                "Measured on the `{shape}` shape (top-k {k}, not DeepSeek-V3.2-Exp's 2048): break-even contexts scale with top-k, so these contexts are not DeepSeek-V3.2's."
+            ));
+        }
+    }
+    let cpu_only = set.records.iter().all(|r| r.record.env.gpu.get("name").is_none());
+    if cpu_only && !set.records.is_empty() {
+        out.push("Measured on CPU only: the ratios describe this CPU implementation, not a GPU serving system.".into());
+    }
+    if a.series.iter().any(|s| matches!(s.other.source, crate::cost::OtherSource::Analytic { .. })) {
+        out.push("Whole-model figures add an assumed (analytic) cost for the rest of the model; the attention-only ratios are the measured ones.".into());
+    }
+    if a.mixed_env {
+        out.push(format!("Records come from {} machines; each series is labelled with its machine and never paired across machines.", set.env_labels().len()));
+    }
+    out
+}
+
+/// The verdict as printed at the end of `ctxcost run` and by `ctxcost report`.
+pub fn lines(a: &Analysis, set: &crate::load::RecordSet, fig3: &Fig3) -> Vec<String> {
+    let mut out = vec![format!("verdict: {QUESTION}"), format!("  basis: {HEADLINE_BASIS}.")];
+    if a.series.is_empty() {
+        out.push("  not measured: the records hold no dense/DSA pair (engines `dense-*` and `dsa-*` at the same point).".into());
+    }
+    for s in &a.series {
+        out.push(format!("  - {}", series_sentence(a, s, fig3)));
+    }
+    for c in caveats(a, set) {
+        out.push(format!("  note: {c}"));
+    }
+    out
+}
