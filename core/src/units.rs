@@ -39,8 +39,8 @@ pub fn parse_contexts(text: &str) -> Result<Vec<usize>, CoreError> {
             return Err(bad("empty item".into()));
         }
         if let Some((a, b)) = part.split_once("..") {
-            let lo = parse_size(a).map_err(|e| bad(e.to_string()))?;
-            let hi = parse_size(b).map_err(|e| bad(e.to_string()))?;
+            let lo = parse_size(a).map_err(|e| bad(size_why(&e)))?;
+            let hi = parse_size(b).map_err(|e| bad(size_why(&e)))?;
             if lo > hi {
                 return Err(bad(format!("range start {lo} is above its end {hi}")));
             }
@@ -53,12 +53,19 @@ pub fn parse_contexts(text: &str) -> Result<Vec<usize>, CoreError> {
                 out.push(hi);
             }
         } else {
-            out.push(parse_size(part).map_err(|e| bad(e.to_string()))?);
+            out.push(parse_size(part).map_err(|e| bad(size_why(&e)))?);
         }
     }
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+fn size_why(e: &CoreError) -> String {
+    match e {
+        CoreError::BadSize { value, why } => format!("`{value}`: {why}"),
+        other => other.to_string(),
+    }
 }
 
 /// Format a token count compactly: `4096` -> `4K`, `1536` -> `1.5K`, `100` -> `100`.

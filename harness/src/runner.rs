@@ -175,8 +175,20 @@ fn write_report(records: &std::path::Path, _dir: &std::path::Path) {
     eprintln!("this build has no report feature: run `ctxcost report {}` where it does", records.display());
 }
 
-/// Print the GPU ceilings (device copy, cuBLAS GEMM).
+/// Print the GPU ceilings (device copy, cuBLAS GEMM), one `name value unit` line each, so
+/// scripts can read them.
 #[cfg(feature = "cuda")]
 pub fn print_ceilings() -> Result<()> {
-    anyhow::bail!("ceilings are not available in this build yet")
+    use ctxcost_engines::cuda::ceilings;
+    let env = envinfo::capture();
+    println!("gpu {}", env.gpu.get("name").map(String::as_str).unwrap_or("unknown"));
+    match ceilings::copy_tbps() {
+        Ok(v) => println!("copy_tbps {v:.3} TB/s (device-to-device copy, bytes read + written)"),
+        Err(e) => println!("copy_tbps unavailable: {e}"),
+    }
+    match ceilings::gemm_tflops() {
+        Ok(v) => println!("gemm_bf16_tflops {v:.1} TFLOP/s (cuBLAS 8192^3, random inputs)"),
+        Err(e) => println!("gemm_bf16_tflops unavailable: {e}"),
+    }
+    Ok(())
 }
