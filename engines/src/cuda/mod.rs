@@ -1,11 +1,30 @@
-//! CUDA engines (feature `cuda`, detected at run time). Placeholder until the kernels land.
+//! CUDA engines (feature `cuda`, detected at run time): `dense-cuda` (implemented) and
+//! `dsa-cuda` (not yet).
+//!
+//! - [`probe`] says whether this machine can run them, without panicking: it asks cudarc
+//!   whether `libcuda` and `libnvrtc` can be loaded before making any other cudarc call, then
+//!   opens the device once per process.
+//! - `device`: context and stream, NVRTC compilation for the device's own architecture cached
+//!   by (kernel, options), event timing, the L2 flush between samples (`CTXCOST_L2_FLUSH=0`
+//!   turns it off), memory figures, out-of-memory mapping.
+//! - `launch`: every `unsafe` call (allocations, memsets, kernel launches, cuBLAS).
+//! - [`DenseCuda`]: dense MLA (MHA-mode prefill, MQA-mode split-K decode, bf16 and FP8 cache).
+//! - [`ceilings`]: the copy-bandwidth and GEMM ceilings measured on the same device.
+
+pub mod ceilings;
+mod dense;
+mod device;
+mod launch;
+
+pub use dense::{decode_splits, device_bytes, e4m3_bits, encode_fp8_latent_row, geometry_support, DenseCuda};
+pub use device::{l2_flush_enabled, Device};
 
 use ctxcost_core::{Case, Inputs};
 
 use crate::{Engine, EngineError, Output, Support, Timing};
 
-/// Whether a CUDA driver and NVRTC can be loaded here, without panicking.
-pub fn probe() -> Result<(), String> {
+/// Whether `libcuda` and `libnvrtc` can be loaded (no other cudarc call before this).
+pub(crate) fn probe_libraries() -> Result<(), String> {
     // SAFETY: `is_culib_present` only tries to dlopen the library and reports whether it could.
     let driver = unsafe { cudarc::driver::sys::is_culib_present() };
     if !driver {
@@ -16,47 +35,172 @@ pub fn probe() -> Result<(), String> {
     if !nvrtc {
         return Err("CUDA driver found but NVRTC (libnvrtc.so) is missing: install the CUDA toolkit runtime".into());
     }
-    Err("CUDA engines are not implemented in this build yet".into())
+    Ok(())
 }
 
-macro_rules! placeholder {
-    ($name:ident, $id:literal) => {
-        /// Placeholder engine.
-        pub struct $name;
-        impl $name {
-            pub fn new() -> Self {
-                Self
-            }
-        }
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-        impl Engine for $name {
-            fn id(&self) -> &str {
-                $id
-            }
-            fn timer(&self) -> &'static str {
-                "cuda-events"
-            }
-            fn supports(&self, _case: &Case) -> Support {
-                match probe() {
-                    Ok(()) => Support::Yes,
-                    Err(e) => Support::No(e),
-                }
-            }
-            fn prepare(&mut self, _: &Case, _: &Inputs) -> Result<(), EngineError> {
-                Err(EngineError::Unsupported(probe().err().unwrap_or_default()))
-            }
-            fn run(&mut self) -> Result<Timing, EngineError> {
-                Err(EngineError::State("not prepared".into()))
-            }
-            fn output(&mut self) -> Result<Output, EngineError> {
-                Err(EngineError::State("not prepared".into()))
-            }
-        }
-    };
+/// Whether the CUDA engines can run here (libraries present, a device opens), with the
+/// reason when not. Never panics; the device is opened once per process.
+pub fn probe() -> Result<(), String> {
+    probe_libraries()?;
+    device::device().map(|_| ())
 }
-placeholder!(DenseCuda, "dense-cuda");
-placeholder!(DsaCuda, "dsa-cuda");
+
+/// The device this process uses, opened on first call (after [`probe`]'s library checks).
+pub fn open_device() -> Result<std::sync::Arc<Device>, String> {
+    device::device()
+}
+
+/// A few facts about the device for records and reports: name, compute capability,
+/// multiprocessors, L2 and memory size.
+pub fn device_facts() -> Result<Vec<(&'static str, String)>, String> {
+    let dev = device::device()?;
+    let total = dev.mem_info().map(|(_, t)| t).unwrap_or(0);
+    Ok(vec![
+        ("name", dev.name.clone()),
+        ("compute_capability", format!("{}.{}", dev.cc.0, dev.cc.1)),
+        ("multiprocessors", dev.sm_count.to_string()),
+        ("l2_bytes", dev.l2_bytes.to_string()),
+        ("memory_bytes", total.to_string()),
+        ("nvrtc_arch", dev.arch.to_string()),
+    ])
+}
+
+/// `dsa-cuda`: not implemented yet; every case is a skip with the reason.
+#[derive(Default)]
+pub struct DsaCuda;
+
+impl DsaCuda {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Engine for DsaCuda {
+    fn id(&self) -> &str {
+        "dsa-cuda"
+    }
+    fn timer(&self) -> &'static str {
+        "cuda-events"
+    }
+    fn supports(&self, _case: &Case) -> Support {
+        match probe() {
+            Ok(()) => Support::No("not implemented yet".into()),
+            Err(e) => Support::No(e),
+        }
+    }
+    fn prepare(&mut self, _: &Case, _: &Inputs) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported(probe().err().unwrap_or_else(|| "not implemented yet".into())))
+    }
+    fn run(&mut self) -> Result<Timing, EngineError> {
+        Err(EngineError::State("not prepared".into()))
+    }
+    fn output(&mut self) -> Result<Output, EngineError> {
+        Err(EngineError::State("not prepared".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Engine, Support};
+    use ctxcost_core::{Case, Inputs};
+    use ctxcost_core::numeric::round_e4m3;
+    use ctxcost_core::{ModelShape, Phase, Precision};
+    use ctxcost_kernels::KernelId;
+
+    fn case(phase: Phase, precision: Precision, context: usize, batch: usize, q: usize) -> Case {
+        Case {
+            engine: "dense-cuda".into(),
+            shape: ModelShape::deepseek_v32_exp(),
+            phase,
+            context,
+            batch,
+            query_len: q,
+            precision,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn probe_never_panics_and_engines_skip_without_a_gpu() {
+        let r = probe();
+        if let Err(why) = &r {
+            assert!(!why.is_empty());
+            let c = case(Phase::Prefill, Precision::Bf16, 1024, 1, 256);
+            let mut e = DenseCuda::new();
+            assert!(matches!(e.supports(&c), Support::No(_)));
+            assert!(e.prepare(&c, &Inputs::seeded(1)).is_err());
+            assert!(e.run().is_err());
+            assert!(e.output().is_err());
+            let mut d = DsaCuda::new();
+            assert!(matches!(d.supports(&c), Support::No(_)));
+            assert!(d.prepare(&c, &Inputs::seeded(1)).is_err());
+            assert!(open_device().is_err());
+            assert!(device_facts().is_err());
+            assert!(ceilings::copy_tbps().is_err());
+            assert!(ceilings::gemm_tflops().is_err());
+        }
+    }
+
+    #[test]
+    fn geometry_rules() {
+        assert!(geometry_support(&case(Phase::Prefill, Precision::Bf16, 4096, 1, 4096)).is_ok());
+        assert!(geometry_support(&case(Phase::Prefill, Precision::Fp8, 4096, 1, 4096)).is_err());
+        assert!(geometry_support(&case(Phase::Decode, Precision::Fp8, 4096, 8, 1)).is_ok());
+        assert!(geometry_support(&case(Phase::Decode, Precision::F32, 4096, 8, 1)).is_err());
+        let tiny = Case { shape: ModelShape::tiny(), ..case(Phase::Prefill, Precision::Bf16, 64, 1, 64) };
+        assert!(geometry_support(&tiny).unwrap_err().contains("192"));
+    }
+
+    #[test]
+    fn decode_splits_fill_the_machine_and_cover_the_context() {
+        for &(b, q, l) in &[(1usize, 1usize, 16384usize), (4, 1, 3000), (64, 1, 65536), (64, 2, 16384), (2, 1, 100), (1, 2, 64)] {
+            let (n, per) = decode_splits(132, b, q, 128, l);
+            assert!(n >= 1 && per >= 1);
+            assert!(n * per * 64 >= l, "{b} {q} {l}: {n} x {per}");
+            assert!((n - 1) * per * 64 < l, "an empty trailing split: {b} {q} {l}");
+            assert!(b * q * 2 * n <= 132 || n == 1, "{b} {q} {l}: {n} splits overfill");
+        }
+        assert_eq!(decode_splits(132, 64, 1, 128, 65536), (1, 1024));
+    }
+
+    #[test]
+    fn host_fp8_encoding_round_trips() {
+        for i in 0..4000 {
+            let x = ctxcost_core::inputs::uniform(3, 5, i) * 448.0;
+            let r = round_e4m3(x);
+            let bits = e4m3_bits(r);
+            // decode: sign, exponent (bias 7), 3 mantissa bits, subnormals at 2^-9.
+            let e = ((bits >> 3) & 0xF) as i32;
+            let m = (bits & 7) as f32;
+            let v = if e == 0 { m * 2f32.powi(-9) } else { (1.0 + m / 8.0) * 2f32.powi(e - 7) };
+            let v = if bits & 0x80 != 0 { -v } else { v };
+            assert_eq!(v, r, "x {x}");
+        }
+        let mut row = Vec::new();
+        let raw: Vec<f32> = (0..576).map(|i| ctxcost_core::inputs::uniform(1, 5, i)).collect();
+        encode_fp8_latent_row(&raw, 512, &mut row);
+        assert_eq!(row.len(), 656);
+    }
+
+    /// Compiles every kernel with NVRTC when libnvrtc can be loaded (no GPU needed);
+    /// passes trivially elsewhere. `CTXCOST_PTX_DIR` keeps the PTX for inspection.
+    #[test]
+    fn kernels_compile_with_nvrtc_when_available() {
+        // SAFETY: only tries to dlopen libnvrtc.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("libnvrtc not found: NVRTC compile check skipped");
+            return;
+        }
+        for &k in KernelId::ALL {
+            let ptx = device::compile(k, "sm_90", &[]).unwrap_or_else(|e| panic!("{e}"));
+            let text = ptx.to_src();
+            for e in k.entry_points() {
+                assert!(text.contains(&format!(".entry {e}(")), "{e} missing from the PTX of {}", k.file_name());
+            }
+            if let Ok(dir) = std::env::var("CTXCOST_PTX_DIR") {
+                std::fs::write(format!("{dir}/{}.ptx", k.file_name().trim_end_matches(".cu")), text).unwrap();
+            }
+        }
+    }
+}

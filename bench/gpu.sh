@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# bench/gpu.sh: measure dense-cuda on a GPU machine, ceilings and library baselines in the
+# same run, and print achieved rates next to them.
+#
+# Build here (no GPU or CUDA toolkit needed), then run this script on the GPU machine from
+# the repository root with the binaries carried along:
+#   cargo build --profile runner -p ctxcost --no-default-features --features cuda
+#   cargo build --release -p ctxcost-engines --features cuda --example cuda_smoke
+#   bash bench/gpu.sh            # OUT=<dir> keeps the outputs (default bench-out/)
+#
+# Steps: device facts; kernel checks on fresh seeds + timing (cuda_smoke, if present);
+# `ctxcost ceilings` (copy kernel and cuBLAS GEMM); the `h200` preset's dense cases through
+# the real runner (verify, then time); PyTorch baselines (cuDNN SDPA prefill, cuBLAS decode).
+# Env: STEPS="smoke ceilings run baseline" picks steps; CONTEXTS/PHASE narrow the run.
+set -u
+OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+BIN=${CTXCOST_BIN:-target/runner/ctxcost}
+SMOKE=${CTXCOST_SMOKE:-target/release/examples/cuda_smoke}
+STEPS=${STEPS:-"smoke ceilings run baseline"}
+
+# cuBLAS for the GEMM ceiling: the toolkit's, else the one PyTorch ships.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null | sed 's|$|/cu13/lib|') \
+    $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
+    if ls "$d"/libcublas.so* >/dev/null 2>&1; then
+        export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        break
+    fi
+done
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,memory.used --format=csv | tee "$OUT/gpu.txt"
+
+has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+if has smoke && [ -x "$SMOKE" ]; then
+    echo "== cuda_smoke (checks and kernel timings)"
+    "$SMOKE" all 2>&1 | tee "$OUT/smoke.txt"
+fi
+
+if has ceilings && [ -x "$BIN" ]; then
+    echo "== ctxcost ceilings"
+    "$BIN" ceilings 2>&1 | tee "$OUT/ceilings.txt"
+fi
+
+if has run && [ -x "$BIN" ]; then
+    echo "== ctxcost run --preset h200 --engines dense-cuda"
+    args=(run --preset h200 --engines dense-cuda --out "$OUT/h200-dense.jsonl" --force --no-report)
+    [ -n "${CONTEXTS:-}" ] && args+=(--contexts "$CONTEXTS")
+    [ -n "${PHASE:-}" ] && args+=(--phase "$PHASE")
+    "$BIN" "${args[@]}" 2>&1 | tail -n 40 | tee "$OUT/run.txt"
+fi
+
+if has baseline; then
+    echo "== library baselines (PyTorch)"
+    python3 bench/baseline.py 2>&1 | tee "$OUT/baseline.txt"
+fi
+
+# Summary: achieved rates of the runner's records next to the ceilings.
+if [ -f "$OUT/h200-dense.jsonl" ]; then
+    python3 - "$OUT" <<'EOF'
+import json, re, sys
+out = sys.argv[1]
+ceil = {}
+try:
+    for line in open(f"{out}/ceilings.txt"):
+        m = re.match(r"(copy_tbps|gemm_bf16_tflops) ([0-9.]+)", line)
+        if m:
+            ceil[m.group(1)] = float(m.group(2))
+except OSError:
+    pass
+copy, gemm = ceil.get("copy_tbps"), ceil.get("gemm_bf16_tflops")
+print(f"== summary: ceilings copy {copy} TB/s, gemm {gemm} TFLOP/s")
+print(f"{'case':<44} {'status':<8} {'median ms':>10} {'TFLOP/s':>8} {'%gemm':>6} {'TB/s':>7} {'%copy':>6} verify")
+for line in open(f"{out}/h200-dense.jsonl"):
+    r = json.loads(line)
+    c = r["case"]
+    name = f"{c['phase']} {c['precision']} L={c['context']} B={c['batch']} q={c['query_len']}"
+    st = r["status"]
+    med = (r.get("stats") or {}).get("median", float("nan"))
+    tf, tb = r["rates"]["tflops"], r["rates"]["tbps"]
+    v = r.get("verification")
+    ver = "-" if not v else ("pass" if v["passed"] else "FAIL") + f" norm {v['output']['norm_rel_err']:.1e}"
+    if st != "ok":
+        print(f"{name:<44} {st:<8} {r.get('reason', '')}")
+        continue
+    pg = f"{100 * tf / gemm:.0f}" if gemm else "-"
+    pc = f"{100 * tb / copy:.0f}" if copy else "-"
+    print(f"{name:<44} {st:<8} {med:>10.3f} {tf:>8.1f} {pg:>6} {tb:>7.3f} {pc:>6} {ver}")
+EOF
+fi

@@ -1,0 +1,313 @@
+//! Every `unsafe` call of the CUDA engines: uninitialised allocations, raw memsets, kernel
+//! launches and the cuBLAS GEMM. Each states, in a `// SAFETY:` comment, why its arguments
+//! match what the kernel reads and writes. Sizes are checked here, before the launch, so a
+//! wrong buffer is an error rather than an out-of-bounds access on the device.
+
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::device::{driver_err, CudaError, Device};
+use crate::EngineError;
+
+fn check(cond: bool, what: &str) -> Result<(), EngineError> {
+    if cond {
+        Ok(())
+    } else {
+        Err(EngineError::backend("launch argument check", CudaError(what.into())))
+    }
+}
+
+/// Allocate `len` elements, left uninitialised (every caller fills the buffer before it is read).
+pub fn alloc<T: DeviceRepr>(dev: &Device, len: usize, what: &str) -> Result<CudaSlice<T>, EngineError> {
+    // SAFETY: the memory is uninitialised; each call site writes it (generation kernel, memset
+    // or upload) before any kernel reads it.
+    unsafe { dev.stream.alloc::<T>(len.max(1)) }.map_err(|e| driver_err(&format!("allocating {what}"), e))
+}
+
+/// Set every byte of a buffer to `byte` (0xFF makes bf16 NaNs: poison for unwritten outputs).
+pub fn fill_bytes<T>(dev: &Device, buf: &mut CudaSlice<T>, byte: u8) -> Result<(), EngineError> {
+    let bytes = buf.num_bytes();
+    let (ptr, _sync) = buf.device_ptr_mut(&dev.stream);
+    // SAFETY: `ptr` is the start of a live allocation of `bytes` bytes owned by `buf`, which is
+    // borrowed mutably for the duration of the call; the memset is ordered on the same stream.
+    unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, bytes, dev.stream.cu_stream()) }
+        .map_err(|e| driver_err("cuMemsetD8Async", e))
+}
+
+fn grid_for(items: u64, block: u32, sm_count: u32) -> LaunchConfig {
+    let blocks = items.div_ceil(block as u64).clamp(1, sm_count as u64 * 32) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// `gen_bf16`: the seeded bf16 tensor [B, R, H, D] (logical order), written head-major
+/// ([B, H, R, D]) when `head_major`.
+#[allow(clippy::too_many_arguments)]
+pub fn gen_bf16(
+    dev: &Device,
+    f: &CudaFunction,
+    out: &mut CudaSlice<u16>,
+    seed: u64,
+    stream_id: u64,
+    dims: [usize; 4],
+    head_major: bool,
+) -> Result<(), EngineError> {
+    let [b, r, h, d] = dims;
+    check(d % 8 == 0, "gen_bf16 needs D % 8 == 0")?;
+    check(out.len() >= b * r * h * d, "gen_bf16 output too small")?;
+    let cfg = grid_for((b * r * h * d / 8) as u64, 256, dev.sm_count);
+    let (bi, ri, hi, di, hm) = (b as i32, r as i32, h as i32, d as i32, head_major as i32);
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(out).arg(&seed).arg(&stream_id).arg(&bi).arg(&ri).arg(&hi).arg(&di).arg(&hm);
+    // SAFETY: gen_bf16(u16* out, u64, u64, int B, int R, int H, int D, int) writes exactly
+    // B*R*H*D elements (checked above against out.len()), D is a multiple of 8 so every 16-byte
+    // store is aligned (cudaMalloc bases are 256-byte aligned).
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching gen_bf16", e)).map(|_| ())
+}
+
+/// `gen_latent_fp8`: the FP8 latent cache [B, L, latent + 4*latent/128 + 2*rope] bytes.
+#[allow(clippy::too_many_arguments)]
+pub fn gen_latent_fp8(
+    dev: &Device,
+    f: &CudaFunction,
+    out: &mut CudaSlice<u8>,
+    seed: u64,
+    stream_id: u64,
+    b: usize,
+    l: usize,
+    lat: usize,
+    rope: usize,
+) -> Result<(), EngineError> {
+    check(lat % 128 == 0 && rope % 2 == 0, "gen_latent_fp8 needs latent % 128 == 0, even rope")?;
+    let row = lat + 4 * (lat / 128) + 2 * rope;
+    check(out.len() >= b * l * row, "gen_latent_fp8 output too small")?;
+    let mut cfg = grid_for((b * l) as u64 * 32, 256, dev.sm_count);
+    cfg.block_dim = (256, 1, 1);
+    let (bi, li, lati, ropei) = (b as i32, l as i32, lat as i32, rope as i32);
+    let mut lb = dev.stream.launch_builder(f);
+    lb.arg(out).arg(&seed).arg(&stream_id).arg(&bi).arg(&li).arg(&lati).arg(&ropei);
+    // SAFETY: gen_latent_fp8(u8* out, u64, u64, int B, int L, int LAT, int ROPE) writes B*L rows
+    // of `row` bytes (checked above); scales land at row + LAT (4-aligned since LAT % 128 == 0)
+    // and RoPE values at row + LAT + 4*LAT/128 (2-aligned).
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching gen_latent_fp8", e)).map(|_| ())
+}
+
+/// `copy_u4`: dst[i] = src[i] for `bytes / 16` 16-byte words.
+pub fn copy_u4(dev: &Device, f: &CudaFunction, src: &CudaSlice<u16>, dst: &mut CudaSlice<u16>) -> Result<(), EngineError> {
+    check(src.len() == dst.len() && src.num_bytes() % 16 == 0, "copy_u4 needs equal sizes, multiple of 16 bytes")?;
+    let n = (src.num_bytes() / 16) as u64;
+    let cfg = LaunchConfig { grid_dim: (dev.sm_count * 8, 1, 1), block_dim: (512, 1, 1), shared_mem_bytes: 0 };
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(src).arg(dst).arg(&n);
+    // SAFETY: copy_u4(const uint4*, uint4*, u64 n) reads and writes n 16-byte words; both
+    // buffers hold n*16 bytes (checked above) and are 16-byte aligned.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching copy_u4", e)).map(|_| ())
+}
+
+/// Shared-memory bytes of `dense_prefill_bf16` (must match dense_prefill.cu).
+pub const PREFILL_SMEM: u32 = (128 * 200 + 64 * 200 + 64 * 136) * 2;
+/// Shared-memory bytes of `dense_decode_bf16` / `dense_decode_fp8` (must match dense_decode.cu).
+pub const DECODE_SMEM_BF16: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4;
+pub const DECODE_SMEM_FP8: u32 = (2 * 64 * 576 + 64 * 64) * 2 + 64 * 656 + 4 * 64 * 4;
+
+/// Allow a kernel to use `bytes` of dynamic shared memory.
+pub fn set_smem(f: &CudaFunction, bytes: u32) -> Result<(), EngineError> {
+    f.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        bytes as i32,
+    )
+    .map_err(|e| driver_err("cuFuncSetAttribute(max dynamic shared memory)", e))
+}
+
+/// Geometry of one dense prefill launch.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefillDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub context: usize,
+    pub query_len: usize,
+    pub scale_log2: f32,
+}
+
+/// `dense_prefill_bf16` over Q [B,H,q,192], K [B,H,L,192], V [B,H,L,128] -> O [B,q,H,128].
+pub fn dense_prefill(
+    dev: &Device,
+    f: &CudaFunction,
+    d: PrefillDims,
+    q: &CudaSlice<u16>,
+    k: &CudaSlice<u16>,
+    v: &CudaSlice<u16>,
+    o: &mut CudaSlice<u16>,
+) -> Result<(), EngineError> {
+    let (b, h, l, ql) = (d.batch, d.heads, d.context, d.query_len);
+    check(ql >= 1 && ql <= l, "prefill needs 1 <= q <= L")?;
+    check(q.len() >= b * h * ql * 192 && k.len() >= b * h * l * 192, "prefill Q/K too small")?;
+    check(v.len() >= b * h * l * 128 && o.len() >= b * ql * h * 128, "prefill V/O too small")?;
+    check(h <= 65535 && b <= 65535, "prefill grid: heads and batch must be <= 65535")?;
+    let cfg = LaunchConfig {
+        grid_dim: (ql.div_ceil(128) as u32, h as u32, b as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: PREFILL_SMEM,
+    };
+    let (hi, li, qi) = (h as i32, l as i32, ql as i32);
+    let mut lb = dev.stream.launch_builder(f);
+    lb.arg(q).arg(k).arg(v).arg(o).arg(&hi).arg(&li).arg(&qi).arg(&d.scale_log2);
+    // SAFETY: dense_prefill_bf16(const u16* Q, K, V, u16* O, int H, int L, int q_len, float)
+    // reads Q/K/V rows only below q_len / L (tail rows are zero-filled, not read) and writes O
+    // rows below q_len; the sizes were checked above; 256 threads and PREFILL_SMEM bytes of
+    // dynamic shared memory are what the kernel is written for (the limit was raised by
+    // set_smem when the function was loaded).
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching dense_prefill_bf16", e)).map(|_| ())
+}
+
+/// Geometry of one dense decode launch.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub context: usize,
+    pub query_len: usize,
+    pub n_splits: usize,
+    pub tiles_per_split: usize,
+    pub scale_log2: f32,
+    pub fp8: bool,
+}
+
+impl DecodeDims {
+    /// Query rows of all sequences (B * q * H).
+    pub fn rows(&self) -> usize {
+        self.batch * self.query_len * self.heads
+    }
+    /// Bytes of one cache row.
+    pub fn cache_row_bytes(&self) -> usize {
+        if self.fp8 {
+            656
+        } else {
+            1152
+        }
+    }
+}
+
+/// The latent cache of a decode case: bf16 [B, L, 576] or FP8 [B, L, 656 bytes].
+pub enum CacheBuf {
+    Bf16(CudaSlice<u16>),
+    Fp8(CudaSlice<u8>),
+}
+
+impl CacheBuf {
+    pub fn bytes(&self) -> usize {
+        match self {
+            CacheBuf::Bf16(c) => c.num_bytes(),
+            CacheBuf::Fp8(c) => c.num_bytes(),
+        }
+    }
+}
+
+/// `dense_decode_bf16` / `dense_decode_fp8` (the caller adds `dense_decode_combine` when split).
+#[allow(clippy::too_many_arguments)]
+pub fn dense_decode(
+    dev: &Device,
+    f: &CudaFunction,
+    d: DecodeDims,
+    q: &CudaSlice<u16>,
+    cache: &CacheBuf,
+    out: &mut CudaSlice<u16>,
+    ws_o: &mut CudaSlice<f32>,
+    ws_ml: &mut CudaSlice<f32>,
+) -> Result<(), EngineError> {
+    let rows = d.rows();
+    check(d.heads % 64 == 0, "decode needs heads % 64 == 0")?;
+    check(d.query_len >= 1 && d.query_len <= d.context, "decode needs 1 <= q <= L")?;
+    check(d.tiles_per_split * 64 * d.n_splits >= d.context, "decode splits do not cover the context")?;
+    check(q.len() >= rows * 576 && out.len() >= rows * 512, "decode Q/out too small")?;
+    check(cache.bytes() >= d.batch * d.context * d.cache_row_bytes(), "decode cache too small")?;
+    check(matches!(cache, CacheBuf::Fp8(_)) == d.fp8, "decode cache precision does not match the kernel")?;
+    if d.n_splits > 1 {
+        check(ws_o.len() >= rows * d.n_splits * 512 && ws_ml.len() >= rows * d.n_splits * 2, "decode workspace too small")?;
+    }
+    check(d.n_splits <= 65535 && d.batch <= 65535, "decode grid: splits and batch must be <= 65535")?;
+    let cfg = LaunchConfig {
+        grid_dim: ((d.query_len * d.heads / 64) as u32, d.n_splits as u32, d.batch as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: if d.fp8 { DECODE_SMEM_FP8 } else { DECODE_SMEM_BF16 },
+    };
+    let (hi, li, qi, si, ti) = (d.heads as i32, d.context as i32, d.query_len as i32, d.n_splits as i32, d.tiles_per_split as i32);
+    let mut lb = dev.stream.launch_builder(f);
+    lb.arg(q);
+    match cache {
+        CacheBuf::Bf16(c) => lb.arg(c),
+        CacheBuf::Fp8(c) => lb.arg(c),
+    };
+    lb.arg(out).arg(ws_o).arg(ws_ml).arg(&hi).arg(&li).arg(&qi).arg(&si).arg(&ti).arg(&d.scale_log2);
+    // SAFETY: dense_decode_{bf16,fp8}(const u16* Q, const cache*, u16* out, float* ws_o,
+    // float2* ws_ml, int H, int L, int q_len, int n_splits, int tiles_per_split, float) reads
+    // Q rows < B*q*H, cache rows < B*L (tail rows zero-filled) and writes either out (one
+    // split) or ws_o/ws_ml (several splits), all sized above; ws_ml holds float pairs, so an
+    // f32 buffer of 2 per entry is the float2 array the kernel expects (8-byte aligned).
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching dense_decode", e)).map(|_| ())
+}
+
+/// `dense_decode_combine`: merge the splits of every row into `out`.
+pub fn decode_combine(
+    dev: &Device,
+    f: &CudaFunction,
+    d: DecodeDims,
+    ws_o: &CudaSlice<f32>,
+    ws_ml: &CudaSlice<f32>,
+    out: &mut CudaSlice<u16>,
+) -> Result<(), EngineError> {
+    let rows = d.rows();
+    check(ws_o.len() >= rows * d.n_splits * 512 && ws_ml.len() >= rows * d.n_splits * 2, "combine workspace too small")?;
+    check(out.len() >= rows * 512, "combine output too small")?;
+    let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    let si = d.n_splits as i32;
+    let mut lb = dev.stream.launch_builder(f);
+    lb.arg(ws_o).arg(ws_ml).arg(out).arg(&si).arg(&d.scale_log2);
+    // SAFETY: dense_decode_combine(const float* ws_o, const float2* ws_ml, u16* out, int, float)
+    // with one 128-thread block per row reads rows*n_splits*512 floats and rows*n_splits float
+    // pairs and writes rows*512 bf16 values, all within the sizes checked above.
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching dense_decode_combine", e)).map(|_| ())
+}
+
+/// C[m,n] = A[m,k] B[k,n] in bf16 with fp32 accumulation through cuBLAS (column-major,
+/// no transposes; all three buffers hold bf16 bits).
+pub fn gemm_bf16(
+    blas: &cudarc::cublas::CudaBlas,
+    dev: &Device,
+    n: usize,
+    a: &CudaSlice<u16>,
+    b: &CudaSlice<u16>,
+    c: &mut CudaSlice<u16>,
+) -> Result<(), EngineError> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
+    check(a.len() >= n * n && b.len() >= n * n && c.len() >= n * n, "gemm buffers too small")?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let ni = n as i32;
+    let (pa, _ra) = a.device_ptr(&dev.stream);
+    let (pb, _rb) = b.device_ptr(&dev.stream);
+    let (pc, _rc) = c.device_ptr_mut(&dev.stream);
+    // SAFETY: A, B and C are live n*n bf16 buffers (checked above) on the stream the handle
+    // uses; alpha and beta are f32 as CUBLAS_COMPUTE_32F requires and outlive the call.
+    unsafe {
+        cudarc::cublas::result::gemm_ex(
+            *blas.handle(),
+            cublasOperation_t::CUBLAS_OP_N,
+            cublasOperation_t::CUBLAS_OP_N,
+            ni,
+            ni,
+            ni,
+            (&alpha) as *const f32 as *const _,
+            pa as *const _,
+            cudaDataType_t::CUDA_R_16BF,
+            ni,
+            pb as *const _,
+            cudaDataType_t::CUDA_R_16BF,
+            ni,
+            (&beta) as *const f32 as *const _,
+            pc as *mut _,
+            cudaDataType_t::CUDA_R_16BF,
+            ni,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| EngineError::backend("cublasGemmEx", e))
+}
