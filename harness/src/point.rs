@@ -6,7 +6,8 @@
 //! a `failed` record and no timing), warm-up. Then the surviving cases are sampled in
 //! lockstep, A B A B, until every median's 95% CI half-width is under the target (after the
 //! minimum sample count) or a cap is hit, so paired ratios survive machine drift.
-//! Peak host memory is isolated per case by resetting the RSS high-water mark.
+//! Peak host memory per case: the RSS high-water mark (reset before each case) over the
+//! process's RSS before any engine was made.
 //! Records go to stdout, one JSON line each; the parent writes them to the record file.
 
 use std::collections::BTreeMap;
@@ -111,6 +112,10 @@ pub fn child_main() -> Result<ExitCode> {
         None => None,
     };
     let slow = planted_slowdowns();
+    // Peak host memory of a case is measured against the process's RSS before any engine
+    // existed: it includes what earlier cases of the same point still hold (they are
+    // sampled together), and freed memory the allocator reuses is not counted twice.
+    let rss_start = memory::rss_bytes().unwrap_or(0);
     let mut active: Vec<Active> = Vec::new();
     for case in &job.cases {
         let inputs = Inputs { seed: case.seed, loaded: loaded.clone() };
@@ -131,7 +136,6 @@ pub fn child_main() -> Result<ExitCode> {
             continue;
         }
         memory::reset_peak();
-        let rss0 = memory::rss_bytes().unwrap_or(0);
         match engine.prepare(case, &inputs) {
             Ok(()) => {}
             Err(EngineError::Unsupported(why)) => {
@@ -191,7 +195,7 @@ pub fn child_main() -> Result<ExitCode> {
         }
         rec.warmup_runs = job.sampling.warmup;
         let peak = memory::peak_rss_bytes().unwrap_or(0);
-        rec.memory.peak_host_bytes = Some(peak.saturating_sub(rss0));
+        rec.memory.peak_host_bytes = Some(peak.saturating_sub(rss_start));
         if let Some(d) = engine.device_memory() {
             rec.memory.peak_device_bytes = Some(d.peak_allocated);
             rec.memory.device_free_before = d.free_before;

@@ -77,7 +77,7 @@ impl Sweep {
                 phases: both,
                 contexts: parse_contexts("1k..8k")?,
                 prefill_batch: vec![1],
-                decode_batch: vec![4],
+                decode_batch: vec![16],
                 prefill_chunk: 128,
                 decode_query_len: 1,
                 precisions: vec![Precision::F32],
