@@ -1,0 +1,313 @@
+// indexer.cu: the DSA lightning indexer, I[t,s] = sum_j w[t,j] * ReLU(q[t,j] . k[s]), on tensor cores,
+// and the generators of its inputs (fp32 head weights, FP8 e4m3 rows with power-of-two scales).
+//
+// Geometry: 64 indexer heads x 128 dims (DeepSeek-V3.2). Precisions:
+//   bf16: q [B, q_len, 64, 128] bf16, k [B, L, 128] bf16, mma.sync m16n8k16 (bf16, f32 accumulate).
+//   fp8:  q [B, q_len, 64, 128] e4m3 codes + one fp32 power-of-two scale per (query, head);
+//         k [B, L, 128] e4m3 codes + one fp32 power-of-two scale per key (stride Lp per sequence):
+//         the 132-byte-per-token indexer cache. mma.sync m16n8k32 e4m3 (sm_89+), f32 accumulate.
+//   w:    [B, q_len, 64] fp32 in both.
+// Output: scores [B, q_len, Lp] fp32; query i (position p = L - q_len + i) gets scores for keys 0..p only
+// (the top-k kernel reads nothing past p).
+//
+// With power-of-two scales the FP8 score factors exactly: ReLU(sq*sk*x) = sq*sk*ReLU(x) for sq, sk > 0, so
+// I[s] = sk[s] * sum_j (w[j]*sq[j]) * ReLU(codes_q[j] . codes_k[s]); the kernel folds sq into w.
+//
+// Organisation: MMA rows are keys, columns are heads (8 n-tiles of 8 heads), the reduction runs over the
+// 128 dims. Each CTA owns one sequence, a group of QG consecutive queries (QG = 1 for decode, 4 for prefill,
+// so a key tile read from memory serves several queries) and a range of 256-key tiles; tiles stream through
+// a cp.async pipeline (3 stages for fp8, 2 for bf16). The group's queries sit in shared memory for the whole
+// CTA. Each of the 8 warps owns 32 keys (two 16-row m-tiles) of a tile and, for each query, computes its
+// 32 x 64 logits, applies ReLU, weights the heads and sums them: inside the thread over its 16 heads,
+// then across the 4 threads of a quad. The head sum is ordered the same way every run (deterministic).
+//
+// Operand layout trick: a dot product may run over the dims in any order as long as both operands use the
+// same order. Thread (g = lane/4, t = lane%4) of an mma needs, for row g, 4-byte words at logical byte
+// offsets 4t and 16 + 4t of each 32-byte k-slice, for A (key rows) and B (head rows) alike, in bf16 and in
+// e4m3. We map k-step (c, s) of a row onto physical bytes 64c + 16t + 8s + [0, 8): one 16-byte shared-memory
+// load per row and per 64-byte column group then feeds two k-steps (words x,y for s = 0, z,w for s = 1).
+// Rows are stored with their 16-byte chunks XOR-swizzled so that those loads are free of bank conflicts.
+
+#define IX_HEADS 64
+#define IX_THREADS 256
+#define IX_WARPS 8
+#define IX_MT 2                               // 16-key m-tiles per warp
+#define IX_TK (IX_WARPS * 16 * IX_MT)         // 256 keys per tile
+
+// Physical 16-byte chunk of logical chunk `chunk` in row `row`: the low 3 bits are XORed with a row
+// function that gives rows 2m and 2m+1 opposite halves of each 8-chunk group, so the 8 lanes of one
+// shared-memory phase (2 rows x 4 chunks) hit 8 different bank groups.
+__device__ __forceinline__ int ix_swz(int row, int chunk) {
+    const int f = ((row & 1) << 2) | ((row >> 1) & 3);
+    return (chunk & ~7) | ((chunk ^ f) & 7);
+}
+
+__device__ __forceinline__ uint4 lds128(u32 addr) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+    return v;
+}
+
+// D = A * B + D, m16n8k32, e4m3 inputs, f32 accumulators (sm_89+).
+__device__ __forceinline__ void mma_e4m3(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <bool FP8>
+__device__ __forceinline__ void ix_mma(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    if (FP8) {
+        mma_e4m3(d, a0, a1, a2, a3, b0, b1);
+    } else {
+        mma_bf16(d, a0, a1, a2, a3, b0, b1);
+    }
+}
+
+// Shared-memory bytes of one launch (the engine computes the same sum).
+//   Q rows QG*64*RB | w' QG*64 f32 | key tiles STAGES*IX_TK*RB | fp8: key scales STAGES*IX_TK f32
+template <bool FP8, int QG>
+struct IxSmem {
+    static constexpr int RB = FP8 ? 128 : 256;
+    static constexpr int STAGES = FP8 ? 3 : 2;
+    static constexpr int Q_BYTES = QG * IX_HEADS * RB;
+    static constexpr int W_BYTES = QG * IX_HEADS * 4;
+    static constexpr int TILE_BYTES = IX_TK * RB;
+    static constexpr int KS_BYTES = FP8 ? STAGES * IX_TK * 4 : 0;
+    static constexpr int TOTAL = Q_BYTES + W_BYTES + STAGES * TILE_BYTES + KS_BYTES;
+};
+
+// NTP: n-tiles (of 8 heads) per head pass: 8 (one pass), or 4 (two passes, half the accumulators, for the
+// variant that runs two CTAs per multiprocessor under a 128-register cap).
+template <bool FP8, int QG, int NTP>
+__device__ __forceinline__ void indexer_body(const u8* __restrict__ q, const float* __restrict__ qscale,
+                                             const float* __restrict__ w, const u8* __restrict__ k,
+                                             const float* __restrict__ kscale, float* __restrict__ scores,
+                                             int q_len, int L, int Lp, int tiles_per_split) {
+    typedef IxSmem<FP8, QG> S;
+    constexpr int RB = S::RB;
+    constexpr int CR = RB / 16;  // 16-byte chunks per row
+    constexpr int NC = RB / 64;  // 64-byte column groups (two k-steps each)
+    constexpr int STAGES = S::STAGES;
+    extern __shared__ __align__(128) u8 smem[];
+    u8* sQ = smem;
+    float* sW = reinterpret_cast<float*>(smem + S::Q_BYTES);
+    u8* sK = smem + S::Q_BYTES + S::W_BYTES;
+    float* sKs = reinterpret_cast<float*>(sK + STAGES * S::TILE_BYTES);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int split = blockIdx.x, b = blockIdx.z;
+    const int i0 = blockIdx.y * QG;
+    const int nq = min(QG, q_len - i0);
+    const int key_end = L - q_len + i0 + nq;  // one past the last key the group sees
+    const int tile_begin = split * tiles_per_split;
+    const int n_tiles = min(tiles_per_split, (key_end + IX_TK - 1) / IX_TK - tile_begin);
+    if (n_tiles <= 0) return;
+
+    const size_t qrow0 = (size_t)b * q_len + i0;  // first query row of the group
+    const u32 aQ = smem_u32(sQ), aK = smem_u32(sK), aKs = smem_u32(sKs);
+
+    // The group's queries (nq * 64 head rows), swizzled, and the head weights (times the q scales).
+    {
+        const u8* src = q + qrow0 * IX_HEADS * RB;
+        for (int c = tid; c < nq * IX_HEADS * CR; c += IX_THREADS) {
+            const int r = c / CR, ch = c % CR;
+            cp_async16(aQ + r * RB + ix_swz(r, ch) * 16, src + (size_t)r * RB + ch * 16, 16u);
+        }
+        for (int j = tid; j < nq * IX_HEADS; j += IX_THREADS) {
+            float wj = w[qrow0 * IX_HEADS + j];
+            if (FP8) wj *= qscale[qrow0 * IX_HEADS + j];
+            sW[j] = wj;
+        }
+    }
+
+    const u8* kseq = k + (size_t)b * L * RB;
+    const float* kscale_seq = FP8 ? kscale + (size_t)b * Lp : nullptr;
+    // Tile j of this CTA into stage `st`; rows at or past key_end are zero-filled.
+    auto load_tile = [&](int j, int st) {
+        const int key0 = (tile_begin + j) * IX_TK;
+        const u8* src = kseq + (size_t)key0 * RB;
+        const u32 dst = aK + st * S::TILE_BYTES;
+        for (int c = tid; c < IX_TK * CR; c += IX_THREADS) {
+            const int r = c / CR, ch = c % CR;
+            const bool ok = key0 + r < key_end;
+            cp_async16(dst + r * RB + ix_swz(r, ch) * 16, ok ? src + (size_t)r * RB + ch * 16 : kseq, ok ? 16u : 0u);
+        }
+        if (FP8) {
+            for (int c = tid; c < IX_TK / 4; c += IX_THREADS) {
+                const int left = key_end - (key0 + 4 * c);  // valid scales in this 4-key chunk
+                const u32 bytes = left >= 4 ? 16u : (left > 0 ? (u32)left * 4u : 0u);
+                cp_async16(aKs + (st * IX_TK + 4 * c) * 4, bytes ? kscale_seq + key0 + 4 * c : kscale_seq, bytes);
+            }
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < n_tiles) load_tile(s, s);
+        cp_async_commit();
+    }
+
+    const int wkey = warp * 16 * IX_MT;  // the warp's first key in a tile
+    // Every row this thread reads (keys wkey + 16mt + 8h + g, heads 64qi + 8nt + g) is g modulo 8, so its
+    // swizzled chunk offsets depend on the column group c only.
+    u32 coff[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) coff[c] = (u32)ix_swz(g, 4 * c + t) * 16;
+    const u32 a_row = (u32)(wkey + g) * RB;
+    for (int j = 0; j < n_tiles; j++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();  // tile j (and the queries) are in; every warp is done with tile j-1's stage
+        if (j + STAGES - 1 < n_tiles) load_tile(j + STAGES - 1, (j + STAGES - 1) % STAGES);
+        cp_async_commit();
+
+        const int st = j % STAGES;
+        const int key0 = (tile_begin + j) * IX_TK;
+        const u32 tileA = aK + st * S::TILE_BYTES;
+        for (int qi = 0; qi < nq; qi++) {
+            const int p = L - q_len + i0 + qi;  // last key this query sees
+            if (key0 + wkey > p) continue;      // warp-uniform: none of the warp's keys is visible
+            float part[IX_MT][2];               // weighted ReLU sums of rows g, g+8 of each m-tile
+#pragma unroll
+            for (int mt = 0; mt < IX_MT; mt++) part[mt][0] = part[mt][1] = 0.0f;
+#pragma unroll
+            for (int hp = 0; hp < 8 / NTP; hp++) {  // head passes of NTP n-tiles (8 heads each)
+                float acc[IX_MT][NTP][4];
+#pragma unroll
+                for (int mt = 0; mt < IX_MT; mt++)
+#pragma unroll
+                    for (int nt = 0; nt < NTP; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    uint4 a[IX_MT][2];
+#pragma unroll
+                    for (int mt = 0; mt < IX_MT; mt++)
+#pragma unroll
+                        for (int h = 0; h < 2; h++) a[mt][h] = lds128(tileA + a_row + (mt * 16 + h * 8) * RB + coff[c]);
+#pragma unroll
+                    for (int nt = 0; nt < NTP; nt++) {
+                        const uint4 bq = lds128(aQ + (u32)(qi * IX_HEADS + g) * RB + (hp * NTP + nt) * 8 * RB + coff[c]);
+#pragma unroll
+                        for (int mt = 0; mt < IX_MT; mt++) {
+                            ix_mma<FP8>(acc[mt][nt], a[mt][0].x, a[mt][1].x, a[mt][0].y, a[mt][1].y, bq.x, bq.y);
+                            ix_mma<FP8>(acc[mt][nt], a[mt][0].z, a[mt][1].z, a[mt][0].w, a[mt][1].w, bq.z, bq.w);
+                        }
+                    }
+                }
+                // Weighted ReLU sum over this pass's heads: the thread holds heads 8nt + 2t, 8nt + 2t + 1.
+#pragma unroll
+                for (int nt = 0; nt < NTP; nt++) {
+                    const float2 wv = *reinterpret_cast<const float2*>(sW + qi * IX_HEADS + (hp * NTP + nt) * 8 + 2 * t);
+#pragma unroll
+                    for (int mt = 0; mt < IX_MT; mt++) {
+                        part[mt][0] = fmaf(wv.x, fmaxf(acc[mt][nt][0], 0.0f), part[mt][0]);
+                        part[mt][0] = fmaf(wv.y, fmaxf(acc[mt][nt][1], 0.0f), part[mt][0]);
+                        part[mt][1] = fmaf(wv.x, fmaxf(acc[mt][nt][2], 0.0f), part[mt][1]);
+                        part[mt][1] = fmaf(wv.y, fmaxf(acc[mt][nt][3], 0.0f), part[mt][1]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < IX_MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    part[mt][h] += __shfl_xor_sync(0xffffffffu, part[mt][h], 1);
+                    part[mt][h] += __shfl_xor_sync(0xffffffffu, part[mt][h], 2);
+                }
+            if (t == 0) {
+                float* dst = scores + (qrow0 + qi) * (size_t)Lp;
+#pragma unroll
+                for (int mt = 0; mt < IX_MT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int r = wkey + mt * 16 + h * 8 + g;
+                        const int key = key0 + r;
+                        if (key <= p) {
+                            float sc = part[mt][h];
+                            if (FP8) sc *= sKs[st * IX_TK + r];
+                            dst[key] = sc;
+                        }
+                    }
+            }
+        }
+    }
+    cp_async_wait<0>();
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 2)
+    indexer_fp8_q1(const u8* __restrict__ q, const float* __restrict__ qscale, const float* __restrict__ w,
+                   const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores, int q_len,
+                   int L, int Lp, int tiles_per_split) {
+    indexer_body<true, 1, 4>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
+    indexer_fp8_q4(const u8* __restrict__ q, const float* __restrict__ qscale, const float* __restrict__ w,
+                   const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores, int q_len,
+                   int L, int Lp, int tiles_per_split) {
+    indexer_body<true, 4, 8>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
+    indexer_bf16_q1(const u8* __restrict__ q, const float* __restrict__ qscale, const float* __restrict__ w,
+                    const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores, int q_len,
+                    int L, int Lp, int tiles_per_split) {
+    indexer_body<false, 1, 8>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
+    indexer_bf16_q4(const u8* __restrict__ q, const float* __restrict__ qscale, const float* __restrict__ w,
+                    const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores, int q_len,
+                    int L, int Lp, int tiles_per_split) {
+    indexer_body<false, 4, 8>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+// ---------------------------------------------------------------- inputs
+
+// Seeded fp32 values (the indexer head weights stay fp32 in every precision).
+extern "C" __global__ void gen_f32(float* __restrict__ out, u64 seed, u64 stream, u64 n) {
+    const u64 base = stream_base(seed, stream);
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
+        out[i] = uniform_at(base, i);
+}
+
+// The power-of-two scale of a block, as ctxcost_core::numeric::e4m3_scale(.., ScaleKind::Pow2) computes it
+// on the host: s = max(amax, 1e-12) / 448, then 2^ceil(log2 s) with log2 rounded to f32 (computed in double
+// and rounded once, as a correctly rounded log2f would).
+__device__ __forceinline__ float ix_pow2_scale(float amax) {
+    const float s = __fdiv_rn(fmaxf(amax, 1e-12f), E4M3_MAX);
+    const float lg = (float)log2((double)s);
+    const int e = (int)ceilf(lg);
+    return __uint_as_float((u32)(e + 127) << 23);
+}
+
+// Rows of 128 seeded values quantised to e4m3 with one power-of-two scale per row (DeepSeek's indexer
+// format, as reference::round_row applies it): row r holds generator indices r*128 .. r*128+127; codes go
+// to codes[r*128 ..], the scale to scales[(r / per_seq) * scale_stride + r % per_seq] (so key scales can be
+// padded to a multiple of 4 per sequence). One warp per row, 4 values a lane.
+extern "C" __global__ void gen_e4m3_pow2(u8* __restrict__ codes, float* __restrict__ scales, u64 seed, u64 stream,
+                                         u64 rows, u64 per_seq, u64 scale_stride) {
+    const u64 base = stream_base(seed, stream);
+    const int lane = threadIdx.x & 31;
+    const u64 warps = blockDim.x >> 5;
+    for (u64 r = (u64)blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += (u64)gridDim.x * warps) {
+        float v[4];
+        float amax = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[j] = uniform_at(base, r * 128 + lane * 4 + j);
+            amax = fmaxf(amax, fabsf(v[j]));
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float s = ix_pow2_scale(amax);
+        u32 packed = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) packed |= e4m3_bits(round_e4m3(__fdiv_rn(v[j], s))) << (8 * j);
+        *reinterpret_cast<u32*>(codes + r * 128 + lane * 4) = packed;
+        if (lane == 0) scales[(r / per_seq) * scale_stride + r % per_seq] = s;
+    }
+}
