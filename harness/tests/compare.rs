@@ -115,7 +115,8 @@ fn planted_2x_slowdown_is_reported_as_regressed() {
             dsa += 1;
             assert_eq!(c["verdict"], "regressed", "{}", show(&o));
             let ratio = c["ratio"].as_f64().unwrap();
-            assert!((1.6..2.6).contains(&ratio), "ratio {ratio}: {}", show(&o));
+            // Roughly 2x: a wide band, since load on a shared machine moves whole runs.
+            assert!((1.25..4.0).contains(&ratio), "ratio {ratio}: {}", show(&o));
         }
     }
     assert_eq!(dsa, 2);
@@ -180,7 +181,8 @@ fn bad_input_exits_2() {
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("bad.jsonl line 1"), "{}", show(&o));
     // A bad threshold.
-    let o = compare(&[good.as_os_str(), good.as_os_str(), "--threshold".as_ref(), "1.5".as_ref()]);
+    let o = compare(&[good.as_os_str(), good.as_os_str(), "--threshold=-0.1".as_ref()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--threshold -0.1"), "{}", show(&o));
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
     // Nothing in common.
     let other = dir.join("other.jsonl");

@@ -600,7 +600,7 @@ impl Comparison {
             let _ = writeln!(out, "### Cases on one side only\n");
             let _ = writeln!(out, "| side | case | status | machine |\n|---|---|---|---|");
             for o in &self.one_sided {
-                let _ = writeln!(out, "| {} | `{}` | {} | {} |", o.side.as_str(), o.key, status_str(o.status), md_escape(&o.machine));
+                let _ = writeln!(out, "| {} | `{}` | {} | {} |", o.side.as_str(), md_escape(&o.key), status_str(o.status), md_escape(&o.machine));
             }
             out.push('\n');
         }
@@ -608,7 +608,7 @@ impl Comparison {
             let _ = writeln!(out, "### Records that are not ok\n");
             let _ = writeln!(out, "| side | case | status | reason |\n|---|---|---|---|");
             for n in &self.not_ok {
-                let _ = writeln!(out, "| {} | `{}` | {} | {} |", n.side.as_str(), n.key, status_str(n.status), md_escape(&n.reason));
+                let _ = writeln!(out, "| {} | `{}` | {} | {} |", n.side.as_str(), md_escape(&n.key), status_str(n.status), md_escape(&n.reason));
             }
             out.push('\n');
         }
@@ -645,7 +645,8 @@ fn md_list(v: &[String]) -> String {
     }
 }
 
-/// Escape the characters that would break a Markdown table cell.
+/// Escape the characters that would break a Markdown table cell (GitHub honours `\|` inside
+/// code spans in tables too).
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|").replace('\n', " ")
 }
@@ -808,6 +809,8 @@ mod tests {
         assert_eq!(cmp.missing_from_current().count(), 1);
         let text = cmp.to_terminal();
         assert!(text.contains("broken") && text.contains("verification failed") && text.contains("too big"), "{text}");
+        let md = cmp.to_markdown();
+        assert!(md.contains("| baseline | `dense-cpu\\|tiny\\|decode\\|L=8192\\|B=4\\|q=1\\|f32\\|k=64` | ok | Test CPU x2 (h) |"), "{md}");
     }
 
     #[test]
