@@ -49,7 +49,6 @@ fn write_report(records: &[PathBuf], out: &Path, options: &ReportOptions) -> any
     if problems > 0 {
         lines.push(format!("  warning: {problems} line(s) of the record files are not records; see the report's data section"));
     }
-    lines.push(format!("report: {}", out.join("index.html").display()));
     Ok(lines)
 }
 
@@ -64,5 +63,6 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     for l in lines {
         println!("{l}");
     }
+    println!("report: {}", args.out.join("index.html").display());
     Ok(ExitCode::SUCCESS)
 }

@@ -547,7 +547,8 @@ fn build_series(
             attn_request_ratio,
             model_request_ratio,
             verdict: PointVerdict::of(&attn_ratio),
-            fig3_ratio: fig3.ratio_at(key.phase, ctx as f64),
+            // A whole-prompt case is a per-request cost: compare it with Fig. 3's request average.
+            fig3_ratio: if whole_prompt { fig3.request_ratio_at(key.phase, ctx as f64) } else { fig3.ratio_at(key.phase, ctx as f64) },
             fig3_request_ratio: fig3.request_ratio_at(key.phase, ctx as f64),
             dsa_components,
         });

@@ -175,7 +175,7 @@ fn legend_columns(width: u32, legend: &Legend) -> usize {
 fn with_legend_strip<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, legend: &Legend) -> (DrawingArea<DB, Shift>, DrawingArea<DB, Shift>) {
     let (w, h) = area.dim_in_pixel();
     let rows = legend.len().div_ceil(legend_columns(w, legend)) as u32;
-    let strip = (rows * 18 + 16).min(h / 2);
+    let strip = (rows * 18 + 26).min(h / 2);
     area.split_vertically(h - strip)
 }
 

@@ -7,7 +7,8 @@
 //! - `REPORT.md`: the same for a repository, linking the chart PNGs written beside it;
 //! - `chart-*.svg` / `chart-*.png`: the charts;
 //! - `summary.csv`: one row per series and context (costs, ratios with CIs, verdicts);
-//! - `records.parquet`: every record read, one row each, raw samples included.
+//! - `records.parquet`: every record used (the latest per case and machine), one row each,
+//!   raw samples included.
 
 use std::path::{Path, PathBuf};
 

@@ -21,6 +21,9 @@ fn r3(r: &ctxcost_core::stats::RatioCi) -> String {
     format!("{:.2} [{:.2}, {:.2}]", r.ratio, r.lo, r.hi)
 }
 
+/// Below this many samples per engine a bootstrap CI is flagged as rough.
+pub const MIN_SAMPLES_FOR_CI: usize = 5;
+
 /// The question every report answers first.
 pub const QUESTION: &str = "At which context lengths does sparse attention (DSA) cost at most half of dense attention, here, and how sure are we?";
 
@@ -43,25 +46,26 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
     };
     let be = &s.break_evens;
     let half = &be.attn_half;
+    let ctx_list = |f: &dyn Fn(&crate::analysis::Point) -> bool| -> Vec<String> {
+        s.points.iter().filter(|p| f(p)).map(|p| fmt_tokens(p.context as f64)).collect()
+    };
     let mut out = String::new();
     match half.estimate {
         Crossing::BelowRange { .. } => {
-            let worst = s.points.iter().max_by(|a, b| a.attn_ratio.ratio.total_cmp(&b.attn_ratio.ratio)).unwrap();
-            out.push_str(&format!(
-                "{head}: holds at every measured context ({range}); highest ratio {} at {}",
-                r3(&worst.attn_ratio),
-                fmt_tokens(worst.context as f64)
-            ));
+            out.push_str(&format!("{head}: holds at every measured context ({range})"));
         }
         Crossing::At(x) => {
             out.push_str(&format!(
-                "{head}: holds from about {} [{}, {}] up to {} (the largest measured context; ratio there {})",
+                "{head}: holds from about {} [{}, {}] up to {}, the largest measured context",
                 fmt_tokens(x),
                 half.lo.text(),
                 half.hi.text(),
-                fmt_tokens(last.context as f64),
-                r3(&last.attn_ratio)
+                fmt_tokens(last.context as f64)
             ));
+            let earlier = ctx_list(&|p| (p.context as f64) < x && p.attn_ratio.ratio <= 0.5);
+            if !earlier.is_empty() {
+                out.push_str(&format!(" (below that it also holds at {}, but not at every context)", earlier.join(", ")));
+            }
         }
         Crossing::AboveRange { .. } | Crossing::NoData => {
             let best = s.points.iter().min_by(|a, b| a.attn_ratio.ratio.total_cmp(&b.attn_ratio.ratio)).unwrap();
@@ -72,7 +76,23 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
             ));
         }
     }
-    let straddle: Vec<String> = s.points.iter().filter(|p| p.verdict.straddles_half).map(|p| fmt_tokens(p.context as f64)).collect();
+    out.push_str(&format!("; ratio at {}: {}", fmt_tokens(last.context as f64), r3(&last.attn_ratio)));
+    let sure = ctx_list(&|p| p.attn_ratio.hi <= 0.5);
+    if sure.is_empty() {
+        out.push_str("; at no measured context is the whole 95% CI at or below 0.5");
+    } else {
+        out.push_str(&format!("; whole 95% CI at or below 0.5 at {}", sure.join(", ")));
+    }
+    let few: Vec<String> = s
+        .points
+        .iter()
+        .filter(|p| p.dense.n_samples.min(p.dsa.n_samples) < MIN_SAMPLES_FOR_CI)
+        .map(|p| format!("{} (n={})", fmt_tokens(p.context as f64), p.dense.n_samples.min(p.dsa.n_samples)))
+        .collect();
+    if !few.is_empty() {
+        out.push_str(&format!("; fewer than {MIN_SAMPLES_FOR_CI} samples at {}: read those CIs as rough", few.join(", ")));
+    }
+    let straddle = ctx_list(&|p| p.verdict.straddles_half);
     if !straddle.is_empty() {
         out.push_str(&format!("; the CI straddles 0.5 at {}", straddle.join(", ")));
     }

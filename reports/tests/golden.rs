@@ -122,6 +122,7 @@ fn decode_verdict_and_break_evens_by_hand() {
     let lines = r.verdict_lines().join("\n");
     assert!(lines.contains("decode (cpu tiny f32 B=4 1 token/step, dsa-cpu vs dense-cpu): holds from about 3.4K [3.4K, 3.4K] up to 8K"), "{lines}");
     assert!(lines.contains("break-even with dense at 1.4K [1.4K, 1.4K]"), "{lines}");
+    assert!(lines.contains("whole 95% CI at or below 0.5 at 4K, 8K"), "{lines}");
     assert!(lines.contains("DeepSeek Fig. 3 at 8K: 0.75"), "{lines}");
     assert!(lines.contains("not measured above 8K"), "{lines}");
     assert!(lines.contains("`tiny` shape"), "{lines}");
@@ -252,4 +253,46 @@ fn clear_errors() {
     o.cost.usd_per_gpu_hour = -1.0;
     let e = report::build(&[fixture("golden.jsonl")], &o).unwrap_err();
     assert!(e.to_string().contains("--usd-per-gpu-hour"), "{e}");
+}
+
+#[test]
+fn measured_gemm_replaces_the_analytic_rest_of_model() {
+    use ctxcost_reports::cost::OtherSource;
+    use ctxcost_reports::load;
+    let text = std::fs::read_to_string(fixture("golden.jsonl")).unwrap();
+    let (mut records, _) = load::parse_jsonl("golden.jsonl", &text);
+    // A GEMM of the active parameters at 4 decode tokens took 1 ms: 2.5e-4 s per token.
+    let mut gemm = records.iter().find(|r| r.record.key.starts_with("dense-cpu|tiny|decode|L=1024")).unwrap().clone();
+    gemm.record.engine = "gemm-cpu".into();
+    gemm.record.case.engine = "gemm-cpu".into();
+    gemm.record.key = gemm.record.case.key();
+    gemm.record.samples_ms = vec![1.0; 5];
+    records.push(gemm);
+    let r = report::build_from_set(load::from_records(records), &ReportOptions::default()).unwrap();
+    let s = series(&r, Phase::Decode, Precision::F32);
+    assert!(matches!(&s.other.source, OtherSource::Measured { engine, records: 1 } if engine == "gemm-cpu"), "{:?}", s.other);
+    close(s.other.seconds_per_token, 2.5e-4, 1e-12);
+    close(s.points[0].dense.model_marginal, (LAYERS * 5e-4 + 2.5e-4) * USD_PER_S, 1e-12);
+    assert!(s.other.describe().starts_with("measured"));
+    // Prefill has no GEMM record: still analytic, and the report says so.
+    assert!(matches!(series(&r, Phase::Prefill, Precision::F32).other.source, OtherSource::Analytic { .. }));
+}
+
+#[test]
+fn api_price_table_can_be_replaced() {
+    let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prices.csv");
+    std::fs::write(
+        &p,
+        "item,usd_per_m_before,usd_per_m_after,effective_date,model_before,model_after,source\noutput,\"2.0\",1.0,2030-01-01,A,B,\"a test table, with a comma\"\n",
+    )
+    .unwrap();
+    let opts = ReportOptions { api_prices: Some(p.clone()), ..ReportOptions::default() };
+    let r = report::build(&[fixture("golden.jsonl")], &opts).unwrap();
+    assert_eq!(r.prices.len(), 1);
+    assert_eq!(r.prices[0].source, "a test table, with a comma");
+    close(r.prices[0].ratio(), 0.5, 1e-12);
+    assert_eq!(r.prices_from, p.display().to_string());
+    // The shipped table: DeepSeek's before/after prices with their date.
+    let shipped = golden();
+    assert_eq!(shipped.prices.iter().map(|x| (x.before, x.after)).collect::<Vec<_>>(), vec![(0.07, 0.028), (0.56, 0.28), (1.68, 0.42)]);
 }
