@@ -10,6 +10,11 @@
 # regress in both runs. A case that breaks (ok in the baseline, failed now) or goes missing
 # fails at once. Exit status: 0 pass, 1 regression, 2 bad input or a failed run.
 #
+# A shared machine that is busy with other work (1-minute load average above the number of
+# cores, still after waiting up to 90 s for it to settle) slows whole runs by up to 2x, which
+# no threshold separates from a regression: then the gate still measures and reports, but a
+# failure is only advisory (exit 0) unless CTXCOST_GATE_STRICT=1.
+#
 # Environment: CTXCOST_GATE_THRESHOLD (default 0.50, chosen by the noise study), CTXCOST_BIN
 # (a built binary of the baseline's profile; default: build it with cargo, a no-op after
 # `cargo test --workspace` since the baseline uses the test profile), CTXCOST_OUT_DIR
@@ -33,6 +38,28 @@ if [[ -z "${CTXCOST_BIN:-}" ]]; then
   export CTXCOST_BIN="$REPO_DIR/target/$dir/ctxcost"
 fi
 
+cores=$(nproc 2>/dev/null || echo 1)
+busy() { [[ -r /proc/loadavg ]] && awk -v c="$cores" '{ exit !($1 > c) }' /proc/loadavg; }
+for ((waited = 0; waited < 90; waited += 10)); do
+  busy || break
+  sleep 10
+done
+advisory=0
+if busy && [[ "${CTXCOST_GATE_STRICT:-0}" != 1 ]]; then
+  advisory=1
+  echo "warning: the machine is busy (load $(cut -d' ' -f1 /proc/loadavg) on $cores cores): a failure will be advisory" >&2
+fi
+
+# Fail, or only warn when the machine was busy.
+fail() {
+  if ((advisory)); then
+    echo "ci-gate: ADVISORY (machine busy, not failing): $*"
+    exit 0
+  fi
+  echo "ci-gate: FAIL: $*"
+  exit 1
+}
+
 # Measure and compare once; prints the comparison, leaves the regressed cases in $1/cases.
 attempt() {
   local out="$1" code
@@ -55,8 +82,7 @@ elif ((code != 1)); then
   exit "$code"
 fi
 if grep -q '^broken' "$out_root/1/cases" || ! [[ -s "$out_root/1/cases" ]]; then
-  echo "ci-gate: FAIL: a case broke or went missing (see above)"
-  exit 1
+  fail "a case broke or went missing (see above)"
 fi
 
 echo "== regression at threshold ${threshold}; re-measuring to confirm" >&2
@@ -68,8 +94,7 @@ if ((code != 0 && code != 1)); then
 fi
 confirmed=$(comm -12 "$out_root/1/cases" "$out_root/2/cases")
 if [[ -n "$confirmed" ]]; then
-  echo "ci-gate: FAIL: regressed in both runs (threshold ${threshold}):"
   sed 's/^/  /' <<<"$confirmed"
-  exit 1
+  fail "the cases above regressed in both runs (threshold ${threshold})"
 fi
 echo "ci-gate: pass: the first run's regression did not repeat on re-measuring (noise); $((SECONDS - start)) s"

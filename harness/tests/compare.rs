@@ -115,8 +115,9 @@ fn planted_2x_slowdown_is_reported_as_regressed() {
             dsa += 1;
             assert_eq!(c["verdict"], "regressed", "{}", show(&o));
             let ratio = c["ratio"].as_f64().unwrap();
-            // Roughly 2x: a wide band, since load on a shared machine moves whole runs.
-            assert!((1.25..4.0).contains(&ratio), "ratio {ratio}: {}", show(&o));
+            // At least well above 1: load on a shared machine moves whole runs, and a planted
+            // sleep can overshoot under load, so no upper bound.
+            assert!(ratio > 1.25, "ratio {ratio}: {}", show(&o));
         }
     }
     assert_eq!(dsa, 2);
