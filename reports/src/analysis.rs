@@ -400,7 +400,9 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
 /// Analyse a record set.
 pub fn analyse(set: &RecordSet, settings: &CostSettings, fig3: &Fig3) -> Analysis {
     // Group measured dense/DSA records by series and context.
-    let mut groups: BTreeMap<SeriesKey, (BTreeMap<usize, usize>, BTreeMap<usize, usize>)> = BTreeMap::new();
+    // Per series: (dense, DSA) record indices by context.
+    type ByContext = (BTreeMap<usize, usize>, BTreeMap<usize, usize>);
+    let mut groups: BTreeMap<SeriesKey, ByContext> = BTreeMap::new();
     let mut unmeasured: BTreeMap<SeriesKey, Vec<(usize, String)>> = BTreeMap::new();
     let mut other_engine_records = Vec::new();
     for (i, r) in set.records.iter().enumerate() {

@@ -156,6 +156,10 @@ enum Swatch {
 }
 
 type Legend = Vec<(String, Swatch)>;
+/// A labelled, coloured line; points are (x, y) or (x, median, CI low, CI high).
+type Line<P> = (String, RGBColor, Vec<P>);
+/// A labelled, coloured line that may be dashed.
+type StyledLine = (String, RGBColor, bool, Vec<(f64, f64)>);
 
 /// Approximate width of a legend character at 12 px (DejaVu Sans).
 const LEGEND_CHAR_PX: f64 = 6.8;
@@ -350,7 +354,7 @@ where
     let caption = format!("{phase}: median ms per case, bars: 95% CI");
     let ser = series_of(a, phase);
     // (label, colour, points (ctx, median, lo, hi))
-    let mut lines: Vec<(String, RGBColor, Vec<(f64, f64, f64, f64)>)> = Vec::new();
+    let mut lines: Vec<Line<(f64, f64, f64, f64)>> = Vec::new();
     for (i, s) in ser.iter().enumerate() {
         for (sparse, recs) in [(false, &s.dense_records), (true, &s.dsa_records)] {
             let pts: Vec<(f64, f64, f64, f64)> = recs
@@ -672,7 +676,7 @@ where
     }
     let measured: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
     let (xlo, xhi) = context_range(measured.iter().copied(), None);
-    let colored: Vec<(String, RGBColor, Vec<(f64, f64)>)> = lines
+    let colored: Vec<Line<(f64, f64)>> = lines
         .into_iter()
         .enumerate()
         .map(|(k, (label, pts))| {
@@ -709,7 +713,7 @@ where
 {
     let caption = "measured peak memory (solid) vs modelled KV (dashed), log-log";
     // (label, colour, dashed, points)
-    let mut lines: Vec<(String, RGBColor, bool, Vec<(f64, f64)>)> = Vec::new();
+    let mut lines: Vec<StyledLine> = Vec::new();
     for (k, s) in a.series.iter().enumerate() {
         for (sparse, recs) in [(false, &s.dense_records), (true, &s.dsa_records)] {
             let c = if sparse { DSA_COLORS[k % 4] } else { DENSE_COLORS[k % 4] };

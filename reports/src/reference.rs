@@ -27,6 +27,9 @@ pub struct Fig3Row {
     pub decode_v32: f64,
 }
 
+/// A curve as (position in tokens, USD per million tokens) points.
+pub type Curve = Vec<(f64, f64)>;
+
 /// DeepSeek's Fig. 3 curves.
 #[derive(Debug, Clone)]
 pub struct Fig3 {
@@ -68,7 +71,7 @@ impl Fig3 {
     }
 
     /// The (dense V3.1, sparse V3.2) curves of a phase as (position, USD/M) points.
-    pub fn curves(&self, phase: Phase) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+    pub fn curves(&self, phase: Phase) -> (Curve, Curve) {
         let pick = |r: &Fig3Row| match phase {
             Phase::Prefill => (r.prefill_v31, r.prefill_v32),
             Phase::Decode => (r.decode_v31, r.decode_v32),

@@ -138,7 +138,7 @@ pub fn caveats(a: &Analysis, set: &crate::load::RecordSet) -> Vec<String> {
             ));
         }
     }
-    let cpu_only = set.records.iter().all(|r| r.record.env.gpu.get("name").is_none());
+    let cpu_only = set.records.iter().all(|r| !r.record.env.gpu.contains_key("name"));
     if cpu_only && !set.records.is_empty() {
         out.push("Measured on CPU only: the ratios describe this CPU implementation, not a GPU serving system.".into());
     }
