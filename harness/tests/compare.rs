@@ -27,12 +27,14 @@ engines = ["dense-cpu", "dsa-cpu"]
 phases = ["decode"]
 contexts = ["1k", "2k"]
 
+decode_batch = [16]
+
 [sampling]
-warmup = 1
-target_rel_ci = 0.05
-min_samples = 5
-max_samples = 15
-max_seconds = 1.0
+warmup = 2
+target_rel_ci = 0.02
+min_samples = 12
+max_samples = 40
+max_seconds = 3.0
 "#;
 
 fn scratch(name: &str) -> PathBuf {
@@ -55,6 +57,8 @@ fn measure(dir: &Path, out: &str, slowdown: Option<&str>) -> PathBuf {
     std::fs::write(&sweep, SWEEP).unwrap();
     let out = dir.join(out);
     let mut cmd = Command::new(BIN);
+    // One compute thread: less exposed to other work on a shared machine.
+    cmd.env("RAYON_NUM_THREADS", "1");
     cmd.args(["run", "--sweep"]).arg(&sweep).arg("--out").arg(&out).args(["--force", "--no-report"]);
     cmd.env_remove("CTXCOST_TEST_SLOWDOWN");
     if let Some(s) = slowdown {
