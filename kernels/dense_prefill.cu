@@ -10,21 +10,32 @@
 //   Q [B, H, q_len, 192], K [B, H, L, 192], V [B, H, L, 128]   (bf16)
 //   O [B, q_len, H, 128]                                         (bf16, ctxcost's output order)
 //
-// One CTA = 8 warps = 128 query rows of one (sequence, head); each warp owns 16 rows and keeps
-// its Q fragments in registers. Keys stream through shared memory in tiles of 64: the V tile
+// One CTA = PF_WARPS warps = 16*PF_WARPS query rows of one (sequence, head); each warp owns 16 rows and keeps
+// its Q fragments in registers. Keys stream through shared memory in tiles of PF_BN: the V tile
 // load overlaps Q*K^T and the next K tile load overlaps P*V. Shared-memory rows are padded by
 // 16 bytes so that ldmatrix reads of 8 rows hit 8 different bank groups. Tiles wholly in the
 // future of every row of the CTA are skipped; only tiles that cross the diagonal are masked.
 // CTAs are ordered heaviest query tile first within a head, and the heads of one sequence run
 // one after the other, so concurrent CTAs share one head's K/V in L2.
 
-#define PF_BM 128
+// Tile shape, chosen by the engine with -D options (the engine's default is 8 warps with
+// 128-key tiles; the macros below default to 8 x 64 for standalone compiles):
+// PF_WARPS warps of 16 query rows each, PF_BN keys per tile, PF_MIN_BLOCKS CTAs per SM.
+#ifndef PF_WARPS
+#define PF_WARPS 8
+#endif
+#ifndef PF_BN
 #define PF_BN 64
+#endif
+#ifndef PF_MIN_BLOCKS
+#define PF_MIN_BLOCKS 1
+#endif
+#define PF_BM (16 * PF_WARPS)
+#define PF_THREADS (32 * PF_WARPS)
 #define PF_DQK 192
 #define PF_DV 128
 #define PF_QK_LD 200  // smem row stride (elements): 192 + 8 padding = 400 bytes
 #define PF_V_LD 136   // 128 + 8 = 272 bytes
-#define PF_THREADS 256
 
 #define PF_SMEM_Q (PF_BM * PF_QK_LD)
 #define PF_SMEM_K (PF_BN * PF_QK_LD)
@@ -44,7 +55,7 @@ __device__ __forceinline__ void pf_load_rows(u32 smem_base, int ld, const u16* s
     }
 }
 
-extern "C" __global__ void __launch_bounds__(PF_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(PF_THREADS, PF_MIN_BLOCKS)
     dense_prefill_bf16(const u16* __restrict__ Q, const u16* __restrict__ K, const u16* __restrict__ V,
                        u16* __restrict__ O, int H, int L, int q_len, float scale_log2) {
     extern __shared__ __align__(16) u16 smem[];

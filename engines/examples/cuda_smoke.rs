@@ -4,7 +4,8 @@
 //! the dense cases and prints achieved TFLOP/s and TB/s (analytic work over the median time).
 //!
 //! Build: `cargo build --release -p ctxcost-engines --features cuda --example cuda_smoke`.
-//! Run: `cuda_smoke [check|time|all]` (default `all`); `CTXCOST_SEED` replays a seed.
+//! Run: `cuda_smoke [check|tiles|time|all]` (default `all`); `CTXCOST_SEED` replays a seed;
+//! `CTXCOST_TILES` lists the prefill tile shapes to compare (`WARPSxKEYS[xBLOCKS]`).
 
 #[cfg(not(feature = "cuda"))]
 fn main() {
@@ -156,9 +157,9 @@ mod smoke {
     }
 
     fn print(rows: &[Row]) {
-        println!("{:<36} {:>10} {:>9} {:>8}  status", "case", "median ms", "TFLOP/s", "TB/s");
+        println!("{:<48} {:>10} {:>9} {:>8}  status", "case", "median ms", "TFLOP/s", "TB/s");
         for r in rows {
-            println!("{:<36} {:>10.3} {:>9.1} {:>8.3}  {}", r.label, r.median_ms, r.tflops, r.tbps, r.status);
+            println!("{:<48} {:>10.3} {:>9.1} {:>8.3}  {}", r.label, r.median_ms, r.tflops, r.tbps, r.status);
         }
     }
 
@@ -202,6 +203,40 @@ mod smoke {
                 let row = measure(c, r.clone(), 3);
                 failed |= !row.status.starts_with("verified");
                 rows.push(row);
+            }
+            print(&rows);
+        }
+
+        if mode == "tiles" || mode == "all" {
+            // Prefill tile shapes side by side: verified, then timed, on the same cases.
+            let shapes = std::env::var("CTXCOST_TILES").unwrap_or_else(|_| "8x64,4x64x2,8x128,4x128x2,8x32".into());
+            let before = std::env::var("CTXCOST_PREFILL_TILE").ok();
+            println!("== prefill tiles ({shapes})");
+            let mut rows = Vec::new();
+            for shape in shapes.split(',') {
+                std::env::set_var("CTXCOST_PREFILL_TILE", shape);
+                if cuda::prefill_tile() != cuda::PrefillTile::parse(shape).unwrap_or(cuda::PrefillTile::DEFAULT) {
+                    println!("  tile {shape}: not a valid shape");
+                    continue;
+                }
+                let checks = [
+                    (case(Phase::Prefill, Precision::Bf16, 390, 2, 200, s ^ 600), Some(Rows::Sampled { queries: 24, heads: 16 }), 3),
+                    (case(Phase::Prefill, Precision::Bf16, 16384, 1, 4096, s ^ 601), Some(Rows::Sampled { queries: 4, heads: 4 }), 10),
+                    (case(Phase::Prefill, Precision::Bf16, 65536, 1, 4096, s ^ 602), None, 10),
+                    (case(Phase::Prefill, Precision::Bf16, 16384, 1, 16384, s ^ 603), None, 10),
+                ];
+                for (c, r, n) in checks {
+                    let mut row = measure(&c, r.clone(), n);
+                    if r.is_some() {
+                        failed |= !row.status.starts_with("verified");
+                    }
+                    row.label = format!("tile {shape} {}", row.label);
+                    rows.push(row);
+                }
+            }
+            match before {
+                Some(v) => std::env::set_var("CTXCOST_PREFILL_TILE", v),
+                None => std::env::remove_var("CTXCOST_PREFILL_TILE"),
             }
             print(&rows);
         }

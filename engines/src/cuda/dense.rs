@@ -15,7 +15,7 @@ use ctxcost_core::{Case, InputTensor, Inputs, Phase, Precision};
 use ctxcost_kernels::KernelId;
 
 use super::device::{device, driver_err, Device, EventTimer};
-use super::launch::{self, CacheBuf, DecodeDims, PrefillDims};
+use super::launch::{self, CacheBuf, DecodeDims, PrefillDims, PrefillTile};
 use crate::check::Rows;
 use crate::{DeviceMemory, Engine, EngineError, Output, Support, Timing};
 
@@ -69,6 +69,12 @@ pub fn decode_splits(sm_count: usize, batch: usize, query_len: usize, heads: usi
     let want = (sm_count / ctas).clamp(1, tiles);
     let per = tiles.div_ceil(want);
     (tiles.div_ceil(per), per)
+}
+
+/// The prefill tile shape: `CTXCOST_PREFILL_TILE` (`WARPSxKEYS[xBLOCKS]`, e.g. `4x64x2`) when
+/// set and valid, else [`PrefillTile::DEFAULT`].
+pub fn prefill_tile() -> PrefillTile {
+    std::env::var("CTXCOST_PREFILL_TILE").ok().and_then(|s| PrefillTile::parse(&s)).unwrap_or(PrefillTile::DEFAULT)
 }
 
 /// Why a case does not fit these kernels (geometry and precision), or `Ok`.
@@ -220,9 +226,12 @@ impl DenseCuda {
         let gen = || dev.function(KernelId::Generate, "gen_bf16", &[]);
         let work = match case.phase {
             Phase::Prefill => {
-                let f = dev.function(KernelId::DensePrefill, "dense_prefill_bf16", &[])?;
-                launch::set_smem(&f, launch::PREFILL_SMEM)?;
-                let dims = PrefillDims { batch: b, heads: h, context: l, query_len: ql, scale_log2 };
+                let tile = prefill_tile();
+                let opts = tile.options();
+                let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+                let f = dev.function(KernelId::DensePrefill, "dense_prefill_bf16", &opts)?;
+                launch::set_smem(&f, tile.smem())?;
+                let dims = PrefillDims { tile, batch: b, heads: h, context: l, query_len: ql, scale_log2 };
                 let (q, k, v) = if inputs.loaded.is_some() {
                     (
                         upload(&dev, &host_bf16(case, inputs, InputTensor::MhaQ, h, true), "Q")?,
@@ -323,7 +332,7 @@ impl Engine for DenseCuda {
             return Support::No(format!("{} (sm_{}{}) is older than sm_80, which the kernels need", dev.name, dev.cc.0, dev.cc.1));
         }
         let smem = match (case.phase, case.precision) {
-            (Phase::Prefill, _) => launch::PREFILL_SMEM,
+            (Phase::Prefill, _) => prefill_tile().smem(),
             (Phase::Decode, Precision::Fp8) => launch::DECODE_SMEM_FP8,
             (Phase::Decode, _) => launch::DECODE_SMEM_BF16,
         };

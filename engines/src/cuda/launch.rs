@@ -102,8 +102,49 @@ pub fn copy_u4(dev: &Device, f: &CudaFunction, src: &CudaSlice<u16>, dst: &mut C
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching copy_u4", e)).map(|_| ())
 }
 
-/// Shared-memory bytes of `dense_prefill_bf16` (must match dense_prefill.cu).
-pub const PREFILL_SMEM: u32 = (128 * 200 + 64 * 200 + 64 * 136) * 2;
+/// Tile shape of `dense_prefill_bf16` (compiled in with `-D` options).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefillTile {
+    /// Warps per CTA; each owns 16 query rows.
+    pub warps: usize,
+    /// Keys per shared-memory tile.
+    pub keys: usize,
+    /// CTAs per multiprocessor the register budget is set for.
+    pub min_blocks: usize,
+}
+
+impl PrefillTile {
+    /// 8 warps (128 query rows), 128-key tiles, one CTA per SM: the fastest of the shapes
+    /// compared on an H200 (272 TFLOP/s at 16K-64K against 251 for 8x64, 265 for 4x128x2,
+    /// 255 for 4x64x2, 210 for 8x32; bench/NOTES.md).
+    pub const DEFAULT: PrefillTile = PrefillTile { warps: 8, keys: 128, min_blocks: 1 };
+
+    /// Parse `WARPSxKEYS` or `WARPSxKEYSxBLOCKS` (e.g. `8x64`, `4x64x2`).
+    pub fn parse(s: &str) -> Option<PrefillTile> {
+        let v: Vec<usize> = s.split('x').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
+        let t = match v.as_slice() {
+            [w, k] => PrefillTile { warps: *w, keys: *k, min_blocks: 1 },
+            [w, k, b] => PrefillTile { warps: *w, keys: *k, min_blocks: *b },
+            _ => return None,
+        };
+        (matches!(t.warps, 2 | 4 | 8) && matches!(t.keys, 32 | 64 | 128) && (1..=4).contains(&t.min_blocks)).then_some(t)
+    }
+
+    /// Query rows per CTA.
+    pub fn rows(&self) -> usize {
+        16 * self.warps
+    }
+
+    /// Dynamic shared memory (must match dense_prefill.cu: padded Q, K and V tiles).
+    pub fn smem(&self) -> u32 {
+        ((self.rows() * 200 + self.keys * 200 + self.keys * 136) * 2) as u32
+    }
+
+    /// NVRTC options that compile this shape.
+    pub fn options(&self) -> [String; 3] {
+        [format!("-DPF_WARPS={}", self.warps), format!("-DPF_BN={}", self.keys), format!("-DPF_MIN_BLOCKS={}", self.min_blocks)]
+    }
+}
 /// Shared-memory bytes of `dense_decode_bf16` / `dense_decode_fp8` (must match dense_decode.cu).
 pub const DECODE_SMEM_BF16: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4;
 pub const DECODE_SMEM_FP8: u32 = (2 * 64 * 576 + 64 * 64) * 2 + 64 * 656 + 4 * 64 * 4;
@@ -120,6 +161,7 @@ pub fn set_smem(f: &CudaFunction, bytes: u32) -> Result<(), EngineError> {
 /// Geometry of one dense prefill launch.
 #[derive(Debug, Clone, Copy)]
 pub struct PrefillDims {
+    pub tile: PrefillTile,
     pub batch: usize,
     pub heads: usize,
     pub context: usize,
@@ -143,18 +185,18 @@ pub fn dense_prefill(
     check(v.len() >= b * h * l * 128 && o.len() >= b * ql * h * 128, "prefill V/O too small")?;
     check(h <= 65535 && b <= 65535, "prefill grid: heads and batch must be <= 65535")?;
     let cfg = LaunchConfig {
-        grid_dim: (ql.div_ceil(128) as u32, h as u32, b as u32),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: PREFILL_SMEM,
+        grid_dim: (ql.div_ceil(d.tile.rows()) as u32, h as u32, b as u32),
+        block_dim: (32 * d.tile.warps as u32, 1, 1),
+        shared_mem_bytes: d.tile.smem(),
     };
     let (hi, li, qi) = (h as i32, l as i32, ql as i32);
     let mut lb = dev.stream.launch_builder(f);
     lb.arg(q).arg(k).arg(v).arg(o).arg(&hi).arg(&li).arg(&qi).arg(&d.scale_log2);
     // SAFETY: dense_prefill_bf16(const u16* Q, K, V, u16* O, int H, int L, int q_len, float)
     // reads Q/K/V rows only below q_len / L (tail rows are zero-filled, not read) and writes O
-    // rows below q_len; the sizes were checked above; 256 threads and PREFILL_SMEM bytes of
-    // dynamic shared memory are what the kernel is written for (the limit was raised by
-    // set_smem when the function was loaded).
+    // rows below q_len; the sizes were checked above; 32*warps threads and tile.smem() bytes
+    // of dynamic shared memory are what the kernel was compiled for (the -D options of the
+    // same PrefillTile; the limit was raised by set_smem when the function was loaded).
     unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching dense_prefill_bf16", e)).map(|_| ())
 }
 

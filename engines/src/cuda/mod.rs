@@ -1,4 +1,5 @@
-//! CUDA engines (feature `cuda`, detected at run time): `dense-cuda` and `dsa-cuda`.
+//! CUDA engines (feature `cuda`, detected at run time): `dense-cuda` (implemented) and
+//! `dsa-cuda` (not yet).
 //!
 //! - [`probe`] says whether this machine can run them, without panicking: it asks cudarc
 //!   whether `libcuda` and `libnvrtc` can be loaded before making any other cudarc call, then
@@ -8,18 +9,19 @@
 //!   turns it off), memory figures, out-of-memory mapping.
 //! - `launch`: every `unsafe` call (allocations, memsets, kernel launches, cuBLAS).
 //! - [`DenseCuda`]: dense MLA (MHA-mode prefill, MQA-mode split-K decode, bf16 and FP8 cache).
-//! - [`DsaCuda`] (`dsa`): DSA (indexer, radix top-k, sparse MQA attention; bf16 and FP8).
 //! - [`ceilings`]: the copy-bandwidth and GEMM ceilings measured on the same device.
 
 pub mod ceilings;
 mod dense;
 mod device;
-pub mod dsa;
 mod launch;
 
-pub use dsa::DsaCuda;
+pub use dense::{decode_splits, device_bytes, e4m3_bits, encode_fp8_latent_row, geometry_support, prefill_tile, DenseCuda};
+pub use launch::PrefillTile;
 
-pub use dense::{decode_splits, device_bytes, e4m3_bits, encode_fp8_latent_row, geometry_support, DenseCuda};
+use ctxcost_core::{Case, Inputs};
+
+use crate::{Engine, EngineError, Output, Support, Timing};
 pub use device::{l2_flush_enabled, Device};
 
 /// Whether `libcuda` and `libnvrtc` can be loaded (no other cudarc call before this).
@@ -64,6 +66,40 @@ pub fn device_facts() -> Result<Vec<(&'static str, String)>, String> {
     ])
 }
 
+/// `dsa-cuda`: not implemented yet; every case is a skip with the reason.
+#[derive(Default)]
+pub struct DsaCuda;
+
+impl DsaCuda {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Engine for DsaCuda {
+    fn id(&self) -> &str {
+        "dsa-cuda"
+    }
+    fn timer(&self) -> &'static str {
+        "cuda-events"
+    }
+    fn supports(&self, _case: &Case) -> Support {
+        match probe() {
+            Ok(()) => Support::No("not implemented yet".into()),
+            Err(e) => Support::No(e),
+        }
+    }
+    fn prepare(&mut self, _: &Case, _: &Inputs) -> Result<(), EngineError> {
+        Err(EngineError::Unsupported(probe().err().unwrap_or_else(|| "not implemented yet".into())))
+    }
+    fn run(&mut self) -> Result<Timing, EngineError> {
+        Err(EngineError::State("not prepared".into()))
+    }
+    fn output(&mut self) -> Result<Output, EngineError> {
+        Err(EngineError::State("not prepared".into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +141,14 @@ mod tests {
             assert!(ceilings::copy_tbps().is_err());
             assert!(ceilings::gemm_tflops().is_err());
         }
+    }
+
+    #[test]
+    fn prefill_tiles_parse() {
+        assert_eq!(PrefillTile::parse("8x128"), Some(PrefillTile::DEFAULT));
+        assert_eq!(PrefillTile::parse("4x64x2").map(|t| (t.rows(), t.min_blocks)), Some((64, 2)));
+        assert!(PrefillTile::parse("3x64").is_none() && PrefillTile::parse("8").is_none() && PrefillTile::parse("8x100").is_none());
+        assert!(PrefillTile::DEFAULT.smem() <= 227 * 1024);
     }
 
     #[test]
@@ -165,6 +209,15 @@ mod tests {
             }
             if let Ok(dir) = std::env::var("CTXCOST_PTX_DIR") {
                 std::fs::write(format!("{dir}/{}.ptx", k.file_name().trim_end_matches(".cu")), text).unwrap();
+            }
+        }
+        for shape in ["8x64", "4x64x2", "8x128", "4x128x2", "8x32", "4x32x2"] {
+            let tile = PrefillTile::parse(shape).unwrap();
+            let opts = tile.options();
+            let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+            let ptx = device::compile(KernelId::DensePrefill, "sm_90", &opts).unwrap_or_else(|e| panic!("{shape}: {e}"));
+            if let Ok(dir) = std::env::var("CTXCOST_PTX_DIR") {
+                std::fs::write(format!("{dir}/prefill_{shape}.ptx"), ptx.to_src()).unwrap();
             }
         }
     }
