@@ -21,6 +21,12 @@ pub enum KernelId {
     /// Split-K flash decoding, MLA in MQA mode (dense decode), bf16 and FP8 caches, and the
     /// kernel that merges the splits.
     DenseDecode,
+    /// DSA lightning indexer (bf16 and FP8 e4m3 tensor-core scores) and its input generators.
+    Indexer,
+    /// DSA exact top-k per query row by radix select.
+    Topk,
+    /// DSA attention: MLA in MQA mode over each query's selected latents (bf16 and FP8 cache).
+    SparseMla,
 }
 
 impl KernelId {
@@ -29,6 +35,9 @@ impl KernelId {
         KernelId::Generate,
         KernelId::DensePrefill,
         KernelId::DenseDecode,
+        KernelId::Indexer,
+        KernelId::Topk,
+        KernelId::SparseMla,
     ];
 
     /// File name of the source (used as the NVRTC program name, so it appears in logs).
@@ -37,6 +46,9 @@ impl KernelId {
             KernelId::Generate => "generate.cu",
             KernelId::DensePrefill => "dense_prefill.cu",
             KernelId::DenseDecode => "dense_decode.cu",
+            KernelId::Indexer => "indexer.cu",
+            KernelId::Topk => "topk.cu",
+            KernelId::SparseMla => "sparse_mla.cu",
         }
     }
 
@@ -46,6 +58,9 @@ impl KernelId {
             KernelId::Generate => include_str!("../generate.cu"),
             KernelId::DensePrefill => include_str!("../dense_prefill.cu"),
             KernelId::DenseDecode => include_str!("../dense_decode.cu"),
+            KernelId::Indexer => include_str!("../indexer.cu"),
+            KernelId::Topk => include_str!("../topk.cu"),
+            KernelId::SparseMla => include_str!("../sparse_mla.cu"),
         }
     }
 
@@ -66,6 +81,9 @@ impl KernelId {
             KernelId::Generate => &["gen_bf16", "gen_latent_fp8", "copy_u4"],
             KernelId::DensePrefill => &["dense_prefill_bf16"],
             KernelId::DenseDecode => &["dense_decode_bf16", "dense_decode_fp8", "dense_decode_combine"],
+            KernelId::Indexer => &["indexer_fp8_q1", "indexer_fp8_q4", "indexer_bf16_q1", "indexer_bf16_q4", "gen_f32", "gen_e4m3_pow2"],
+            KernelId::Topk => &["topk_radix"],
+            KernelId::SparseMla => &["sparse_mla_bf16", "sparse_mla_fp8"],
         }
     }
 
@@ -73,6 +91,7 @@ impl KernelId {
     /// indexer's e4m3 mma.sync: sm_89).
     pub fn min_compute_capability(self) -> (i32, i32) {
         match self {
+            KernelId::Indexer => (8, 9),
             _ => (8, 0),
         }
     }

@@ -1,5 +1,4 @@
-//! CUDA engines (feature `cuda`, detected at run time): `dense-cuda` (implemented) and
-//! `dsa-cuda` (not yet).
+//! CUDA engines (feature `cuda`, detected at run time): `dense-cuda` and `dsa-cuda`.
 //!
 //! - [`probe`] says whether this machine can run them, without panicking: it asks cudarc
 //!   whether `libcuda` and `libnvrtc` can be loaded before making any other cudarc call, then
@@ -9,19 +8,19 @@
 //!   turns it off), memory figures, out-of-memory mapping.
 //! - `launch`: every `unsafe` call (allocations, memsets, kernel launches, cuBLAS).
 //! - [`DenseCuda`]: dense MLA (MHA-mode prefill, MQA-mode split-K decode, bf16 and FP8 cache).
+//! - [`DsaCuda`] (`dsa`): DSA (indexer, radix top-k, sparse MQA attention; bf16 and FP8).
 //! - [`ceilings`]: the copy-bandwidth and GEMM ceilings measured on the same device.
 
 pub mod ceilings;
 mod dense;
 mod device;
+pub mod dsa;
 mod launch;
+
+pub use dsa::DsaCuda;
 
 pub use dense::{decode_splits, device_bytes, e4m3_bits, encode_fp8_latent_row, geometry_support, prefill_tile, DenseCuda};
 pub use launch::PrefillTile;
-
-use ctxcost_core::{Case, Inputs};
-
-use crate::{Engine, EngineError, Output, Support, Timing};
 pub use device::{l2_flush_enabled, Device};
 
 /// Whether `libcuda` and `libnvrtc` can be loaded (no other cudarc call before this).
@@ -64,40 +63,6 @@ pub fn device_facts() -> Result<Vec<(&'static str, String)>, String> {
         ("memory_bytes", total.to_string()),
         ("nvrtc_arch", dev.arch.to_string()),
     ])
-}
-
-/// `dsa-cuda`: not implemented yet; every case is a skip with the reason.
-#[derive(Default)]
-pub struct DsaCuda;
-
-impl DsaCuda {
-    pub fn new() -> Self {
-        Self
-    }
-}
-
-impl Engine for DsaCuda {
-    fn id(&self) -> &str {
-        "dsa-cuda"
-    }
-    fn timer(&self) -> &'static str {
-        "cuda-events"
-    }
-    fn supports(&self, _case: &Case) -> Support {
-        match probe() {
-            Ok(()) => Support::No("not implemented yet".into()),
-            Err(e) => Support::No(e),
-        }
-    }
-    fn prepare(&mut self, _: &Case, _: &Inputs) -> Result<(), EngineError> {
-        Err(EngineError::Unsupported(probe().err().unwrap_or_else(|| "not implemented yet".into())))
-    }
-    fn run(&mut self) -> Result<Timing, EngineError> {
-        Err(EngineError::State("not prepared".into()))
-    }
-    fn output(&mut self) -> Result<Output, EngineError> {
-        Err(EngineError::State("not prepared".into()))
-    }
 }
 
 #[cfg(test)]
