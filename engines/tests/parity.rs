@@ -231,9 +231,10 @@ fn output_runs_once_when_needed_and_runs_repeat() {
     assert!(e.run().is_err());
 }
 
-/// Timing of one run per (engine, phase, precision) at the `cpu-quick` geometry, 8K context
+/// Timing of one run per (engine, phase, precision) at the `cpu-quick` geometry, 8K context,
+/// with verification as the runner does it
 /// (`cargo test -p ctxcost-engines --test parity -- --ignored --nocapture`). Ignored by
-/// default: it measures, it does not check.
+/// default: slow in the test profile, and its figures are for reading.
 #[test]
 #[ignore]
 fn timing_tiny_8k() {
@@ -249,7 +250,18 @@ fn timing_tiny_8k() {
                 runs.sort_by(|a, b| a.total_ms.total_cmp(&b.total_ms));
                 let med = &runs[runs.len() / 2];
                 let parts: Vec<String> = med.components.iter().map(|(n, ms)| format!("{n} {ms:.2}")).collect();
-                println!("{:<40} prepare {prep:7.1} ms  run median {:7.2} ms  min {:7.2} ms  {}", c.key(), med.total_ms, runs[0].total_ms, parts.join(", "));
+                let v = verify(&c, &Inputs::seeded(c.seed), &e.output().unwrap(), &e.verify_rows(&c));
+                println!(
+                    "{:<52} prepare {prep:6.1} ms  run median {:7.2} ms  min {:7.2} ms  verify {} ({}, norm err {:.1e})  {}",
+                    c.key(),
+                    med.total_ms,
+                    runs[0].total_ms,
+                    if v.passed { "ok" } else { "FAILED" },
+                    v.method,
+                    v.output.norm_rel_err,
+                    parts.join(", ")
+                );
+                assert!(v.passed, "{} seed {}: {v:?}", c.key(), c.seed);
             }
         }
     }

@@ -4,11 +4,13 @@
 //! A [`Problem`] is `N` independent matrices: queries `q [N, R, D]`, keys stored transposed
 //! `kt [N, D, K]` (the layout candle's GEMM reads fastest as the right operand; a transposed
 //! view of `[K, D]` sends it through a slow strided gather), values `v [N, K, V]`; row
-//! `(n, r)` attends to keys `0..visible(n, r)`. Keys are processed in
-//! blocks sized so the block's scores and probabilities stay in the core's cache: per block
-//! `S = q kt_blk` (one batched matmul), a fused host pass updates each row's running maximum
-//! and sum and writes the probabilities, then `O = O * alpha + P v_blk`. Nothing of size
-//! `R x K` is ever allocated, so long contexts cost neither memory nor page faults.
+//! `(n, r)` attends to keys `0..visible(n, r)`.
+//!
+//! Keys are processed in blocks sized so that a block's scores and probabilities stay in the
+//! core's cache: per block, `S = q kt_blk` (one batched matmul); a fused host pass updates each
+//! row's running maximum and sum and writes the probabilities; then `O = O * alpha + P v_blk`.
+//! Nothing of size `R x K` is ever allocated, so long contexts cost neither memory nor page
+//! faults (a fresh multi-megabyte buffer per product costs more than the product here).
 //!
 //! Work is split over threads by matrices (`n` ranges) or, when there are fewer matrices than
 //! threads, by key segments whose partial results are merged with their log-sum-exp weights

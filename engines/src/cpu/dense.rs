@@ -1,6 +1,6 @@
 //! Dense MLA attention on candle-core: MHA mode for prefill, MQA mode for decode.
 //!
-//! Both modes are one [`attention::Problem`] per chunk of queries:
+//! Both modes are one [`Problem`] per chunk of queries:
 //! - MHA: `N = B*H` matrices (one per sequence and head), rows = the chunk's queries,
 //!   keys `[B*H, qk, L]` (stored transposed), values `[B*H, L, v]`;
 //! - MQA: `N = B` matrices whose rows are every (query, head) of the chunk (all heads share

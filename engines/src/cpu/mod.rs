@@ -1,16 +1,19 @@
 //! CPU engines on candle-core: `dense-cpu` and `dsa-cpu` (f32 and bf16).
 //!
-//! - [`DenseCpu`]: dense MLA, MHA mode in prefill, MQA mode in decode ([`dense`]).
-//! - [`DsaCpu`]: lightning indexer, top-k and sparse MQA-mode attention ([`dsa`]).
+//! - [`DenseCpu`]: dense MLA, MHA mode in prefill, MQA mode in decode (`dense`).
+//! - [`DsaCpu`]: lightning indexer, top-k and sparse MQA-mode attention (`dsa`).
 //!
-//! Both follow [`crate::reference`] exactly in what they compute (causal visibility, top-k
-//! tie rule, `-1` padding, output layouts); [`attention`] holds the blocked softmax attention
-//! both use, [`stored`] how operands are held (f32 tensors, or bf16 widened block by block),
-//! [`ops`] the shared kernels and the precision rules, [`plan`] the memory estimate, the refusal of cases that would not fit, and
-//! the chunking over queries that keeps the working set bounded. `prepare` builds every input
-//! tensor from [`crate::reference::materialize_rounded`] (untimed); `run` is timed with the
-//! monotonic clock ([`std::time::Instant`]). FP8 cases are refused: the FP8 formats exist only
-//! in the CUDA engines.
+//! Both compute what [`crate::reference`] computes (causal visibility, the top-k tie rule,
+//! `-1` padding, output layouts). The parts: `attention`, the blocked softmax attention both
+//! use; `stored`, how operands are held (f32 tensors, or bf16 widened block by block);
+//! `ops`, the shared host kernels and the precision rules; `plan`, the memory estimate,
+//! the refusal of cases that would not fit, and the chunking over queries that keeps the
+//! working set bounded.
+//!
+//! `prepare` builds every operand from [`crate::reference::materialize_rounded`] (untimed);
+//! `run` is timed with the monotonic clock ([`std::time::Instant`]) and includes everything
+//! from the first product to the output in host memory. FP8 cases are refused: the FP8 formats
+//! exist only in the CUDA engines.
 
 mod attention;
 mod dense;
