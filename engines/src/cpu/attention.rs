@@ -29,6 +29,9 @@ const BLOCK_ELEMS: usize = 1 << 18;
 /// Smallest key block, and smallest key segment worth its own thread.
 const MIN_BLOCK: usize = 64;
 const MIN_SEGMENT: usize = 1024;
+/// Multiply-adds under which a problem runs on one thread (a few milliseconds of work: see
+/// `ops::PAR_MIN_WORK` on the price of a fork-join on a busy machine).
+const PAR_MIN_WORK: usize = 1 << 22;
 
 /// One attention computation; see the module docs.
 pub(crate) struct Problem<'a> {
@@ -63,7 +66,10 @@ struct Partial {
 pub(crate) fn attend(p: &Problem) -> Result<Vec<f32>, EngineError> {
     let (n, r, vd) = (p.q.dims()[0], p.rows.len(), p.v.dims()[2]);
     // Units of work: (first matrix, matrices, first key, end key).
-    let t = threads();
+    let d = p.q.dims()[2];
+    // Small problems stay on the calling thread: a thread start costs more than they do.
+    let work = n * r * p.keys * (d + vd);
+    let t = if work < PAR_MIN_WORK { 1 } else { threads() };
     let mut units = Vec::new();
     if n >= t || p.keys < 2 * MIN_SEGMENT {
         let groups = t.min(n);
@@ -177,14 +183,15 @@ mod tests {
     /// Blocked, split and merged attention equals a plain softmax computed in f64.
     #[test]
     fn matches_plain_softmax() {
-        // Three matrices (split by matrix) and one (split by key segment when threads allow).
+        // Three matrices (split by matrix) and one (split by key segment when there are
+        // several threads).
         for n in [3, 1] {
             check(n);
         }
     }
 
     fn check(n: usize) {
-        let (r, d, k, vd) = (5, 7, 3000, 4);
+        let (r, d, k, vd) = (130, 7, 3000, 4); // n * r * k * (d + vd) is above PAR_MIN_WORK
         let val = |i: usize| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0;
         let q: Vec<f32> = (0..n * r * d).map(val).collect();
         let kt: Vec<f32> = (0..n * d * k).map(|i| val(i + 7)).collect();

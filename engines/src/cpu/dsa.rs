@@ -19,7 +19,7 @@ use ctxcost_core::{Case, InputTensor, Inputs, Precision};
 
 use super::attention::{attend, Problem};
 use super::dense::store;
-use super::ops::{backend, index_scores_row, par_rows, sum_neutral, threads, topk_row, with_f32};
+use super::ops::{backend, index_scores_row, par_rows, par_rows2, sum_neutral, threads, topk_row, with_f32};
 use super::plan::Plan;
 use super::stored::{permute4, Stored, Widen};
 use crate::reference::materialize_rounded;
@@ -178,9 +178,8 @@ fn gather<T: Widen>(latent: &[T], sel: &[i32], chunk: usize, context: usize, k: 
     let rows = sel.len() / k;
     let mut gt = vec![0f32; rows * kv * k];
     let mut gv = vec![0f32; rows * k * vd];
-    let mut none = vec![(); threads()];
-    par_rows(&mut gt, kv * k, &mut none, rows * k * kv, |row0, block, _| {
-        for (j, keys) in block.chunks_exact_mut(kv * k).enumerate() {
+    par_rows2(&mut gt, kv * k, &mut gv, k * vd, rows * k * (kv + vd), |row0, keys, vals| {
+        for (j, (keys, vals)) in keys.chunks_exact_mut(kv * k).zip(vals.chunks_exact_mut(k * vd)).enumerate() {
             let n = row0 + j;
             for (slot, &pos) in sel[n * k..(n + 1) * k].iter().enumerate() {
                 if pos >= 0 {
@@ -188,17 +187,7 @@ fn gather<T: Widen>(latent: &[T], sel: &[i32], chunk: usize, context: usize, k: 
                     for (d, &x) in src.iter().enumerate() {
                         keys[d * k + slot] = x.widen();
                     }
-                }
-            }
-        }
-    });
-    par_rows(&mut gv, k * vd, &mut none, rows * k * vd, |row0, block, _| {
-        for (j, vals) in block.chunks_exact_mut(k * vd).enumerate() {
-            let n = row0 + j;
-            for (slot, &pos) in sel[n * k..(n + 1) * k].iter().enumerate() {
-                if pos >= 0 {
-                    let src = &latent[((n / chunk) * context + pos as usize) * kv..][..vd];
-                    for (o, &x) in vals[slot * vd..(slot + 1) * vd].iter_mut().zip(src) {
+                    for (o, &x) in vals[slot * vd..(slot + 1) * vd].iter_mut().zip(&src[..vd]) {
                         *o = x.widen();
                     }
                 }

@@ -53,9 +53,10 @@ pub(crate) fn threads() -> usize {
     })
 }
 
-/// Work (elements touched) under which a kernel stays on the calling thread: below it, thread
-/// start-up costs more than it saves.
-const PAR_MIN_WORK: usize = 1 << 16;
+/// Work (elements touched) under which a kernel stays on the calling thread. A thread start
+/// costs tens of microseconds on an idle machine, but a fork-join can wait milliseconds for a
+/// time slice on a busy one, so only about a millisecond of work or more is split.
+pub(crate) const PAR_MIN_WORK: usize = 1 << 20;
 
 /// Run `f(first_row, rows, scratch)` over groups of whole rows of `out` (`row_len` elements per
 /// row), one group per thread, each with its own `scratch` entry. Runs inline when `work` is
@@ -91,6 +92,44 @@ pub(crate) fn par_rows<T: Send, S: Send>(
                 f(first, head, sc); // the last group runs on this thread
             } else {
                 scope.spawn(move || f(first, head, sc));
+            }
+        }
+    });
+}
+
+/// [`par_rows`] over two buffers with the same number of rows (`a_row` and `b_row` elements
+/// per row): `f(first_row, a_rows, b_rows)`.
+pub(crate) fn par_rows2<A: Send, B: Send>(
+    a: &mut [A],
+    a_row: usize,
+    b: &mut [B],
+    b_row: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    let rows = a.len().checked_div(a_row).unwrap_or(0);
+    debug_assert_eq!(rows, b.len().checked_div(b_row).unwrap_or(0));
+    let groups = if work < PAR_MIN_WORK { 1 } else { threads().min(rows).max(1) };
+    if groups == 1 {
+        f(0, a, b);
+        return;
+    }
+    let per = rows.div_ceil(groups);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let (mut rest_a, mut rest_b) = (a, b);
+        let mut row0 = 0;
+        while row0 < rows {
+            let take = per.min(rows - row0);
+            let (ha, ta) = std::mem::take(&mut rest_a).split_at_mut(take * a_row);
+            let (hb, tb) = std::mem::take(&mut rest_b).split_at_mut(take * b_row);
+            (rest_a, rest_b) = (ta, tb);
+            let first = row0;
+            row0 += take;
+            if row0 >= rows {
+                f(first, ha, hb);
+            } else {
+                scope.spawn(move || f(first, ha, hb));
             }
         }
     });
@@ -324,6 +363,31 @@ pub(crate) fn topk_row(scores: &[f32], keys: &mut Vec<u64>, out: &mut [i32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_rows_cover_every_row_once() {
+        let (rows, a_row, b_row) = (37, 5, 3);
+        let mut a = vec![0usize; rows * a_row];
+        let mut b = vec![0usize; rows * b_row];
+        let mut scratch = vec![0usize; threads()];
+        par_rows(&mut a, a_row, &mut scratch, PAR_MIN_WORK, |row0, chunk, calls| {
+            *calls += 1;
+            for (j, row) in chunk.chunks_exact_mut(a_row).enumerate() {
+                row.iter_mut().for_each(|x| *x += row0 + j + 1);
+            }
+        });
+        assert_eq!(scratch.iter().sum::<usize>(), threads().min(rows));
+        par_rows2(&mut a, a_row, &mut b, b_row, PAR_MIN_WORK, |row0, ca, cb| {
+            for (j, (ra, rb)) in ca.chunks_exact_mut(a_row).zip(cb.chunks_exact_mut(b_row)).enumerate() {
+                ra.iter_mut().for_each(|x| *x *= 2);
+                rb.iter_mut().for_each(|x| *x = row0 + j + 1);
+            }
+        });
+        for r in 0..rows {
+            assert!(a[r * a_row..(r + 1) * a_row].iter().all(|&x| x == 2 * (r + 1)));
+            assert!(b[r * b_row..(r + 1) * b_row].iter().all(|&x| x == r + 1));
+        }
+    }
 
     #[test]
     fn exp_is_accurate() {
