@@ -61,6 +61,8 @@ __device__ __forceinline__ void dc_load_tile(u32 dst, const u8* tile, int first_
 }
 
 // FP8 staging tile -> bf16 swizzled tile: value = bf16(e4m3 * block scale); RoPE dims copied.
+// DC_FP8_HWCVT (sm_89+) decodes the codes with the hardware e4m3x2 conversion instead of
+// integer bit placement: fewer instructions for the same exact values.
 __device__ __forceinline__ void dc_dequant_tile(u16* sK, const u8* stage, int tid) {
     for (int c = tid; c < DC_BN * DC_CHUNKS; c += DC_THREADS) {
         int r = c / DC_CHUNKS, ch = c - r * DC_CHUNKS;
@@ -74,9 +76,19 @@ __device__ __forceinline__ void dc_dequant_tile(u16* sK, const u8* stage, int ti
             for (int k = 0; k < 4; k++) {
                 u32 word = k < 2 ? codes.x : codes.y;
                 u32 sh = (k & 1) * 16;
+#ifdef DC_FP8_HWCVT
+                // Hardware e4m3x2 -> f16x2 (exact; low byte -> low half), then f32.
+                u32 h2;
+                float lo, hi;
+                asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"((u16)((word >> sh) & 0xFFFFu)));
+                asm("{ .reg .f16 a, b; mov.b32 {a, b}, %2; cvt.f32.f16 %0, a; cvt.f32.f16 %1, b; }"
+                    : "=f"(lo), "=f"(hi) : "r"(h2));
+                w[k] = pack_bf16x2(lo * sc, hi * sc);
+#else
                 float lo = e4m3_to_f32((word >> sh) & 0xFFu) * sc;
                 float hi = e4m3_to_f32((word >> (sh + 8)) & 0xFFu) * sc;
                 w[k] = pack_bf16x2(lo, hi);
+#endif
             }
             out = make_uint4(w[0], w[1], w[2], w[3]);
         } else {

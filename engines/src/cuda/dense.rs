@@ -77,6 +77,17 @@ pub fn prefill_tile() -> PrefillTile {
     std::env::var("CTXCOST_PREFILL_TILE").ok().and_then(|s| PrefillTile::parse(&s)).unwrap_or(PrefillTile::DEFAULT)
 }
 
+/// NVRTC options of the decode kernels: the hardware e4m3 decode (`-DDC_FP8_HWCVT`) on
+/// sm_89 and newer unless `CTXCOST_FP8_HWCVT=0`.
+pub fn decode_options(cc: (i32, i32)) -> Vec<&'static str> {
+    let off = matches!(std::env::var("CTXCOST_FP8_HWCVT").as_deref(), Ok("0"));
+    if cc >= (8, 9) && !off {
+        vec!["-DDC_FP8_HWCVT"]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Why a case does not fit these kernels (geometry and precision), or `Ok`.
 pub fn geometry_support(case: &Case) -> Result<(), String> {
     let s = &case.shape;
@@ -255,7 +266,7 @@ impl DenseCuda {
             Phase::Decode => {
                 let fp8 = case.precision == Precision::Fp8;
                 let entry = if fp8 { "dense_decode_fp8" } else { "dense_decode_bf16" };
-                let f = dev.function(KernelId::DenseDecode, entry, &[])?;
+                let f = dev.function(KernelId::DenseDecode, entry, &decode_options(dev.cc))?;
                 launch::set_smem(&f, if fp8 { launch::DECODE_SMEM_FP8 } else { launch::DECODE_SMEM_BF16 })?;
                 let combine = dev.function(KernelId::DenseDecode, "dense_decode_combine", &[])?;
                 let (n_splits, tiles_per_split) = decode_splits(dev.sm_count as usize, b, ql, h, l);

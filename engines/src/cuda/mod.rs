@@ -176,6 +176,10 @@ mod tests {
                 std::fs::write(format!("{dir}/{}.ptx", k.file_name().trim_end_matches(".cu")), text).unwrap();
             }
         }
+        let ptx = device::compile(KernelId::DenseDecode, "sm_90", &["-DDC_FP8_HWCVT"]).unwrap_or_else(|e| panic!("{e}"));
+        if let Ok(dir) = std::env::var("CTXCOST_PTX_DIR") {
+            std::fs::write(format!("{dir}/dense_decode_hwcvt.ptx"), ptx.to_src()).unwrap();
+        }
         for shape in ["8x64", "4x64x2", "8x128", "4x128x2", "8x32", "4x32x2"] {
             let tile = PrefillTile::parse(shape).unwrap();
             let opts = tile.options();
