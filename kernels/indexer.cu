@@ -42,27 +42,20 @@ __device__ __forceinline__ int ix_swz(int row, int chunk) {
     return (chunk & ~7) | ((chunk ^ f) & 7);
 }
 
-__device__ __forceinline__ uint4 lds128(u32 addr) {
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
-    return v;
-}
-
-// D = A * B + D, m16n8k32, e4m3 inputs, f32 accumulators (sm_89+).
-__device__ __forceinline__ void mma_e4m3(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
+// D = A * B + D, m16n8k32 e4m3 (sm_89+) or m16n8k16 bf16, f32 accumulators. Not volatile: they touch
+// registers only, so the compiler may schedule them around the shared-memory loads.
 template <bool FP8>
 __device__ __forceinline__ void ix_mma(float* d, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     if (FP8) {
-        mma_e4m3(d, a0, a1, a2, a3, b0, b1);
+        asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     } else {
-        mma_bf16(d, a0, a1, a2, a3, b0, b1);
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
     }
 }
 
@@ -166,7 +159,7 @@ __device__ __forceinline__ void indexer_body(const u8* __restrict__ q, const flo
 
         const int st = j % STAGES;
         const int key0 = (tile_begin + j) * IX_TK;
-        const u32 tileA = aK + st * S::TILE_BYTES;
+        const u8* tileA = sK + st * S::TILE_BYTES;
         for (int qi = 0; qi < nq; qi++) {
             const int p = L - q_len + i0 + qi;  // last key this query sees
             if (key0 + wkey > p) continue;      // warp-uniform: none of the warp's keys is visible
@@ -186,10 +179,11 @@ __device__ __forceinline__ void indexer_body(const u8* __restrict__ q, const flo
 #pragma unroll
                     for (int mt = 0; mt < IX_MT; mt++)
 #pragma unroll
-                        for (int h = 0; h < 2; h++) a[mt][h] = lds128(tileA + a_row + (mt * 16 + h * 8) * RB + coff[c]);
+                        for (int h = 0; h < 2; h++)
+                            a[mt][h] = *reinterpret_cast<const uint4*>(tileA + a_row + (mt * 16 + h * 8) * RB + coff[c]);
 #pragma unroll
                     for (int nt = 0; nt < NTP; nt++) {
-                        const uint4 bq = lds128(aQ + (u32)(qi * IX_HEADS + g) * RB + (hp * NTP + nt) * 8 * RB + coff[c]);
+                        const uint4 bq = *reinterpret_cast<const uint4*>(sQ + (qi * IX_HEADS + g) * RB + (hp * NTP + nt) * 8 * RB + coff[c]);
 #pragma unroll
                         for (int mt = 0; mt < IX_MT; mt++) {
                             ix_mma<FP8>(acc[mt][nt], a[mt][0].x, a[mt][1].x, a[mt][0].y, a[mt][1].y, bq.x, bq.y);
@@ -263,6 +257,177 @@ extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
                     const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores, int q_len,
                     int L, int Lp, int tiles_per_split) {
     indexer_body<false, 4, 8>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+// ---------------------------------------------------------------- FP8 on wgmma (sm_90a)
+//
+// On sm_90 the e4m3 mma.sync above is not native: ptxas lowers it to f16 HMMA with conversions, so FP8
+// runs no faster than bf16. Hopper's FP8 tensor-core path is wgmma, which needs sm_90a code; the engine
+// compiles this file for sm_90a on such devices and uses the entry points below (elsewhere they trap).
+//
+// Same work split as indexer_body (CTA = sequence x group of QG queries x key range, 256-key tiles in a
+// 3-stage cp.async pipeline), but each warpgroup (4 warps) computes 64 keys x 64 heads per instruction
+// sequence: wgmma m64n64k32 e4m3 with both operands K-major in shared memory, four k-steps for the 128
+// dims. Shared-memory operand layout (no swizzle): 8-row x 16-byte core matrices stored contiguously,
+// core matrix (row group R, 16-byte chunk C) at (R * 8 + C) * 128 bytes, row r of it at + (r % 8) * 16;
+// so the descriptors use LBO = 128 (next chunk along K) and SBO = 1024 (next 8 rows). The accumulator
+// fragment of warp w of a warpgroup is the mma.sync one for rows 16w.., so the epilogue is unchanged.
+
+__device__ __forceinline__ u32 wg_off(int r, int ch) { return (u32)(((r >> 3) * 8 + ch) * 128 + (r & 7) * 16); }
+
+// Shared-memory matrix descriptor: start address, LBO and SBO (all >> 4), no swizzle, base offset 0.
+__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)((lbo & 0x3FFFFu) >> 4) << 16) | ((u64)((sbo & 0x3FFFFu) >> 4) << 32);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma.
+__device__ __forceinline__ void wg_fence_operands(float* d) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+// D[64 x 64] (+)= A[64 x 32] B[64 x 32]^T, e4m3, f32 accumulators; scale_d = 0 overwrites D.
+__device__ __forceinline__ void wg_mma_e4m3(float* d, u64 da, u64 db, int scale_d) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(scale_d));
+}
+#endif
+
+template <int QG>
+__device__ __forceinline__ void indexer_wgmma_body(const u8* __restrict__ q, const float* __restrict__ qscale,
+                                                   const float* __restrict__ w, const u8* __restrict__ k,
+                                                   const float* __restrict__ kscale, float* __restrict__ scores,
+                                                   int q_len, int L, int Lp, int tiles_per_split) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    typedef IxSmem<true, QG> S;
+    constexpr int STAGES = S::STAGES;
+    extern __shared__ __align__(128) u8 smem[];
+    u8* sQ = smem;
+    float* sW = reinterpret_cast<float*>(smem + S::Q_BYTES);
+    u8* sK = smem + S::Q_BYTES + S::W_BYTES;
+    float* sKs = reinterpret_cast<float*>(sK + STAGES * S::TILE_BYTES);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wgi = warp >> 2, w4 = warp & 3;  // warpgroup, warp within it
+    const int split = blockIdx.x, b = blockIdx.z;
+    const int i0 = blockIdx.y * QG;
+    const int nq = min(QG, q_len - i0);
+    const int key_end = L - q_len + i0 + nq;
+    const int tile_begin = split * tiles_per_split;
+    const int n_tiles = min(tiles_per_split, (key_end + IX_TK - 1) / IX_TK - tile_begin);
+    if (n_tiles <= 0) return;
+
+    const size_t qrow0 = (size_t)b * q_len + i0;
+    const u32 aQ = smem_u32(sQ), aK = smem_u32(sK), aKs = smem_u32(sKs);
+    {
+        const u8* src = q + qrow0 * IX_HEADS * 128;
+        for (int c = tid; c < nq * IX_HEADS * 8; c += IX_THREADS) {
+            const int r = c >> 3, ch = c & 7;  // r = qi * 64 + head
+            cp_async16(aQ + (r >> 6) * 8192 + wg_off(r & 63, ch), src + (size_t)r * 128 + ch * 16, 16u);
+        }
+        for (int j = tid; j < nq * IX_HEADS; j += IX_THREADS) sW[j] = w[qrow0 * IX_HEADS + j] * qscale[qrow0 * IX_HEADS + j];
+    }
+    const u8* kseq = k + (size_t)b * L * 128;
+    const float* kscale_seq = kscale + (size_t)b * Lp;
+    // Each warp copies 8 rows x 4 chunks per step: whole 32-byte sectors from global memory, and the 8
+    // lanes of a shared-memory phase write 8 different rows of one core matrix (no bank conflicts).
+    auto load_tile = [&](int j, int st) {
+        const int key0 = (tile_begin + j) * IX_TK;
+        const u8* src = kseq + (size_t)key0 * 128;
+        const u32 dst = aK + st * S::TILE_BYTES;
+#pragma unroll
+        for (int i = 0; i < IX_TK * 8 / IX_THREADS; i++) {
+            const int wc = warp + IX_WARPS * i;  // 64 warp-steps per tile
+            const int r = (wc >> 1) * 8 + (lane & 7), ch = (wc & 1) * 4 + (lane >> 3);
+            const bool ok = key0 + r < key_end;
+            cp_async16(dst + wg_off(r, ch), ok ? src + (size_t)r * 128 + ch * 16 : kseq, ok ? 16u : 0u);
+        }
+        if (tid < IX_TK / 4) {
+            const int left = key_end - (key0 + 4 * tid);
+            const u32 bytes = left >= 4 ? 16u : (left > 0 ? (u32)left * 4u : 0u);
+            cp_async16(aKs + (st * IX_TK + 4 * tid) * 4, bytes ? kscale_seq + key0 + 4 * tid : kscale_seq, bytes);
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < n_tiles) load_tile(s, s);
+        cp_async_commit();
+    }
+    for (int j = 0; j < n_tiles; j++) {
+        cp_async_wait<STAGES - 2>();
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async data -> wgmma's proxy
+        __syncthreads();
+        if (j + STAGES - 1 < n_tiles) load_tile(j + STAGES - 1, (j + STAGES - 1) % STAGES);
+        cp_async_commit();
+
+        const int st = j % STAGES;
+        const int key0 = (tile_begin + j) * IX_TK;
+        const u32 tileA = aK + st * S::TILE_BYTES;
+        for (int qi = 0; qi < nq; qi++) {
+            const int p = L - q_len + i0 + qi;
+#pragma unroll 1
+            for (int mb = 0; mb < 2; mb++) {
+                const int rb = wgi * 128 + mb * 64;  // first tile row of this warpgroup's 64-key block
+                if (key0 + rb > p) continue;         // warpgroup-uniform
+                float d[32];
+#pragma unroll
+                for (int i = 0; i < 32; i++) d[i] = 0.0f;
+                wg_fence_operands(d);
+                wg_fence();
+#pragma unroll
+                for (int s = 0; s < 4; s++)
+                    wg_mma_e4m3(d, wg_desc(tileA + (rb >> 3) * 1024 + s * 256, 128, 1024),
+                                wg_desc(aQ + qi * 8192 + s * 256, 128, 1024), 1);
+                wg_commit();
+                wg_wait0();
+                wg_fence_operands(d);
+                float part0 = 0.0f, part1 = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) {
+                    const float2 wv = *reinterpret_cast<const float2*>(sW + qi * IX_HEADS + nt * 8 + 2 * t);
+                    part0 = fmaf(wv.x, fmaxf(d[4 * nt + 0], 0.0f), part0);
+                    part0 = fmaf(wv.y, fmaxf(d[4 * nt + 1], 0.0f), part0);
+                    part1 = fmaf(wv.x, fmaxf(d[4 * nt + 2], 0.0f), part1);
+                    part1 = fmaf(wv.y, fmaxf(d[4 * nt + 3], 0.0f), part1);
+                }
+                part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
+                part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
+                part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
+                part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+                if (t == 0) {
+                    float* dst = scores + (qrow0 + qi) * (size_t)Lp;
+                    const int r0 = rb + w4 * 16 + g, r1 = r0 + 8;
+                    if (key0 + r0 <= p) dst[key0 + r0] = part0 * sKs[st * IX_TK + r0];
+                    if (key0 + r1 <= p) dst[key0 + r1] = part1 * sKs[st * IX_TK + r1];
+                }
+            }
+        }
+    }
+    cp_async_wait<0>();
+#else
+    __trap();  // built for a target without wgmma: the engine never launches this entry there
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 2)
+    indexer_fp8_wgmma_q1(const u8* __restrict__ q, const float* __restrict__ qscale, const float* __restrict__ w,
+                         const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores,
+                         int q_len, int L, int Lp, int tiles_per_split) {
+    indexer_wgmma_body<1>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
+    indexer_fp8_wgmma_q4(const u8* __restrict__ q, const float* __restrict__ qscale, const float* __restrict__ w,
+                         const u8* __restrict__ k, const float* __restrict__ kscale, float* __restrict__ scores,
+                         int q_len, int L, int Lp, int tiles_per_split) {
+    indexer_wgmma_body<4>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
 }
 
 // ---------------------------------------------------------------- inputs

@@ -36,31 +36,60 @@
 #define SM_SMEM_BF16 ((3 * SM_TILE_ELEMS + SM_BM * SM_BN) * 2 + SM_STATS_BYTES)
 #define SM_SMEM_FP8 ((2 * SM_TILE_ELEMS + SM_BM * SM_BN) * 2 + SM_BN * SM_FP8_ROW + SM_STATS_BYTES)
 
+// D = A * B + D, m16n8k16 bf16, f32 accumulators. Not volatile: it touches registers only, so the
+// compiler may interleave it with the shared-memory loads of the next fragments.
+__device__ __forceinline__ void sm_mma(float* d, const u32* a, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// e4m3 code `i` (byte) of `w` as an f32 equal to the code's value times 2^-120: the byte goes to the top
+// of the word, an arithmetic shift by 4 puts its 7 magnitude bits in the f32 exponent/mantissa field
+// (bits 26..20) while keeping the sign, and the smeared sign copies in bits 30..27 are cleared.
+__device__ __forceinline__ float sm_e4m3_scaled_down(u32 w, int i) {
+    const u32 top = __byte_perm(w, 0u, 0x0444u | ((u32)i << 12));
+    return __uint_as_float(((u32)((int)top >> 4)) & 0x87FFFFFFu);
+}
+
 // Element offset of (row, 16-byte chunk) in a swizzled bf16 tile of `chunks` chunks a row.
 __device__ __forceinline__ u32 sm_swz(int row, int chunk, int chunks) {
     return (u32)(row * chunks + ((chunk & ~7) | ((chunk ^ row) & 7))) * 8;
 }
 
-// Gather tile j (selected entries j*64 .. j*64+63) into shared memory: bf16 straight into a swizzled compute
-// tile, FP8 into the raw staging rows. Entries at or past n_valid (and any negative index) read zeros.
+// Gather one tile (64 selected entries) into shared memory: bf16 straight into a swizzled compute tile,
+// FP8 into the raw staging rows. Warp w copies rows 8w..8w+7; lane i < 8 holds in `key` the cache
+// position of row 8w+i (negative: a padding entry, zero-filled), so no load waits on an index.
 template <bool FP8>
-__device__ __forceinline__ void sm_load_tile(u32 dst, const u8* cache_b, const int* idx_row, int j, int n_valid,
-                                             int L, int tid) {
+__device__ __forceinline__ void sm_gather(u32 dst, const u8* cache_b, int key, int warp, int lane) {
     constexpr int CH = FP8 ? SM_FP8_CH : SM_CH;
     constexpr int ROWB = FP8 ? SM_FP8_ROW : SM_D * 2;
-    for (int c = tid; c < SM_BN * CH; c += SM_THREADS) {
-        const int r = c / CH, ch = c - r * CH;
-        const int e = j * SM_BN + r;
-        int key = e < n_valid ? __ldg(idx_row + e) : -1;
-        const bool ok = key >= 0 && key < L;
-        const u8* src = cache_b + (size_t)(ok ? key : 0) * ROWB + ch * 16;
-        const u32 at = FP8 ? dst + (u32)(r * SM_FP8_ROW + ch * 16) : dst + sm_swz(r, ch, SM_CH) * 2;
-        cp_async16(at, src, ok ? 16u : 0u);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = warp * 8 + i;
+        const int kr = __shfl_sync(0xffffffffu, key, i);
+        const bool ok = kr >= 0;
+        const u8* src = cache_b + (size_t)(ok ? kr : 0) * ROWB;
+#pragma unroll
+        for (int ch = lane; ch < CH; ch += 32) {
+            const u32 at = FP8 ? dst + (u32)(r * SM_FP8_ROW + ch * 16) : dst + sm_swz(r, ch, SM_CH) * 2;
+            cp_async16(at, src + ch * 16, ok ? 16u : 0u);
+        }
     }
 }
 
+// The cache position of entry 8w + lane of tile j for lanes < 8 (-1 past the valid entries or the
+// context), for sm_gather.
+__device__ __forceinline__ int sm_tile_key(const int* idx_row, int j, int n_valid, int L, int warp, int lane) {
+    const int e = j * SM_BN + warp * 8 + lane;
+    int key = -1;
+    if (lane < 8 && e < n_valid) key = __ldg(idx_row + e);
+    return key < L ? key : -1;
+}
+
 // FP8 staging rows -> swizzled bf16 tile: value = bf16(e4m3 * block scale), RoPE dims copied.
-// e4m3 bits are placed in an f32 (exponent field offset by 120) and the 2^120 is folded into the scale,
+// sm_e4m3_scaled_down gives the code's value times 2^-120 and the 2^120 is folded into the scale,
 // so the product equals the reference's f32 round_e4m3(x / s) * s before the bf16 rounding.
 __device__ __forceinline__ void sm_dequant_tile(u16* sK, const u8* stage, int tid) {
     for (int c = tid; c < SM_BN * SM_CH; c += SM_THREADS) {
@@ -74,11 +103,8 @@ __device__ __forceinline__ void sm_dequant_tile(u16* sK, const u8* stage, int ti
 #pragma unroll
             for (int m = 0; m < 4; m++) {
                 const u32 word = m < 2 ? codes.x : codes.y;
-                const u32 sh = (m & 1) * 16;
-                const u32 c0 = (word >> sh) & 0xFFu, c1 = (word >> (sh + 8)) & 0xFFu;
-                const float lo = __uint_as_float(((c0 & 0x7Fu) << 20) | ((c0 & 0x80u) << 24)) * sc;
-                const float hi = __uint_as_float(((c1 & 0x7Fu) << 20) | ((c1 & 0x80u) << 24)) * sc;
-                wd[m] = pack_bf16x2(lo, hi);
+                const int i = (m & 1) * 2;
+                wd[m] = pack_bf16x2(sm_e4m3_scaled_down(word, i) * sc, sm_e4m3_scaled_down(word, i + 1) * sc);
             }
             o = make_uint4(wd[0], wd[1], wd[2], wd[3]);
         } else {
@@ -125,8 +151,9 @@ __device__ __forceinline__ void sparse_mla_body(const u16* __restrict__ Q, const
         }
         if (tid < SM_BM) m_run[tid] = NEG_INF;
     }
-    sm_load_tile<FP8>(FP8 ? aStage : aK0, cache_b, idx_row, 0, n_valid, L, tid);
+    sm_gather<FP8>(FP8 ? aStage : aK0, cache_b, sm_tile_key(idx_row, 0, n_valid, L, warp, lane), warp, lane);
     cp_async_commit();
+    int next_key = sm_tile_key(idx_row, 1, n_valid, L, warp, lane);  // indices run one tile ahead
 
     // S-phase roles.
     const int mi = warp & 3, ni = warp >> 2;
@@ -148,14 +175,16 @@ __device__ __forceinline__ void sparse_mla_body(const u16* __restrict__ Q, const
             sm_dequant_tile(sK0, stage, tid);
             __syncthreads();  // sK0 ready, staging free
             if (j + 1 < n_tiles) {
-                sm_load_tile<true>(aStage, cache_b, idx_row, j + 1, n_valid, L, tid);
+                sm_gather<true>(aStage, cache_b, next_key, warp, lane);
                 cp_async_commit();
+                next_key = sm_tile_key(idx_row, j + 2, n_valid, L, warp, lane);
             }
             aK = aK0;
         } else {
             if (j + 1 < n_tiles) {
-                sm_load_tile<false>((j & 1) ? aK0 : aK1, cache_b, idx_row, j + 1, n_valid, L, tid);
+                sm_gather<false>((j & 1) ? aK0 : aK1, cache_b, next_key, warp, lane);
                 cp_async_commit();
+                next_key = sm_tile_key(idx_row, j + 2, n_valid, L, warp, lane);
                 cp_async_wait<1>();
             } else {
                 cp_async_wait<0>();
@@ -172,18 +201,31 @@ __device__ __forceinline__ void sparse_mla_body(const u16* __restrict__ Q, const
             const int qr = mi * 16 + (lane & 15);
             const int kr = ni * 32 + (lane & 7) + ((lane >> 4) << 3);
             const int khalf = (lane >> 3) & 1;
-#pragma unroll 4
-            for (int ks = 0; ks < SM_D / 16; ks++) {
-                u32 a0, a1, a2, a3;
-                ldsm_x4(aQ + sm_swz(qr, 2 * ks + (lane >> 4), SM_CH) * 2, a0, a1, a2, a3);
-#pragma unroll
-                for (int kk = 0; kk < 2; kk++) {
-                    u32 b0, b1, b2, b3;
-                    ldsm_x4(aK + sm_swz(kr + kk * 16, 2 * ks + khalf, SM_CH) * 2, b0, b1, b2, b3);
-                    mma_bf16(s[2 * kk], a0, a1, a2, a3, b0, b1);
-                    mma_bf16(s[2 * kk + 1], a0, a1, a2, a3, b2, b3);
-                }
+            // Fragments of k-step ks into buffer (fa, fb): Q rows 16mi.., keys 32ni.. (two 16-key halves).
+            u32 fa0[4], fb0[2][4], fa1[4], fb1[2][4];
+#define SM_LOAD_S(FA, FB, KS)                                                                                    \
+    do {                                                                                                         \
+        ldsm_x4(aQ + sm_swz(qr, 2 * (KS) + (lane >> 4), SM_CH) * 2, FA[0], FA[1], FA[2], FA[3]);              \
+        ldsm_x4(aK + sm_swz(kr, 2 * (KS) + khalf, SM_CH) * 2, FB[0][0], FB[0][1], FB[0][2], FB[0][3]);         \
+        ldsm_x4(aK + sm_swz(kr + 16, 2 * (KS) + khalf, SM_CH) * 2, FB[1][0], FB[1][1], FB[1][2], FB[1][3]);    \
+    } while (0)
+#define SM_MMA_S(FA, FB)                                                                                         \
+    do {                                                                                                         \
+        sm_mma(s[0], FA, FB[0][0], FB[0][1]);                                                                    \
+        sm_mma(s[1], FA, FB[0][2], FB[0][3]);                                                                    \
+        sm_mma(s[2], FA, FB[1][0], FB[1][1]);                                                                    \
+        sm_mma(s[3], FA, FB[1][2], FB[1][3]);                                                                    \
+    } while (0)
+            SM_LOAD_S(fa0, fb0, 0);
+#pragma unroll 2
+            for (int ks = 0; ks < SM_D / 16; ks += 2) {
+                SM_LOAD_S(fa1, fb1, ks + 1);
+                SM_MMA_S(fa0, fb0);
+                if (ks + 2 < SM_D / 16) SM_LOAD_S(fa0, fb0, ks + 2);
+                SM_MMA_S(fa1, fb1);
             }
+#undef SM_LOAD_S
+#undef SM_MMA_S
         }
         const int tile_e = j * SM_BN;
         if (tile_e + SM_BN > n_valid) {
@@ -262,16 +304,27 @@ __device__ __forceinline__ void sparse_mla_body(const u16* __restrict__ Q, const
                 for (int mt = 0; mt < 2; mt++)
                     ldsm_x4(aP + sm_swz(ri * 32 + mt * 16 + (lane & 15), 2 * kk + (lane >> 4), 8) * 2, pa[mt][0],
                             pa[mt][1], pa[mt][2], pa[mt][3]);
+                const u32 vrow = aK + (u32)(kk * 16 + vr) * SM_CH * 16;
+                u32 vb0[4], vb1[4];
+#define SM_LOAD_V(VB, VN)                                                                                        \
+    ldsm_x4_t(vrow + ((di * 16 + ((2 * (VN) + (lane >> 4)) ^ (vr & 7))) * 16), VB[0], VB[1], VB[2], VB[3])
+#define SM_MMA_V(VB, VN)                                                                                         \
+    do {                                                                                                         \
+        sm_mma(o[0][2 * (VN)], pa[0], VB[0], VB[1]);                                                             \
+        sm_mma(o[0][2 * (VN) + 1], pa[0], VB[2], VB[3]);                                                         \
+        sm_mma(o[1][2 * (VN)], pa[1], VB[0], VB[1]);                                                             \
+        sm_mma(o[1][2 * (VN) + 1], pa[1], VB[2], VB[3]);                                                         \
+    } while (0)
+                SM_LOAD_V(vb0, 0);
 #pragma unroll
-                for (int vn = 0; vn < 8; vn++) {
-                    u32 b0, b1, b2, b3;
-                    ldsm_x4_t(aK + sm_swz(kk * 16 + vr, di * 16 + 2 * vn + (lane >> 4), SM_CH) * 2, b0, b1, b2, b3);
-#pragma unroll
-                    for (int mt = 0; mt < 2; mt++) {
-                        mma_bf16(o[mt][2 * vn], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], b0, b1);
-                        mma_bf16(o[mt][2 * vn + 1], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], b2, b3);
-                    }
+                for (int vn = 0; vn < 8; vn += 2) {
+                    SM_LOAD_V(vb1, vn + 1);
+                    SM_MMA_V(vb0, vn);
+                    if (vn + 2 < 8) SM_LOAD_V(vb0, vn + 2);
+                    SM_MMA_V(vb1, vn + 1);
                 }
+#undef SM_LOAD_V
+#undef SM_MMA_V
             }
         }
         __syncthreads();  // done with this K tile, P and the maxima

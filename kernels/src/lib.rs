@@ -81,7 +81,16 @@ impl KernelId {
             KernelId::Generate => &["gen_bf16", "gen_latent_fp8", "copy_u4"],
             KernelId::DensePrefill => &["dense_prefill_bf16"],
             KernelId::DenseDecode => &["dense_decode_bf16", "dense_decode_fp8", "dense_decode_combine"],
-            KernelId::Indexer => &["indexer_fp8_q1", "indexer_fp8_q4", "indexer_bf16_q1", "indexer_bf16_q4", "gen_f32", "gen_e4m3_pow2"],
+            KernelId::Indexer => &[
+                "indexer_fp8_q1",
+                "indexer_fp8_q4",
+                "indexer_bf16_q1",
+                "indexer_bf16_q4",
+                "indexer_fp8_wgmma_q1",
+                "indexer_fp8_wgmma_q4",
+                "gen_f32",
+                "gen_e4m3_pow2",
+            ],
             KernelId::Topk => &["topk_radix"],
             KernelId::SparseMla => &["sparse_mla_bf16", "sparse_mla_fp8"],
         }

@@ -1,10 +1,11 @@
 //! `dsa-cuda`: DeepSeek Sparse Attention on an NVIDIA GPU, three kernels in a row on one stream:
 //!
 //! 1. **indexer** (`kernels/indexer.cu`): `I[t,s] = sum_j w[t,j] ReLU(q[t,j] . k[s])` for 64 heads x 128
-//!    dims on tensor cores: bf16 (`mma.sync` m16n8k16), or FP8 e4m3 (`mma.sync` m16n8k32, sm_89+) with
-//!    the 132-byte indexer cache (128 e4m3 codes + one power-of-two fp32 scale per key) and one
-//!    power-of-two scale per (query, head). Scores `[B, q, Lp]` fp32, causal (query at position `p`
-//!    gets keys `0..=p`).
+//!    dims on tensor cores: bf16 (`mma.sync` m16n8k16), or FP8 e4m3 with the 132-byte indexer cache
+//!    (128 e4m3 codes + one power-of-two fp32 scale per key) and one power-of-two scale per (query,
+//!    head): `wgmma` m64n64k32 on sm_90 (the module is compiled for sm_90a), `mma.sync` m16n8k32
+//!    elsewhere (sm_89+) or with `CTXCOST_DSA_INDEXER=mma`. Scores `[B, q, Lp]` fp32, causal (query at
+//!    position `p` gets keys `0..=p`).
 //! 2. **top-k** (`kernels/topk.cu`): exact radix select per query row (no sort), ties to the smaller
 //!    position, output `[B, q, k]` ascending with `-1` padding.
 //! 3. **attention** (`kernels/sparse_mla.cu`): MLA in MQA mode over each query's selected latents
@@ -68,6 +69,13 @@ pub fn indexer_splits(sm_count: usize, batch: usize, query_len: usize, context: 
     let cap = if qg == 1 { 8 } else { 16 };
     let per = (groups * tiles).div_ceil(8 * sm_count.max(1)).clamp(1, cap).min(tiles);
     (tiles.div_ceil(per), per)
+}
+
+/// Whether the FP8 indexer runs on wgmma (native FP8 tensor cores; `indexer.cu` compiled for sm_90a):
+/// on compute capability 9.0 unless `CTXCOST_DSA_INDEXER=mma` asks for the mma.sync kernels (on sm_90
+/// their e4m3 path is lowered to f16 tensor-core ops, so FP8 runs at the bf16 rate there).
+pub fn use_wgmma_indexer(cc: (i32, i32)) -> bool {
+    cc == (9, 0) && !matches!(std::env::var("CTXCOST_DSA_INDEXER").as_deref(), Ok("mma"))
 }
 
 /// Scores row stride: the context rounded up to a multiple of 4 (16-byte aligned rows).
@@ -292,13 +300,14 @@ fn launch_indexer(dev: &Device, f: &CudaFunction, d: &Dims, bufs: &mut Buffers) 
     lb.arg(&bufs.index_qs).arg(&bufs.index_w);
     push_index_buf(&mut lb, &bufs.index_k);
     lb.arg(&bufs.index_ks).arg(&mut bufs.scores).arg(&qi).arg(&li).arg(&lpi).arg(&ti);
-    // SAFETY: indexer_{fp8,bf16}_q{1,4}(const u8* q, const float* qscale, const float* w, const u8* k,
+    // SAFETY: indexer_{fp8,fp8_wgmma,bf16}_q{1,4}(const u8* q, const float* qscale, const float* w, const u8* k,
     // const float* kscale, float* scores, int q_len, int L, int Lp, int tiles_per_split) reads q rows
     // below B*q*64 (128 or 256 bytes each), w (and FP8 qscale) below B*q*64, key rows below B*L and FP8
     // key scales below B*Lp (the last partial 16-byte chunk of a sequence is read only up to key L), and
     // writes scores[(b*q + i)*Lp + s] for s <= the query's position < L; every size was checked above.
     // 256 threads and indexer_smem() bytes of dynamic shared memory are what the kernel is built for
-    // (the limit was raised by set_smem when the function was loaded); qg matches the entry point.
+    // (the limit was raised by set_smem when the function was loaded); qg matches the entry point; the
+    // wgmma entries are only chosen when the module was compiled for sm_90a on a 9.0 device.
     unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching the DSA indexer", e)).map(|_| ())
 }
 
@@ -428,14 +437,18 @@ impl DsaCuda {
             scale_log2: (s.softmax_scale() * std::f64::consts::LOG2_E) as f32,
         };
 
-        let indexer_entry = match (fp8, qg) {
-            (true, 1) => "indexer_fp8_q1",
-            (true, _) => "indexer_fp8_q4",
-            (false, 1) => "indexer_bf16_q1",
-            (false, _) => "indexer_bf16_q4",
+        let wgmma = fp8 && use_wgmma_indexer(dev.cc);
+        let ix_opts: &[&str] = if wgmma { &["--gpu-architecture=sm_90a"] } else { &[] };
+        let indexer_entry = match (fp8, qg, wgmma) {
+            (true, 1, true) => "indexer_fp8_wgmma_q1",
+            (true, _, true) => "indexer_fp8_wgmma_q4",
+            (true, 1, false) => "indexer_fp8_q1",
+            (true, _, false) => "indexer_fp8_q4",
+            (false, 1, _) => "indexer_bf16_q1",
+            (false, _, _) => "indexer_bf16_q4",
         };
         let kernels = Kernels {
-            indexer: dev.function(KernelId::Indexer, indexer_entry, &[])?,
+            indexer: dev.function(KernelId::Indexer, indexer_entry, ix_opts)?,
             topk: dev.function(KernelId::Topk, "topk_radix", &[])?,
             attention: dev.function(KernelId::SparseMla, if fp8 { "sparse_mla_fp8" } else { "sparse_mla_bf16" }, &[])?,
         };
@@ -484,7 +497,7 @@ impl DsaCuda {
             let seed = inputs.seed;
             let g16 = dev.function(KernelId::Generate, "gen_bf16", &[])?;
             let (index_q, index_qs, index_k, index_ks) = if fp8 {
-                let g8 = dev.function(KernelId::Indexer, "gen_e4m3_pow2", &[])?;
+                let g8 = dev.function(KernelId::Indexer, "gen_e4m3_pow2", ix_opts)?;
                 let mut qc = launch::alloc::<u8>(&dev, rows * 64 * 128, "indexer queries")?;
                 let mut qs = launch::alloc::<f32>(&dev, rows * 64, "indexer query scales")?;
                 gen_e4m3_pow2(&dev, &g8, &mut qc, &mut qs, seed, InputTensor::IndexQ.stream(), rows * 64, rows * 64, rows * 64)?;
@@ -503,7 +516,7 @@ impl DsaCuda {
                 launch::fill_bytes(&dev, &mut unused_k, 0)?;
                 (IndexBuf::Bf16(qv), unused_q, IndexBuf::Bf16(kv), unused_k)
             };
-            let gf = dev.function(KernelId::Indexer, "gen_f32", &[])?;
+            let gf = dev.function(KernelId::Indexer, "gen_f32", ix_opts)?;
             let mut index_w = launch::alloc::<f32>(&dev, rows * 64, "indexer head weights")?;
             gen_f32(&dev, &gf, &mut index_w, seed, InputTensor::IndexW.stream())?;
             let mut mqa_q = launch::alloc::<u16>(&dev, rows * h * 576, "attention queries")?;
@@ -685,6 +698,24 @@ mod tests {
         assert!(bytes > per_key && bytes < per_key * 1.05, "{bytes} vs {per_key}");
         assert_eq!(scores_stride(3001), 3004);
         assert_eq!(scores_stride(3000), 3000);
+    }
+
+    /// NVRTC builds the indexer for sm_90a with native FP8 wgmma in it (no GPU needed; skipped where
+    /// libnvrtc cannot be loaded).
+    #[test]
+    fn indexer_builds_for_sm90a_with_wgmma() {
+        // SAFETY: only tries to dlopen libnvrtc.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("libnvrtc not found: sm_90a compile check skipped");
+            return;
+        }
+        let ptx = super::super::device::compile(KernelId::Indexer, "sm_90", &["--gpu-architecture=sm_90a"]).unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        assert!(text.contains(".target sm_90a"));
+        assert!(text.contains("wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3"));
+        for e in ["indexer_fp8_wgmma_q1", "indexer_fp8_wgmma_q4", "gen_e4m3_pow2", "gen_f32"] {
+            assert!(text.contains(&format!(".entry {e}(")), "{e}");
+        }
     }
 
     #[test]
