@@ -49,7 +49,8 @@ fn planted_slowdowns() -> BTreeMap<String, f64> {
         .collect()
 }
 
-fn base_record(case: &Case, job: &Job, engine_id: &str, timer: &str) -> Record {
+/// A record for a case with nothing measured yet (status `ok` until told otherwise).
+pub fn base_record(case: &Case, job: &Job, engine_id: &str, timer: &str) -> Record {
     let work = case_work(case);
     Record {
         schema_version: SCHEMA_VERSION,

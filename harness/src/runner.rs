@@ -131,29 +131,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 }
 
 fn failed_record(c: &ctxcost_core::Case, job: &Job, reason: String) -> Record {
-    let mut r = Record {
-        schema_version: ctxcost_core::record::SCHEMA_VERSION,
-        tool: job.tool.clone(),
-        env: job.env.clone(),
-        key: c.key(),
-        case: c.clone(),
-        engine: c.engine.clone(),
-        status: Status::Failed,
-        reason: Some(reason),
-        samples_ms: vec![],
-        components_ms: Default::default(),
-        timer: "none".into(),
-        warmup_runs: 0,
-        stats: None,
-        stop_rule: None,
-        work: ctxcost_core::analytic::case_work(c),
-        rates: Default::default(),
-        memory: Default::default(),
-        verification: None,
-        started_at: envinfo::utc_now(),
-        finished_at: String::new(),
-    };
-    r.memory.kv_bytes_model = ctxcost_core::analytic::case_kv_bytes(c);
+    let mut r = crate::point::base_record(c, job, &c.engine, "none");
+    r.status = Status::Failed;
+    r.reason = Some(reason);
     r
 }
 
