@@ -152,11 +152,7 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         }
     }
     if let Some(s) = &a.shape {
-        let k = sweep.shape.top_k;
         sweep.shape = ctxcost_core::ModelShape::by_name(s).context("--shape")?;
-        if sweep.shape.has_indexer() && a.top_k.is_none() && k > 0 {
-            // keep the shape's own k
-        }
     }
     if let Some(k) = a.top_k {
         if k == 0 {
@@ -213,7 +209,9 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
     }
     check_memory(&sweep)?;
     let out = a.out.clone().unwrap_or_else(|| default_out(&sweep.name));
-    Ok(Plan { sweep, out, resume: a.resume, force: a.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir: if a.no_report { None } else { Some(a.report_dir.clone().unwrap_or_else(|| default_report_dir(&a.out.clone().unwrap_or_else(|| default_out("run"))))) } })
+    // The report sits beside the records it is made from.
+    let report_dir = if a.no_report { None } else { Some(a.report_dir.clone().unwrap_or_else(|| default_report_dir(&out))) };
+    Ok(Plan { sweep, out, resume: a.resume, force: a.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir })
 }
 
 fn default_out(name: &str) -> PathBuf {

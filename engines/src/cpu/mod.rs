@@ -79,114 +79,80 @@ fn admit(case: &Case, inputs: &Inputs, sparse: bool, max_chunk: Option<usize>) -
     Ok((kind, plan))
 }
 
-/// Dense MLA on the CPU: MHA mode (qk `qk_nope + qk_rope`, v `v_head_dim`) for prefill, MQA
-/// mode over the whole latent for decode.
-#[derive(Default)]
-pub struct DenseCpu {
-    prepared: Option<dense::Dense>,
-    last: Option<Output>,
-    max_chunk: Option<usize>,
-}
-
-impl DenseCpu {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Process at most `queries` queries per sequence in one step (default: as many as the
-    /// memory plan allows). Results do not depend on it; tests use it to exercise chunking.
-    pub fn with_max_chunk(mut self, queries: usize) -> Self {
-        self.max_chunk = Some(queries.max(1));
-        self
-    }
-}
-
-impl Engine for DenseCpu {
-    fn id(&self) -> &str {
-        "dense-cpu"
-    }
-    fn timer(&self) -> &'static str {
-        "monotonic-clock"
-    }
-    fn supports(&self, case: &Case) -> Support {
-        supports(case, false)
-    }
-    fn prepare(&mut self, case: &Case, inputs: &Inputs) -> Result<(), EngineError> {
-        self.release();
-        let (kind, plan) = admit(case, inputs, false, self.max_chunk)?;
-        self.prepared = Some(dense::Dense::prepare(case, inputs, kind, plan)?);
-        Ok(())
-    }
-    fn run(&mut self) -> Result<Timing, EngineError> {
-        let p = self.prepared.as_ref().ok_or_else(|| EngineError::State("dense-cpu: run before prepare".into()))?;
-        let (timing, out) = p.run()?;
-        self.last = Some(out);
-        Ok(timing)
-    }
-    fn output(&mut self) -> Result<Output, EngineError> {
-        if self.last.is_none() {
-            self.run()?;
+/// Defines one CPU engine: its struct (prepared state, last output, optional chunk cap), and
+/// the `Engine` impl that both engines share; only the id, the kind and `prepare` differ.
+macro_rules! cpu_engine {
+    ($(#[$doc:meta])* $name:ident, $id:literal, sparse = $sparse:literal, $prepared:ty,
+     |$case:ident, $inputs:ident, $kind:ident, $plan:ident| $prepare:expr) => {
+        $(#[$doc])*
+        #[derive(Default)]
+        pub struct $name {
+            prepared: Option<$prepared>,
+            last: Option<Output>,
+            max_chunk: Option<usize>,
         }
-        self.last.clone().ok_or_else(|| EngineError::State("dense-cpu: no output".into()))
-    }
-    fn release(&mut self) {
-        self.prepared = None;
-        self.last = None;
-    }
-}
 
-/// DSA on the CPU: indexer scores over every visible key, top-k (`min(top_k, context)`), MQA-mode
-/// attention over the selected keys. Timing components: `indexer`, `topk`, `attention`.
-#[derive(Default)]
-pub struct DsaCpu {
-    prepared: Option<dsa::Dsa>,
-    last: Option<Output>,
-    max_chunk: Option<usize>,
-}
+        impl $name {
+            pub fn new() -> Self {
+                Self::default()
+            }
 
-impl DsaCpu {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Process at most `queries` queries per sequence in one step (default: as many as the
-    /// memory plan allows). Results do not depend on it; tests use it to exercise chunking.
-    pub fn with_max_chunk(mut self, queries: usize) -> Self {
-        self.max_chunk = Some(queries.max(1));
-        self
-    }
-}
-
-impl Engine for DsaCpu {
-    fn id(&self) -> &str {
-        "dsa-cpu"
-    }
-    fn timer(&self) -> &'static str {
-        "monotonic-clock"
-    }
-    fn supports(&self, case: &Case) -> Support {
-        supports(case, true)
-    }
-    fn prepare(&mut self, case: &Case, inputs: &Inputs) -> Result<(), EngineError> {
-        self.release();
-        let (_, plan) = admit(case, inputs, true, self.max_chunk)?;
-        self.prepared = Some(dsa::Dsa::prepare(case, inputs, plan)?);
-        Ok(())
-    }
-    fn run(&mut self) -> Result<Timing, EngineError> {
-        let p = self.prepared.as_mut().ok_or_else(|| EngineError::State("dsa-cpu: run before prepare".into()))?;
-        let (timing, out) = p.run()?;
-        self.last = Some(out);
-        Ok(timing)
-    }
-    fn output(&mut self) -> Result<Output, EngineError> {
-        if self.last.is_none() {
-            self.run()?;
+            /// Process at most `queries` queries per sequence in one step (default: as many as
+            /// the memory plan allows). Results do not depend on it; tests use it to exercise
+            /// chunking.
+            pub fn with_max_chunk(mut self, queries: usize) -> Self {
+                self.max_chunk = Some(queries.max(1));
+                self
+            }
         }
-        self.last.clone().ok_or_else(|| EngineError::State("dsa-cpu: no output".into()))
-    }
-    fn release(&mut self) {
-        self.prepared = None;
-        self.last = None;
-    }
+
+        impl Engine for $name {
+            fn id(&self) -> &str {
+                $id
+            }
+            fn timer(&self) -> &'static str {
+                "monotonic-clock"
+            }
+            fn supports(&self, case: &Case) -> Support {
+                supports(case, $sparse)
+            }
+            fn prepare(&mut self, $case: &Case, $inputs: &Inputs) -> Result<(), EngineError> {
+                self.release();
+                let ($kind, $plan) = admit($case, $inputs, $sparse, self.max_chunk)?;
+                self.prepared = Some($prepare?);
+                Ok(())
+            }
+            fn run(&mut self) -> Result<Timing, EngineError> {
+                let p = self.prepared.as_mut().ok_or_else(|| EngineError::State(concat!($id, ": run before prepare").into()))?;
+                let (timing, out) = p.run()?;
+                self.last = Some(out);
+                Ok(timing)
+            }
+            fn output(&mut self) -> Result<Output, EngineError> {
+                if self.last.is_none() {
+                    self.run()?;
+                }
+                self.last.clone().ok_or_else(|| EngineError::State(concat!($id, ": no output").into()))
+            }
+            fn release(&mut self) {
+                self.prepared = None;
+                self.last = None;
+            }
+        }
+    };
 }
+
+cpu_engine!(
+    /// Dense MLA on the CPU: MHA mode (qk `qk_nope + qk_rope`, v `v_head_dim`) for prefill, MQA
+    /// mode over the whole latent for decode.
+    DenseCpu, "dense-cpu", sparse = false, dense::Dense,
+    |case, inputs, kind, plan| dense::Dense::prepare(case, inputs, kind, plan)
+);
+
+cpu_engine!(
+    /// DSA on the CPU: indexer scores over every visible key, top-k (`min(top_k, context)`),
+    /// MQA-mode attention over the selected keys. Timing components: `indexer`, `topk`,
+    /// `attention`.
+    DsaCpu, "dsa-cpu", sparse = true, dsa::Dsa,
+    |case, inputs, _kind, plan| dsa::Dsa::prepare(case, inputs, plan)
+);
