@@ -4,14 +4,17 @@
 //! ([`shape`]), what one measured case is ([`case`]), the analytic FLOP/byte/KV model of
 //! DSA.md section 3 ([`analytic`]), the seeded input generator that CPU and GPU engines
 //! reproduce bit for bit ([`inputs`]), the versioned record schema ([`record`]), the
-//! statistics used by the runner and the reports ([`stats`]) and output verification
-//! helpers ([`verify`]). This crate knows no engine.
+//! statistics used by the runner and the reports ([`stats`]), output verification
+//! helpers ([`verify`]), the records of remote endpoints ([`endpoint`]) and the API price
+//! table ([`prices`]). This crate knows no engine.
 
 pub mod analytic;
 pub mod case;
+pub mod endpoint;
 pub mod error;
 pub mod inputs;
 pub mod numeric;
+pub mod prices;
 pub mod record;
 pub mod shape;
 pub mod stats;

@@ -2,6 +2,9 @@
 //!
 //! Version history:
 //! - 1: first version.
+//! - 2: optional `endpoint` block (records of remote OpenAI-compatible endpoints, engine
+//!   `http-<label>`); the key of such a record extends `Case::key` with the API, output
+//!   length and load.
 //!
 //! Readers must check `schema_version` and refuse records newer than they know.
 
@@ -10,12 +13,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::analytic::Work;
+use crate::endpoint::EndpointBlock;
 use crate::stats::Summary;
 use crate::verify::{Comparison, SelectionCheck};
 use crate::Case;
 
 /// The schema version this crate writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Outcome of a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +126,9 @@ pub struct Record {
     pub memory: Memory,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// Remote endpoint cases only: raw request timestamps, metrics, faults, cache, cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointBlock>,
     /// RFC 3339 UTC start and end.
     pub started_at: String,
     pub finished_at: String,

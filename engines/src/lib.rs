@@ -4,6 +4,7 @@
 //! - [`reference`]: naive f64 implementations, the oracle every engine is checked against.
 //! - [`cpu`]: candle-core engines `dense-cpu` and `dsa-cpu` (f32, bf16).
 //! - `cuda` (feature `cuda`, detected at run time): `dense-cuda`, `dsa-cuda`.
+//! - `http` (feature `http`): remote OpenAI-compatible endpoints (vLLM, SGLang, hosted APIs).
 //! - [`check`]: verification of an engine's output against the reference.
 //! - [`registry`]: the engines this build knows, and whether each can run here.
 
@@ -11,6 +12,8 @@ pub mod check;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod reference;
 pub mod registry;
 

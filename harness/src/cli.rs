@@ -16,7 +16,7 @@ use ctxcost_workloads::{Sweep, PRESETS};
 /// (DSA) over sweeps of context length, with verified engines, raw samples, confidence
 /// intervals and crash-safe JSONL records.
 #[derive(Debug, Parser)]
-#[command(name = "ctxcost", version, about, long_about = None, after_help = "With no verb, `ctxcost` runs the default sweep (`run`).\nExamples:\n  ctxcost run                                  # cpu-quick here, h200 on a GPU machine\n  ctxcost run --preset cpu-quick --out r.jsonl\n  ctxcost run --engines dense-cpu,dsa-cpu --contexts 1k..16k --phase decode --batch 8\n  ctxcost engines\n  ctxcost report r.jsonl --out report/\n  ctxcost compare base.jsonl new.jsonl")]
+#[command(name = "ctxcost", version, about, long_about = None, after_help = "With no verb, `ctxcost` runs the default sweep (`run`).\nExamples:\n  ctxcost run                                  # cpu-quick here, h200 on a GPU machine\n  ctxcost run --preset cpu-quick --out r.jsonl\n  ctxcost run --engines dense-cpu,dsa-cpu --contexts 1k..16k --phase decode --batch 8\n  ctxcost engines\n  ctxcost report r.jsonl --out report/\n  ctxcost compare base.jsonl new.jsonl\n  ctxcost endpoint --a http://h1:8000/v1 --b http://h2:8000/v1 --contexts 4k..64k")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -37,6 +37,14 @@ pub enum Command {
     Compare(crate::cmd_compare::CompareArgs),
     /// Measure this GPU's ceilings (device copy bandwidth, cuBLAS bf16 GEMM rate).
     Ceilings,
+    /// Measure an OpenAI-compatible endpoint (vLLM, SGLang, a hosted API), or two side by
+    /// side (A/B): TTFT, TPOT, ITL, E2E, throughput, goodput and cost over prompt lengths.
+    #[cfg(feature = "http")]
+    Endpoint(Box<crate::cmd_endpoint::EndpointArgs>),
+    /// Serve a local OpenAI-compatible streaming mock (set delays, inject faults) to try
+    /// `endpoint` on.
+    #[cfg(feature = "http")]
+    ServeMock(crate::cmd_endpoint::MockArgs),
     /// Internal: measure one point in a child process (reads a job on stdin).
     #[command(name = "__point", hide = true)]
     Point,

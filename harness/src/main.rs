@@ -2,9 +2,12 @@
 //!
 //! The binary owns the command line, the runner (child process per point, interleaved
 //! sampling, crash-safe JSONL records, `--resume`), environment capture, memory probes and
-//! progress display. Verbs: `run`, `engines`, `report`, `compare`, `ceilings`.
+//! progress display. Verbs: `run`, `engines`, `report`, `compare`, `ceilings`, `endpoint`,
+//! `serve-mock`.
 
 mod cli;
+#[cfg(feature = "http")]
+mod cmd_endpoint;
 #[cfg(feature = "report")]
 mod cmd_compare;
 #[cfg(feature = "report")]
@@ -43,6 +46,10 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "report")]
         cli::Command::Compare(args) => cmd_compare::run(args),
         cli::Command::Ceilings => cli::ceilings(),
+        #[cfg(feature = "http")]
+        cli::Command::Endpoint(args) => cmd_endpoint::run(*args),
+        #[cfg(feature = "http")]
+        cli::Command::ServeMock(args) => cmd_endpoint::serve_mock(args),
         cli::Command::Point => point::child_main(),
     }
 }

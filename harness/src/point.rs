@@ -71,6 +71,7 @@ pub fn base_record(case: &Case, job: &Job, engine_id: &str, timer: &str) -> Reco
         rates: Rates::default(),
         memory: Memory { kv_bytes_model: case_kv_bytes(case), ..Default::default() },
         verification: None,
+        endpoint: None,
         started_at: envinfo::utc_now(),
         finished_at: String::new(),
     }

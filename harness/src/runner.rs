@@ -138,7 +138,7 @@ fn failed_record(c: &ctxcost_core::Case, job: &Job, reason: String) -> Record {
 }
 
 #[cfg(feature = "report")]
-fn write_report(records: &std::path::Path, dir: &std::path::Path) {
+pub(crate) fn write_report(records: &std::path::Path, dir: &std::path::Path) {
     match crate::cmd_report::write_default_report(&[records.to_path_buf()], dir) {
         Ok(lines) => {
             for l in lines {
@@ -151,7 +151,7 @@ fn write_report(records: &std::path::Path, dir: &std::path::Path) {
 }
 
 #[cfg(not(feature = "report"))]
-fn write_report(records: &std::path::Path, _dir: &std::path::Path) {
+pub(crate) fn write_report(records: &std::path::Path, _dir: &std::path::Path) {
     eprintln!("this build has no report feature: run `ctxcost report {}` where it does", records.display());
 }
 

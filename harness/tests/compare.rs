@@ -156,6 +156,7 @@ fn record(engine: &str, context: usize, samples_ms: Vec<f64>) -> Record {
         rates: Rates::default(),
         memory: Memory::default(),
         verification: None,
+        endpoint: None,
         started_at: String::new(),
         finished_at: String::new(),
     }

@@ -112,7 +112,7 @@ fn run_writes_verified_records_and_refuses_to_clobber() {
     // 2 phases x 3 contexts x 2 engines.
     assert_eq!(recs.len(), 12);
     for r in &recs {
-        assert_eq!(r["schema_version"], 1);
+        assert_eq!(r["schema_version"], 2);
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["verification"]["passed"], true);
         assert!(r["samples_ms"].as_array().unwrap().len() >= 3);

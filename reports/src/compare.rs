@@ -697,6 +697,7 @@ mod tests {
             rates: Rates::default(),
             memory: Memory::default(),
             verification: None,
+            endpoint: None,
             started_at: String::new(),
             finished_at: String::new(),
         }

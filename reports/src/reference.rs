@@ -9,8 +9,8 @@ use crate::report::ReportError;
 
 /// The Fig. 3 samples as shipped (`reports/data/deepseek-v32-exp-fig3.csv`).
 pub const FIG3_CSV: &str = include_str!("../data/deepseek-v32-exp-fig3.csv");
-/// The API price table as shipped (`reports/data/deepseek-api-prices.csv`).
-pub const API_PRICES_CSV: &str = include_str!("../data/deepseek-api-prices.csv");
+/// The API price table as shipped (`core/data/deepseek-api-prices.csv`).
+pub const API_PRICES_CSV: &str = ctxcost_core::prices::API_PRICES_CSV;
 /// Citation of Fig. 3, printed under every table or chart that uses it.
 pub const FIG3_CITATION: &str = "DeepSeek-AI, DeepSeek-V3.2-Exp technical report, Fig. 3 \
 (inference cost on H800 clusters at $2/GPU-hour, marginal cost per token position; values read off the figure, +-0.001 USD)";
@@ -134,76 +134,11 @@ fn trapezoid_average(pts: &[(f64, f64)], l: f64) -> f64 {
     area / (l - pts[0].0)
 }
 
-/// One row of the API price table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiPrice {
-    pub item: String,
-    pub before: f64,
-    pub after: f64,
-    pub effective_date: String,
-    pub model_before: String,
-    pub model_after: String,
-    pub source: String,
-}
+pub use ctxcost_core::prices::ApiPrice;
 
-impl ApiPrice {
-    /// after / before.
-    pub fn ratio(&self) -> f64 {
-        self.after / self.before
-    }
-}
-
-/// Parse the API price CSV (columns of `deepseek-api-prices.csv`; fields may be quoted).
+/// Parse the API price CSV (see [`ctxcost_core::prices::parse_api_prices`]).
 pub fn parse_api_prices(text: &str) -> Result<Vec<ApiPrice>, ReportError> {
-    let bad = |line: usize, why: String| ReportError::Prices { line, why };
-    let mut out = Vec::new();
-    let mut lines = text.lines().enumerate();
-    let header = lines.next().map(|(_, h)| split_csv(h)).unwrap_or_default();
-    let want = ["item", "usd_per_m_before", "usd_per_m_after", "effective_date", "model_before", "model_after", "source"];
-    if header != want {
-        return Err(bad(1, format!("the header must be `{}`", want.join(","))));
-    }
-    for (i, line) in lines {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let f = split_csv(line);
-        if f.len() != want.len() {
-            return Err(bad(i + 1, format!("expected {} fields, found {}", want.len(), f.len())));
-        }
-        let num = |s: &str| s.trim().parse::<f64>().map_err(|e| bad(i + 1, format!("`{s}` is not a price: {e}")));
-        out.push(ApiPrice {
-            item: f[0].clone(),
-            before: num(&f[1])?,
-            after: num(&f[2])?,
-            effective_date: f[3].clone(),
-            model_before: f[4].clone(),
-            model_after: f[5].clone(),
-            source: f[6].clone(),
-        });
-    }
-    Ok(out)
-}
-
-/// Split one CSV line, honouring double quotes (`""` inside quotes is a quote).
-fn split_csv(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
+    ctxcost_core::prices::parse_api_prices(text).map_err(|(line, why)| ReportError::Prices { line, why })
 }
 
 #[cfg(test)]

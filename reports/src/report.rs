@@ -109,7 +109,7 @@ pub fn build_from_set(set: RecordSet, options: &ReportOptions) -> Result<Report,
             let text = std::fs::read_to_string(p).map_err(|source| ReportError::ReadPrices { path: p.display().to_string(), source })?;
             (reference::parse_api_prices(&text)?, p.display().to_string())
         }
-        None => (reference::parse_api_prices(reference::API_PRICES_CSV)?, "shipped (reports/data/deepseek-api-prices.csv)".to_string()),
+        None => (reference::parse_api_prices(reference::API_PRICES_CSV)?, "shipped (core/data/deepseek-api-prices.csv)".to_string()),
     };
     let fig3 = Fig3::shipped();
     let analysis = analysis::analyse(&set, &options.cost, &fig3);

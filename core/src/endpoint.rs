@@ -1,0 +1,490 @@
+//! Records of remote endpoints (OpenAI-compatible servers): the raw per-request timestamps,
+//! the metrics derived from them, faults, cached-token accounting and cost.
+//!
+//! An endpoint case is one side (a labelled URL + model) at one (phase, prompt length, output
+//! length, load). Its [`Record`](crate::record::Record) carries an [`EndpointBlock`]; the
+//! record's `samples_ms` are the case's primary metric per successful request (TTFT for
+//! prefill cases, TPOT for decode cases), so `compare` and the reports treat endpoint records
+//! like kernel records.
+//!
+//! Metric definitions follow vLLM's serving benchmark:
+//! - **TTFT**: from the request's actual send to the first chunk that carries generated text.
+//! - **E2E**: from the actual send to the end of the stream.
+//! - **TPOT**: `(E2E - TTFT) / (N - 1)` with `N` the server's `usage.completion_tokens`
+//!   (requests with `N < 2` have no TPOT).
+//! - **ITL**: the gaps between successive text-bearing chunks of one request.
+//! - **throughput**: tokens over the case's wall time, from the first send to the last end.
+//! - **goodput**: successful requests per second that met every SLO given.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{self, Summary};
+
+/// What went wrong with one request attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// No complete response within the per-request timeout.
+    Timeout,
+    /// The TCP connection could not be made (refused, unreachable, DNS).
+    Connect,
+    /// HTTP 429; retried after `Retry-After` while retries remain.
+    RateLimited,
+    /// HTTP 5xx.
+    Server,
+    /// Any other non-success HTTP status (4xx).
+    Client,
+    /// The body was not a well-formed OpenAI event stream (bad SSE, bad JSON, no choices).
+    MalformedSse,
+    /// The stream ended before `data: [DONE]` or a finish reason.
+    StreamCut,
+    /// The server sent an error object inside the stream.
+    StreamError,
+    /// Any other transport error.
+    Transport,
+}
+
+impl FaultKind {
+    pub const ALL: &'static [FaultKind] = &[
+        FaultKind::Timeout,
+        FaultKind::Connect,
+        FaultKind::RateLimited,
+        FaultKind::Server,
+        FaultKind::Client,
+        FaultKind::MalformedSse,
+        FaultKind::StreamCut,
+        FaultKind::StreamError,
+        FaultKind::Transport,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Timeout => "timeout",
+            FaultKind::Connect => "connect",
+            FaultKind::RateLimited => "rate-limited",
+            FaultKind::Server => "server",
+            FaultKind::Client => "client",
+            FaultKind::MalformedSse => "malformed-sse",
+            FaultKind::StreamCut => "stream-cut",
+            FaultKind::StreamError => "stream-error",
+            FaultKind::Transport => "transport",
+        }
+    }
+}
+
+/// One failed attempt of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// HTTP status, when one was received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// Short description (secrets removed).
+    pub detail: String,
+    /// When the attempt failed, ms since the case started.
+    pub at_ms: f64,
+}
+
+/// Raw log of one request: every time is in ms since the case started (one monotonic clock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RequestLog {
+    /// Index of the prompt (the same index on both sides of an A/B run is the same prompt).
+    pub index: usize,
+    /// When the load generator meant to send it.
+    pub intended_ms: f64,
+    /// When the final attempt was actually sent.
+    pub sent_ms: f64,
+    /// Arrival of every chunk that carried generated text.
+    pub chunks_ms: Vec<f64>,
+    /// End of the stream (or of the final failed attempt).
+    pub end_ms: f64,
+    /// The server's `usage` block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_tokens: Option<u64>,
+    /// Server-reported prompt tokens served from its cache (vLLM `prompt_tokens_details.
+    /// cached_tokens`, DeepSeek `prompt_cache_hit_tokens`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+    /// Failed attempts, in order; a request that finally succeeded may have some (429).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+    /// Whether the final attempt succeeded.
+    pub ok: bool,
+}
+
+impl RequestLog {
+    /// TTFT in ms: actual send to the first text chunk.
+    pub fn ttft_ms(&self) -> Option<f64> {
+        if !self.ok {
+            return None;
+        }
+        self.chunks_ms.first().map(|t| t - self.sent_ms)
+    }
+
+    /// E2E latency in ms.
+    pub fn e2e_ms(&self) -> Option<f64> {
+        self.ok.then_some(self.end_ms - self.sent_ms)
+    }
+
+    /// Generated tokens: the server's count, else the number of text chunks.
+    pub fn output_tokens(&self) -> Option<u64> {
+        if !self.ok {
+            return None;
+        }
+        self.completion_tokens.or(Some(self.chunks_ms.len() as u64))
+    }
+
+    /// TPOT in ms: (E2E - TTFT) / (N - 1), for N >= 2.
+    pub fn tpot_ms(&self) -> Option<f64> {
+        let n = self.output_tokens()?;
+        if n < 2 {
+            return None;
+        }
+        Some((self.e2e_ms()? - self.ttft_ms()?) / (n - 1) as f64)
+    }
+
+    /// Gaps between successive text chunks (ms).
+    pub fn itl_ms(&self) -> Vec<f64> {
+        if !self.ok {
+            return vec![];
+        }
+        self.chunks_ms.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// How late the final send was against the schedule (ms; 429 retries included).
+    pub fn send_lag_ms(&self) -> f64 {
+        self.sent_ms - self.intended_ms
+    }
+}
+
+/// Service-level objectives for goodput (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Slo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_ms: Option<f64>,
+}
+
+impl Slo {
+    pub fn is_empty(&self) -> bool {
+        self.ttft_ms.is_none() && self.tpot_ms.is_none() && self.e2e_ms.is_none()
+    }
+
+    /// Whether a successful request met every objective given.
+    pub fn met(&self, r: &RequestLog) -> bool {
+        if !r.ok {
+            return false;
+        }
+        let within = |limit: Option<f64>, v: Option<f64>| match (limit, v) {
+            (None, _) => true,
+            (Some(l), Some(v)) => v <= l,
+            // A TPOT objective on a single-token answer is vacuous.
+            (Some(_), None) => true,
+        };
+        within(self.ttft_ms, r.ttft_ms()) && within(self.tpot_ms, r.tpot_ms()) && within(self.e2e_ms, r.e2e_ms())
+    }
+}
+
+/// How the load was generated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Load {
+    /// Closed loop: `concurrency` requests in flight, a new one sent as one finishes.
+    Closed { concurrency: usize },
+    /// Open loop: Poisson arrivals at `rate_rps`, send times drawn ahead of the run.
+    Open { rate_rps: f64 },
+}
+
+impl Load {
+    /// Short form used in case keys: `c4`, `r2.5`.
+    pub fn key(&self) -> String {
+        match self {
+            Load::Closed { concurrency } => format!("c{concurrency}"),
+            Load::Open { rate_rps } => format!("r{rate_rps}"),
+        }
+    }
+}
+
+/// Derived metrics of one endpoint case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct EndpointMetrics {
+    pub requests: usize,
+    pub ok: usize,
+    pub failed: usize,
+    pub ttft_ms: Summary,
+    pub tpot_ms: Summary,
+    pub itl_ms: Summary,
+    pub e2e_ms: Summary,
+    /// How late sends were against the schedule (open loop: queueing in the client).
+    pub send_lag_ms: Summary,
+    /// From the first send to the last end (s).
+    pub duration_s: f64,
+    pub request_rate_rps: f64,
+    pub output_tokens_per_s: f64,
+    pub total_tokens_per_s: f64,
+    pub prompt_tokens_total: u64,
+    pub output_tokens_total: u64,
+    /// Successful requests per second that met every SLO (None without an SLO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goodput_rps: Option<f64>,
+    /// Share of all requests that met every SLO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo_attainment: Option<f64>,
+    /// Failed attempts by kind (retried 429s included).
+    pub faults: BTreeMap<String, usize>,
+}
+
+/// Prompt tokens the server reported as cached.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct CacheCheck {
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub fraction: f64,
+    /// More than `threshold` of the prompt tokens were cached: the case did not measure a
+    /// cold prefill.
+    pub flagged: bool,
+    pub threshold: f64,
+}
+
+/// USD per million tokens at API list prices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ApiPricing {
+    /// Which prices (e.g. `DeepSeek-V3.2-Exp list price, 2025-09-29`, or `custom`).
+    pub source: String,
+    pub usd_per_m_input_hit: f64,
+    pub usd_per_m_input_miss: f64,
+    pub usd_per_m_output: f64,
+}
+
+/// Cost of a case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct EndpointCost {
+    /// API list prices applied to the measured token counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiPricing>,
+    /// Mean USD per successful request at API prices (cached tokens at the hit price).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_usd_per_request: Option<f64>,
+    /// USD per GPU-hour and GPUs of the deployment (self-hosted cost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_gpu_hour: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<usize>,
+    /// GPU cost over the measured throughput: USD per million output tokens / all tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_usd_per_m_output: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_usd_per_m_total: Option<f64>,
+}
+
+/// Everything an endpoint record holds beyond the common record fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointBlock {
+    /// `a` or `b` in an A/B run (`a` in a single-endpoint run).
+    pub side: String,
+    pub label: String,
+    /// The URL without credentials or query string.
+    pub url: String,
+    pub model: String,
+    /// `chat` (`/v1/chat/completions`) or `completions` (`/v1/completions`).
+    pub api: String,
+    pub load: Load,
+    /// Prompt length asked for (tokens) and how prompts were fitted to it
+    /// (`tokenizer` or `calibrated`).
+    pub target_prompt_tokens: usize,
+    pub prompt_fit: String,
+    /// `max_tokens` sent with each request.
+    pub max_tokens: usize,
+    pub slo: Slo,
+    pub requests: Vec<RequestLog>,
+    pub metrics: EndpointMetrics,
+    pub cache: CacheCheck,
+    pub cost: EndpointCost,
+}
+
+impl EndpointBlock {
+    /// The case key suffix that distinguishes endpoint cases beyond [`crate::Case::key`].
+    pub fn key_suffix(&self) -> String {
+        format!("|api={}|out={}|load={}", self.api, self.max_tokens, self.load.key())
+    }
+}
+
+/// Derive the metrics of a set of requests.
+pub fn metrics(requests: &[RequestLog], slo: &Slo) -> EndpointMetrics {
+    let ok: Vec<&RequestLog> = requests.iter().filter(|r| r.ok).collect();
+    let collect = |f: &dyn Fn(&RequestLog) -> Option<f64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
+    let ttft = collect(&|r| r.ttft_ms());
+    let tpot = collect(&|r| r.tpot_ms());
+    let e2e = collect(&|r| r.e2e_ms());
+    let itl: Vec<f64> = ok.iter().flat_map(|r| r.itl_ms()).collect();
+    let lag: Vec<f64> = requests.iter().map(|r| r.send_lag_ms()).collect();
+    let start = requests.iter().map(|r| r.sent_ms).fold(f64::INFINITY, f64::min);
+    let end = requests.iter().map(|r| r.end_ms).fold(f64::NEG_INFINITY, f64::max);
+    let duration_s = if end > start { (end - start) / 1000.0 } else { 0.0 };
+    let prompt_tokens_total: u64 = ok.iter().filter_map(|r| r.prompt_tokens).sum();
+    let output_tokens_total: u64 = ok.iter().filter_map(|r| r.output_tokens()).sum();
+    let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { f64::NAN };
+    let mut faults = BTreeMap::new();
+    for f in requests.iter().flat_map(|r| &r.faults) {
+        *faults.entry(f.kind.as_str().to_string()).or_insert(0) += 1;
+    }
+    let (goodput_rps, slo_attainment) = if slo.is_empty() {
+        (None, None)
+    } else {
+        let good = requests.iter().filter(|r| slo.met(r)).count() as f64;
+        (Some(per_s(good)), Some(if requests.is_empty() { f64::NAN } else { good / requests.len() as f64 }))
+    };
+    EndpointMetrics {
+        requests: requests.len(),
+        ok: ok.len(),
+        failed: requests.len() - ok.len(),
+        ttft_ms: stats::summarize(&ttft),
+        tpot_ms: stats::summarize(&tpot),
+        itl_ms: stats::summarize(&itl),
+        e2e_ms: stats::summarize(&e2e),
+        send_lag_ms: stats::summarize(&lag),
+        duration_s,
+        request_rate_rps: per_s(ok.len() as f64),
+        output_tokens_per_s: per_s(output_tokens_total as f64),
+        total_tokens_per_s: per_s((prompt_tokens_total + output_tokens_total) as f64),
+        prompt_tokens_total,
+        output_tokens_total,
+        goodput_rps,
+        slo_attainment,
+        faults,
+    }
+}
+
+/// Cached-token accounting over the successful requests.
+pub fn cache_check(requests: &[RequestLog], threshold: f64) -> CacheCheck {
+    let prompt_tokens: u64 = requests.iter().filter(|r| r.ok).filter_map(|r| r.prompt_tokens).sum();
+    let cached_tokens: u64 = requests.iter().filter(|r| r.ok).filter_map(|r| r.cached_tokens).sum();
+    let fraction = if prompt_tokens > 0 { cached_tokens as f64 / prompt_tokens as f64 } else { 0.0 };
+    CacheCheck { prompt_tokens, cached_tokens, fraction, flagged: fraction > threshold, threshold }
+}
+
+/// Cost of a case from its requests and metrics.
+pub fn cost(
+    requests: &[RequestLog],
+    m: &EndpointMetrics,
+    api: Option<ApiPricing>,
+    usd_per_gpu_hour: Option<f64>,
+    gpus: Option<usize>,
+) -> EndpointCost {
+    let api_usd_per_request = api.as_ref().and_then(|p| {
+        let ok: Vec<&RequestLog> = requests.iter().filter(|r| r.ok).collect();
+        if ok.is_empty() {
+            return None;
+        }
+        let usd: f64 = ok
+            .iter()
+            .map(|r| {
+                let prompt = r.prompt_tokens.unwrap_or(0) as f64;
+                let hit = (r.cached_tokens.unwrap_or(0) as f64).min(prompt);
+                let out = r.output_tokens().unwrap_or(0) as f64;
+                (hit * p.usd_per_m_input_hit + (prompt - hit) * p.usd_per_m_input_miss + out * p.usd_per_m_output) / 1e6
+            })
+            .sum();
+        Some(usd / ok.len() as f64)
+    });
+    let gpu_usd_per_s = match (usd_per_gpu_hour, gpus) {
+        (Some(p), Some(g)) => Some(p * g as f64 / 3600.0),
+        (Some(p), None) => Some(p / 3600.0),
+        _ => None,
+    };
+    let per_m = |tps: f64| gpu_usd_per_s.filter(|_| tps > 0.0 && tps.is_finite()).map(|usd_s| usd_s / tps * 1e6);
+    EndpointCost {
+        api,
+        api_usd_per_request,
+        usd_per_gpu_hour,
+        gpus: usd_per_gpu_hour.map(|_| gpus.unwrap_or(1)),
+        gpu_usd_per_m_output: per_m(m.output_tokens_per_s),
+        gpu_usd_per_m_total: per_m(m.total_tokens_per_s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(index: usize, sent: f64, chunks: &[f64], end: f64, n: Option<u64>) -> RequestLog {
+        RequestLog {
+            index,
+            intended_ms: sent,
+            sent_ms: sent,
+            chunks_ms: chunks.to_vec(),
+            end_ms: end,
+            prompt_tokens: Some(100),
+            completion_tokens: n,
+            cached_tokens: Some(10),
+            faults: vec![],
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn vllm_definitions() {
+        // Sent at 10, first text at 60, four more chunks 20 ms apart, end at 150, 5 tokens.
+        let r = req(0, 10.0, &[60.0, 80.0, 100.0, 120.0, 140.0], 150.0, Some(5));
+        assert_eq!(r.ttft_ms(), Some(50.0));
+        assert_eq!(r.e2e_ms(), Some(140.0));
+        assert_eq!(r.tpot_ms(), Some(90.0 / 4.0));
+        assert_eq!(r.itl_ms(), vec![20.0; 4]);
+        // The server's count wins over the chunk count (two tokens in one chunk).
+        let r2 = req(0, 0.0, &[50.0, 70.0], 90.0, Some(3));
+        assert_eq!(r2.tpot_ms(), Some(20.0));
+        // One token: no TPOT.
+        assert_eq!(req(0, 0.0, &[50.0], 51.0, Some(1)).tpot_ms(), None);
+    }
+
+    #[test]
+    fn failed_requests_have_no_latency_but_count_faults() {
+        let mut bad = req(1, 0.0, &[], 30.0, None);
+        bad.ok = false;
+        bad.faults.push(Fault { kind: FaultKind::Server, http_status: Some(503), detail: "x".into(), at_ms: 30.0 });
+        let good = req(0, 0.0, &[100.0, 110.0], 120.0, Some(2));
+        assert_eq!(bad.ttft_ms(), None);
+        let m = metrics(&[good, bad], &Slo::default());
+        assert_eq!((m.requests, m.ok, m.failed), (2, 1, 1));
+        assert_eq!(m.faults.get("server"), Some(&1));
+        assert_eq!(m.ttft_ms.median, 100.0);
+        // 0..120 ms: 2 tokens out, 100 prompt tokens in (only the ok request counts).
+        assert!((m.output_tokens_per_s - 2.0 / 0.12).abs() < 1e-9);
+        assert!((m.total_tokens_per_s - 102.0 / 0.12).abs() < 1e-9);
+        assert!(m.goodput_rps.is_none());
+    }
+
+    #[test]
+    fn goodput_counts_requests_meeting_every_slo() {
+        let fast = req(0, 0.0, &[40.0, 50.0, 60.0], 60.0, Some(3));
+        let slow_first = req(1, 0.0, &[400.0, 410.0], 420.0, Some(2));
+        let slo = Slo { ttft_ms: Some(100.0), tpot_ms: Some(15.0), e2e_ms: None };
+        assert!(slo.met(&fast));
+        assert!(!slo.met(&slow_first));
+        let m = metrics(&[fast, slow_first], &slo);
+        assert_eq!(m.slo_attainment, Some(0.5));
+        assert!((m.goodput_rps.unwrap() - 1.0 / 0.42).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cache_flag_and_costs() {
+        let a = req(0, 0.0, &[10.0, 20.0], 1000.0, Some(2));
+        let c = cache_check(&[a.clone()], 0.05);
+        assert!((c.fraction - 0.1).abs() < 1e-12 && c.flagged);
+        assert!(!cache_check(&[a.clone()], 0.2).flagged);
+        let p = ApiPricing { source: "t".into(), usd_per_m_input_hit: 1.0, usd_per_m_input_miss: 10.0, usd_per_m_output: 100.0 };
+        let m = metrics(&[a.clone()], &Slo::default());
+        let k = cost(&[a], &m, Some(p), Some(3.6), Some(2));
+        // 10 hit + 90 miss + 2 out.
+        assert!((k.api_usd_per_request.unwrap() - (10.0 + 900.0 + 200.0) / 1e6).abs() < 1e-15);
+        // 2 GPUs at $3.6/h = $0.002/s; 2 tokens in 1 s -> $1000 per million output tokens.
+        assert!((k.gpu_usd_per_m_output.unwrap() - 1000.0).abs() < 1e-9);
+    }
+}

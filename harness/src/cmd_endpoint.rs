@@ -1,0 +1,631 @@
+//! `ctxcost endpoint`: measure one OpenAI-compatible endpoint, or two side by side (A/B),
+//! over prompt lengths; and `ctxcost serve-mock`, a local streaming server to try it on.
+//!
+//! The work is in `ctxcost_engines::http`; this module owns the command line, records,
+//! progress, the summary table and the report at the end.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use ctxcost_core::endpoint::{EndpointBlock, Load, Slo};
+use ctxcost_core::record::{Memory, Rates, Record, Status, SCHEMA_VERSION};
+use ctxcost_core::stats::{self, ratio_ci};
+use ctxcost_core::units::{format_tokens, parse_contexts};
+use ctxcost_core::{analytic, Case, ModelShape, Phase, Precision};
+use ctxcost_engines::http::mock::{MockConfig, MockFault, MockServer, UsageStyle};
+use ctxcost_engines::http::openai::Api;
+use ctxcost_engines::http::{self, Bench, CaseSpec, RequestLimits, RunSettings, SideSpec};
+
+use crate::{envinfo, recordio};
+
+const AFTER_HELP: &str = "\
+Metrics (as vLLM's serving benchmark defines them), per request, from the client's clock:
+  TTFT  actual send -> first chunk with generated text
+  E2E   actual send -> end of the stream
+  TPOT  (E2E - TTFT) / (N - 1), N = the server's usage.completion_tokens
+  ITL   gaps between successive text chunks
+Prefill cases send max_tokens = 1 and record TTFT; decode cases send --output-tokens and
+record TPOT. Every prompt starts with a unique nonce (no prefix-cache hits); the server's
+usage.prompt_tokens is the ground truth of its length, and a case with more than
+--cache-threshold of its prompt tokens reported cached is flagged.
+
+Examples:
+  ctxcost endpoint --url http://gpu:8000/v1 --contexts 1k,8k,32k --phase prefill
+  ctxcost endpoint --a http://h1:8000/v1 --a-label terminus --a-price v3.1-terminus \\
+                   --b http://h2:8000/v1 --b-label v32exp --b-price v3.2-exp \\
+                   --contexts 4k..64k --concurrency 4 --usd-per-gpu-hour 2 --gpus 8
+  ctxcost endpoint --url https://api.deepseek.com/v1 --model deepseek-chat \\
+                   --key-env DEEPSEEK_API_KEY --no-ignore-eos --requests 8
+  ctxcost serve-mock --port 8001 --ttft-ms 80 --tpot-ms 12   # a local server to try it on";
+
+/// Arguments of `ctxcost endpoint`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct EndpointArgs {
+    /// Base URL of the endpoint (side A), ending in /v1, e.g. http://gpu-host:8000/v1.
+    #[arg(long = "a", visible_alias = "url", value_name = "URL")]
+    pub a: String,
+    /// Base URL of side B for an A/B run (requests are interleaved over the same prompts).
+    #[arg(long = "b", value_name = "URL")]
+    pub b: Option<String>,
+    /// Label of side A [default: its model name].
+    #[arg(long, visible_alias = "label")]
+    pub a_label: Option<String>,
+    /// Label of side B [default: its model name].
+    #[arg(long)]
+    pub b_label: Option<String>,
+    /// Model name sent to side A [default: the first id of its /v1/models].
+    #[arg(long, visible_alias = "model")]
+    pub a_model: Option<String>,
+    /// Model name sent to side B [default: the first id of its /v1/models].
+    #[arg(long)]
+    pub b_model: Option<String>,
+    /// Environment variable holding side A's API key (sent as a bearer token; never recorded).
+    #[arg(long, visible_alias = "key-env", value_name = "VAR")]
+    pub a_key_env: Option<String>,
+    /// Environment variable holding side B's API key.
+    #[arg(long, value_name = "VAR")]
+    pub b_key_env: Option<String>,
+    /// API list prices of side A: v3.1-terminus, v3.2-exp (DeepSeek's table) or HIT,MISS,OUT in USD per million tokens.
+    #[arg(long, visible_alias = "price")]
+    pub a_price: Option<String>,
+    /// API list prices of side B (as --a-price).
+    #[arg(long)]
+    pub b_price: Option<String>,
+    /// Which API: chat (/v1/chat/completions) or completions (/v1/completions).
+    #[arg(long, default_value = "chat")]
+    pub api: String,
+    /// Prompt lengths in tokens: `1k,8k,32k` or `1k..64k`.
+    #[arg(long, default_value = "1k,4k,16k", value_name = "LIST")]
+    pub contexts: String,
+    /// Phase: prefill (max_tokens 1, TTFT), decode (--output-tokens, TPOT) or both.
+    #[arg(long, default_value = "both")]
+    pub phase: String,
+    /// Output tokens of decode cases.
+    #[arg(long, default_value_t = 128)]
+    pub output_tokens: usize,
+    /// Closed loop: requests in flight per side, comma-separated for several loads [default 1].
+    #[arg(long, value_name = "LIST", conflicts_with = "rate")]
+    pub concurrency: Option<String>,
+    /// Open loop: Poisson arrivals at this many requests per second per side, comma-separated.
+    #[arg(long, value_name = "LIST")]
+    pub rate: Option<String>,
+    /// Requests per side per case.
+    #[arg(long, default_value_t = 16)]
+    pub requests: usize,
+    /// Stop scheduling new requests of a case after this many seconds.
+    #[arg(long, default_value_t = 300.0)]
+    pub max_seconds: f64,
+    /// Per-request timeout in seconds (whole stream, 429 waits included).
+    #[arg(long, default_value_t = 300.0)]
+    pub timeout: f64,
+    /// Retries of a request answered 429, each after its Retry-After (at most 30 s).
+    #[arg(long, default_value_t = 2)]
+    pub retries: usize,
+    /// Unrecorded warm-up requests per side before each case.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// The served model's tokenizer.json: prompts are fitted to the exact token count
+    /// locally (else calibration requests fit the length).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Service-level objectives for goodput, e.g. `ttft=2s,tpot=50ms,e2e=30s`.
+    #[arg(long)]
+    pub slo: Option<String>,
+    /// Price of one GPU-hour (USD) of the deployment: cost per token from measured throughput.
+    #[arg(long)]
+    pub usd_per_gpu_hour: Option<f64>,
+    /// GPUs of the deployment (with --usd-per-gpu-hour) [default 1].
+    #[arg(long)]
+    pub gpus: Option<usize>,
+    /// Flag a case when more than this share of its prompt tokens were served from cache.
+    #[arg(long, default_value_t = 0.05)]
+    pub cache_threshold: f64,
+    /// Do not send `ignore_eos: true` (hosted APIs may reject it; outputs may then end early).
+    #[arg(long)]
+    pub no_ignore_eos: bool,
+    /// Model geometry recorded with the cases (informational): deepseek-v3.2-exp, deepseek-v3.1-terminus, tiny, small.
+    #[arg(long, default_value = "deepseek-v3.2-exp")]
+    pub shape: String,
+    /// Seed of the prompts' filler text, nonces and arrival times.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output JSONL file [default: runs/endpoint-<UTC time>.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Continue an existing output file: cases recorded for every side are skipped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Overwrite an existing output file.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// Do not write the report at the end.
+    #[arg(long)]
+    pub no_report: bool,
+    /// Report folder [default: the output file's name without .jsonl, plus `-report`].
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+}
+
+/// Arguments of `ctxcost serve-mock`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0 picks a free one).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Time to first token (ms).
+    #[arg(long, default_value_t = 50.0)]
+    pub ttft_ms: f64,
+    /// Extra time to first token per 1000 prompt tokens (ms), to mimic prefill cost.
+    #[arg(long, default_value_t = 0.0)]
+    pub ttft_ms_per_1k: f64,
+    /// Time per output token (ms).
+    #[arg(long, default_value_t = 10.0)]
+    pub tpot_ms: f64,
+    /// Usage block style: vllm or deepseek.
+    #[arg(long, default_value = "vllm")]
+    pub usage: String,
+    /// Share of prompt tokens reported as cached.
+    #[arg(long, default_value_t = 0.0)]
+    pub cached_fraction: f64,
+    /// Faults by request number: `N=KIND`, comma-separated; KIND is 500, 429[:s], malformed, cut, stall[:s].
+    #[arg(long, value_name = "LIST")]
+    pub fault: Option<String>,
+}
+
+fn parse_ms(v: &str) -> Result<f64> {
+    let v = v.trim();
+    let (num, scale) = if let Some(x) = v.strip_suffix("ms") {
+        (x, 1.0)
+    } else if let Some(x) = v.strip_suffix('s') {
+        (x, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    let x: f64 = num.trim().parse().map_err(|_| anyhow!("`{v}` is not a duration (write e.g. 2s or 50ms)"))?;
+    if !(x > 0.0 && x.is_finite()) {
+        bail!("`{v}`: a duration must be positive");
+    }
+    Ok(x * scale)
+}
+
+/// `ttft=2s,tpot=50ms,e2e=30s`.
+pub fn parse_slo(s: &str) -> Result<Slo> {
+    let mut slo = Slo::default();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--slo `{part}`: write NAME=DURATION, e.g. ttft=2s"))?;
+        let ms = parse_ms(v).with_context(|| format!("--slo {k}"))?;
+        match k.trim() {
+            "ttft" => slo.ttft_ms = Some(ms),
+            "tpot" => slo.tpot_ms = Some(ms),
+            "e2e" => slo.e2e_ms = Some(ms),
+            other => bail!("--slo: unknown objective `{other}` (choose ttft, tpot, e2e)"),
+        }
+    }
+    Ok(slo)
+}
+
+fn parse_loads(a: &EndpointArgs) -> Result<Vec<Load>> {
+    let list = |s: &str, what: &str| -> Result<Vec<f64>> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                let v: f64 = x.parse().map_err(|_| anyhow!("--{what} `{x}` is not a number"))?;
+                if !(v > 0.0 && v.is_finite()) {
+                    bail!("--{what} `{x}` must be positive");
+                }
+                Ok(v)
+            })
+            .collect()
+    };
+    let loads: Vec<Load> = match (&a.rate, &a.concurrency) {
+        (Some(r), _) => list(r, "rate")?.into_iter().map(|rate_rps| Load::Open { rate_rps }).collect(),
+        (None, Some(c)) => list(c, "concurrency")?
+            .into_iter()
+            .map(|c| {
+                if c.fract() != 0.0 {
+                    bail!("--concurrency {c} must be a whole number");
+                }
+                Ok(Load::Closed { concurrency: c as usize })
+            })
+            .collect::<Result<_>>()?,
+        (None, None) => vec![Load::Closed { concurrency: 1 }],
+    };
+    if loads.is_empty() {
+        bail!("give at least one load (--concurrency or --rate)");
+    }
+    Ok(loads)
+}
+
+/// A label usable in an engine id.
+fn clean_label(s: &str) -> String {
+    let c: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_ascii_lowercase() } else { '-' }).collect();
+    c.trim_matches('-').to_string()
+}
+
+struct Plan {
+    sides: Vec<SideSpec>,
+    settings: RunSettings,
+    cases: Vec<CaseSpec>,
+    shape: ModelShape,
+    out: PathBuf,
+    report_dir: Option<PathBuf>,
+}
+
+async fn plan(a: &EndpointArgs) -> Result<Plan> {
+    let api = Api::parse(&a.api).map_err(|e| anyhow!("--api: {e}"))?;
+    let contexts = parse_contexts(&a.contexts).map_err(|e| anyhow!("--contexts: {e}"))?;
+    let phases = match a.phase.trim().to_ascii_lowercase().as_str() {
+        "both" => vec![Phase::Prefill, Phase::Decode],
+        p => vec![Phase::parse(p).map_err(|e| anyhow!("--phase: {e} (or both)"))?],
+    };
+    if a.output_tokens < 2 && phases.contains(&Phase::Decode) {
+        bail!("--output-tokens {} : decode cases need at least 2 output tokens for TPOT", a.output_tokens);
+    }
+    if a.requests == 0 {
+        bail!("--requests must be at least 1");
+    }
+    for (name, v) in [("--max-seconds", a.max_seconds), ("--timeout", a.timeout)] {
+        if !(v > 0.0 && v.is_finite()) {
+            bail!("{name} must be a positive number of seconds");
+        }
+    }
+    if !(0.0..=1.0).contains(&a.cache_threshold) {
+        bail!("--cache-threshold must be between 0 and 1");
+    }
+    if let Some(p) = a.usd_per_gpu_hour {
+        if !(p > 0.0 && p.is_finite()) {
+            bail!("--usd-per-gpu-hour must be positive");
+        }
+    }
+    if a.gpus == Some(0) {
+        bail!("--gpus must be at least 1");
+    }
+    if a.b.is_none() && (a.b_label.is_some() || a.b_model.is_some() || a.b_key_env.is_some() || a.b_price.is_some()) {
+        bail!("--b-label/--b-model/--b-key-env/--b-price need --b URL");
+    }
+    if let Some(t) = &a.tokenizer {
+        if !t.is_file() {
+            bail!("--tokenizer {}: no such file", t.display());
+        }
+    }
+    let loads = parse_loads(a)?;
+    let slo = a.slo.as_deref().map(parse_slo).transpose()?.unwrap_or_default();
+    let shape = ModelShape::by_name(&a.shape).map_err(|e| anyhow!("--shape: {e}"))?;
+    let price = |p: &Option<String>, flag: &str| -> Result<_> {
+        p.as_deref().map(ctxcost_core::prices::pricing_for).transpose().map_err(|e| anyhow!("{flag}: {e}"))
+    };
+    let prices = [price(&a.a_price, "--a-price")?, price(&a.b_price, "--b-price")?];
+    let mut urls = vec![(a.a.clone(), a.a_label.clone(), a.a_model.clone(), a.a_key_env.clone(), prices[0].clone())];
+    if let Some(b) = &a.b {
+        urls.push((b.clone(), a.b_label.clone(), a.b_model.clone(), a.b_key_env.clone(), prices[1].clone()));
+    }
+    let mut sides = Vec::new();
+    for (i, (url, label, model, key_env, price)) in urls.into_iter().enumerate() {
+        let side = ["a", "b"][i];
+        let u = http::client::parse_url(&url).map_err(|e| anyhow!("--{side} `{}`: {e}", http::client::public_url(&url)))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            bail!("--{side} `{}`: the scheme must be http or https", http::client::public_url(&url));
+        }
+        if let Some(var) = &key_env {
+            if std::env::var(var).is_err() {
+                bail!("--{side}-key-env {var}: the variable is not set");
+            }
+        }
+        let model = match model {
+            Some(m) => m,
+            None => {
+                let key = key_env.as_deref().and_then(|v| std::env::var(v).ok());
+                http::client::discover_model(&url, key).await.map_err(|e| anyhow!("--{side}: {e}; give --{side}-model"))?
+            }
+        };
+        let label = clean_label(label.as_deref().unwrap_or(&model));
+        if label.is_empty() {
+            bail!("--{side}-label: give a label with letters or digits");
+        }
+        sides.push(SideSpec { label, url, model, api, key_env, price, ignore_eos: !a.no_ignore_eos });
+    }
+    if sides.len() == 2 && sides[0].label == sides[1].label {
+        bail!("both sides are labelled `{}`: give distinct --a-label and --b-label", sides[0].label);
+    }
+    let mut cases = Vec::new();
+    for &phase in &phases {
+        for load in &loads {
+            for &context in &contexts {
+                let max_tokens = if phase == Phase::Prefill { 1 } else { a.output_tokens };
+                cases.push(CaseSpec { phase, context, max_tokens, load: load.clone() });
+            }
+        }
+    }
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/endpoint-{}.jsonl", envinfo::utc_compact())));
+    let report_dir = (!a.no_report).then(|| a.report_dir.clone().unwrap_or_else(|| crate::cli::default_report_dir(&out)));
+    let settings = RunSettings {
+        requests: a.requests,
+        max_duration: Duration::from_secs_f64(a.max_seconds),
+        limits: RequestLimits { timeout: Duration::from_secs_f64(a.timeout), retries: a.retries, max_retry_wait: Duration::from_secs(30) },
+        warmup: a.warmup,
+        slo,
+        seed: a.seed,
+        usd_per_gpu_hour: a.usd_per_gpu_hour,
+        gpus: a.gpus,
+        cache_threshold: a.cache_threshold,
+    };
+    Ok(Plan { sides, settings, cases, shape, out, report_dir })
+}
+
+/// The record of one side of one case.
+fn record(plan: &Plan, case: &CaseSpec, block: EndpointBlock, started_at: String) -> Record {
+    let batch = match case.load {
+        Load::Closed { concurrency } => concurrency,
+        Load::Open { .. } => 1,
+    };
+    let c = Case {
+        engine: format!("http-{}", block.label),
+        shape: plan.shape.clone(),
+        phase: case.phase,
+        context: case.context,
+        batch,
+        query_len: 1,
+        precision: Precision::Bf16,
+        seed: plan.settings.seed,
+    };
+    let samples = http::primary_samples(case.phase, &block.requests);
+    let m = &block.metrics;
+    let (status, reason) = if samples.is_empty() {
+        let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        (Status::Failed, Some(format!("no request of {} gave a {} ({})", m.requests, http::primary_metric(case.phase), faults.join(", "))))
+    } else if block.cache.flagged {
+        (Status::Ok, Some(format!("{:.1}% of prompt tokens were served from the server's cache", block.cache.fraction * 100.0)))
+    } else {
+        (Status::Ok, None)
+    };
+    Record {
+        schema_version: SCHEMA_VERSION,
+        tool: envinfo::tool(),
+        env: envinfo::capture(),
+        key: format!("{}{}", c.key(), block.key_suffix()),
+        engine: c.engine.clone(),
+        status,
+        reason,
+        stats: (!samples.is_empty()).then(|| stats::summarize(&samples)),
+        samples_ms: samples,
+        components_ms: BTreeMap::new(),
+        timer: "client-monotonic".into(),
+        warmup_runs: plan.settings.warmup,
+        stop_rule: Some(if m.requests < plan.settings.requests { "max-time" } else { "requests" }.into()),
+        work: analytic::Work::default(),
+        rates: Rates::default(),
+        memory: Memory { kv_bytes_model: analytic::case_kv_bytes(&c), ..Default::default() },
+        verification: None,
+        endpoint: Some(block),
+        case: c,
+        started_at,
+        finished_at: envinfo::utc_now(),
+    }
+}
+
+pub fn run(a: EndpointArgs) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(run_async(a))
+}
+
+async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
+    let plan = plan(&a).await?;
+    let (mut writer, done) = recordio::open_output(&plan.out, a.resume, a.force)?;
+    let labels: Vec<String> = plan.sides.iter().map(|s| s.label.clone()).collect();
+    for s in &plan.sides {
+        eprintln!("side {}: {} model {} ({} API)", s.label, http::client::public_url(&s.url), s.model, s.api.as_str());
+    }
+    let mut bench = Bench::new(plan.sides.clone(), plan.settings.clone(), a.tokenizer.as_deref()).map_err(|e| anyhow!(e))?;
+    let max_ctx = plan.cases.iter().map(|c| c.context).max().unwrap_or(1024);
+    for c in bench.calibrate(max_ctx).await.map_err(|e| anyhow!(e))? {
+        eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
+    }
+    let started = Instant::now();
+    let mut failed_cases = 0;
+    let todo: Vec<(usize, &CaseSpec)> = plan
+        .cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !labels.iter().all(|l| done.contains(&probe_key(&plan, c, l))))
+        .collect();
+    if todo.len() < plan.cases.len() {
+        eprintln!("resuming: {} of {} cases already recorded", plan.cases.len() - todo.len(), plan.cases.len());
+    }
+    let per_case = plan.settings.requests * labels.len();
+    let bar = indicatif::ProgressBar::new((todo.len() * per_case) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} requests  ETA {eta}  {msg}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    for (n, (case_no, case)) in todo.iter().enumerate() {
+        bar.set_message(format!("{} {} {} ({}/{})", case.phase, format_tokens(case.context), case.load.key(), n + 1, todo.len()));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let base = bar.position();
+        let ticker = {
+            let (bar, progress) = (bar.clone(), progress.clone());
+            tokio::spawn(async move {
+                loop {
+                    bar.set_position(base + progress.load(Ordering::Relaxed) as u64);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        };
+        let started_at = envinfo::utc_now();
+        let blocks = bench.run_case(*case_no as u64, case, progress).await.map_err(|e| anyhow!(e))?;
+        ticker.abort();
+        bar.set_position(base + per_case as u64);
+        for b in blocks {
+            let r = record(&plan, case, b, started_at.clone());
+            if r.status != Status::Ok {
+                failed_cases += 1;
+            }
+            if let Some(why) = &r.reason {
+                bar.suspend(|| eprintln!("{}: {}", r.key, why));
+            }
+            writer.append(&r)?;
+        }
+    }
+    bar.finish_and_clear();
+    eprintln!("finished in {:.1} s; records in {}", started.elapsed().as_secs_f64(), plan.out.display());
+    let records = recordio::read_records(&plan.out)?;
+    println!("{}", render_summary(&records));
+    if let Some(dir) = &plan.report_dir {
+        crate::runner::write_report(&plan.out, dir);
+    }
+    Ok(if failed_cases > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The key a side's record of a case will have (for --resume).
+fn probe_key(plan: &Plan, case: &CaseSpec, label: &str) -> String {
+    let side = plan.sides.iter().position(|s| s.label == label).unwrap_or(0);
+    let s = &plan.sides[side];
+    let block = EndpointBlock {
+        side: String::new(),
+        label: label.to_string(),
+        url: String::new(),
+        model: String::new(),
+        api: s.api.as_str().to_string(),
+        load: case.load.clone(),
+        target_prompt_tokens: case.context,
+        prompt_fit: String::new(),
+        max_tokens: case.max_tokens,
+        slo: Slo::default(),
+        requests: vec![],
+        metrics: Default::default(),
+        cache: Default::default(),
+        cost: Default::default(),
+    };
+    record(plan, case, block, String::new()).key
+}
+
+fn f(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "-".into()
+    }
+}
+
+/// The table printed at the end: per case and side, the latency metrics, throughput, cache
+/// share and faults; in an A/B run, B/A of the primary metric with its 95% CI (requests
+/// paired by prompt).
+pub fn render_summary(records: &[Record]) -> String {
+    let mut out = format!(
+        "{:<8} {:>7} {:<6} {:<14} {:>5} {:>10} {:>9} {:>10} {:>9} {:>7}  {}\n",
+        "phase", "prompt", "load", "side", "ok", "TTFT p50", "TPOT p50", "E2E p50", "out tok/s", "cached", "faults"
+    );
+    let mut pairs: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        let Some(e) = &r.endpoint else { continue };
+        let m = &e.metrics;
+        let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        out.push_str(&format!(
+            "{:<8} {:>7} {:<6} {:<14} {:>5} {:>10} {:>9} {:>10} {:>9} {:>6}%  {}\n",
+            r.case.phase.as_str(),
+            format_tokens(r.case.context),
+            e.load.key(),
+            e.label,
+            format!("{}/{}", m.ok, m.requests),
+            f(m.ttft_ms.median, 1),
+            f(m.tpot_ms.median, 2),
+            f(m.e2e_ms.median, 1),
+            f(m.output_tokens_per_s, 1),
+            f(e.cache.fraction * 100.0, 1) + if e.cache.flagged { "!" } else { "" },
+            if faults.is_empty() { "-".into() } else { faults.join(", ") }
+        ));
+        let point = format!("{}|{}|{}|{}", r.case.phase, r.case.context, e.load.key(), e.max_tokens);
+        pairs.entry(point).or_default().push(r);
+    }
+    let ab: Vec<String> = pairs
+        .values()
+        .filter_map(|rs| {
+            let a = rs.iter().find(|r| r.endpoint.as_ref().is_some_and(|e| e.side == "a"))?;
+            let b = rs.iter().find(|r| r.endpoint.as_ref().is_some_and(|e| e.side == "b"))?;
+            let (ea, eb) = (a.endpoint.as_ref()?, b.endpoint.as_ref()?);
+            let (x, y) = paired_primary(a.case.phase, ea, eb);
+            let ci = ratio_ci(&y, &x)?;
+            Some(format!(
+                "{:<8} {:>7} {:<6} {} / {} {}: {:.3} [{:.3}, {:.3}] ({} paired requests)\n",
+                a.case.phase.as_str(),
+                format_tokens(a.case.context),
+                ea.load.key(),
+                eb.label,
+                ea.label,
+                http::primary_metric(a.case.phase).to_uppercase(),
+                ci.ratio,
+                ci.lo,
+                ci.hi,
+                x.len()
+            ))
+        })
+        .collect();
+    if !ab.is_empty() {
+        out.push_str("\nB/A of the primary metric, median ratio with 95% CI:\n");
+        for l in ab {
+            out.push_str(&l);
+        }
+    }
+    out
+}
+
+/// Primary metric of the requests both sides completed, paired by prompt index.
+pub fn paired_primary(phase: Phase, a: &EndpointBlock, b: &EndpointBlock) -> (Vec<f64>, Vec<f64>) {
+    let get = |r: &ctxcost_core::endpoint::RequestLog| match phase {
+        Phase::Prefill => r.ttft_ms(),
+        Phase::Decode => r.tpot_ms(),
+    };
+    let bmap: BTreeMap<usize, f64> = b.requests.iter().filter_map(|r| get(r).map(|v| (r.index, v))).collect();
+    a.requests.iter().filter_map(|r| Some((get(r)?, *bmap.get(&r.index)?))).unzip()
+}
+
+pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
+    let usage = match a.usage.as_str() {
+        "vllm" => UsageStyle::Vllm,
+        "deepseek" => UsageStyle::DeepSeek,
+        u => bail!("--usage `{u}`: choose vllm or deepseek"),
+    };
+    let mut faults = BTreeMap::new();
+    for part in a.fault.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (n, kind) = part.split_once('=').ok_or_else(|| anyhow!("--fault `{part}`: write N=KIND, e.g. 3=500"))?;
+        let n: usize = n.trim().parse().map_err(|_| anyhow!("--fault `{part}`: `{n}` is not a request number"))?;
+        faults.insert(n, MockFault::parse(kind.trim()).map_err(|e| anyhow!("--fault: {e}"))?);
+    }
+    for (name, v) in [("--ttft-ms", a.ttft_ms), ("--tpot-ms", a.tpot_ms), ("--ttft-ms-per-1k", a.ttft_ms_per_1k)] {
+        if !(v >= 0.0 && v.is_finite()) {
+            bail!("{name} must be >= 0");
+        }
+    }
+    if !(0.0..=1.0).contains(&a.cached_fraction) {
+        bail!("--cached-fraction must be between 0 and 1");
+    }
+    let cfg = MockConfig {
+        ttft_ms: a.ttft_ms,
+        ttft_ms_per_1k_prompt: a.ttft_ms_per_1k,
+        tpot_ms: a.tpot_ms,
+        usage,
+        cached_fraction: a.cached_fraction,
+        faults,
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let server = MockServer::start(&format!("{}:{}", a.host, a.port), cfg)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", a.host, a.port))?;
+        println!("serving an OpenAI-compatible mock at {} (model `mock`; Ctrl-C stops)", server.url());
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("{} requests served", server.received.load(Ordering::SeqCst));
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
