@@ -218,12 +218,18 @@ pub struct EndpointMetrics {
     pub requests: usize,
     pub ok: usize,
     pub failed: usize,
-    pub ttft_ms: Summary,
-    pub tpot_ms: Summary,
-    pub itl_ms: Summary,
-    pub e2e_ms: Summary,
+    /// Summaries are absent where no request gave the metric (e.g. TPOT of prefill cases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttft_ms: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_ms: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub itl_ms: Option<Summary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e2e_ms: Option<Summary>,
     /// How late sends were against the schedule (open loop: queueing in the client).
-    pub send_lag_ms: Summary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<Summary>,
     /// From the first send to the last end (s).
     pub duration_s: f64,
     pub request_rate_rps: f64,
@@ -316,6 +322,29 @@ impl EndpointBlock {
     }
 }
 
+/// The primary metric of a phase for one request: TTFT for prefill, TPOT for decode.
+pub fn primary(phase: crate::Phase, r: &RequestLog) -> Option<f64> {
+    match phase {
+        crate::Phase::Prefill => r.ttft_ms(),
+        crate::Phase::Decode => r.tpot_ms(),
+    }
+}
+
+/// Name of the primary metric of a phase.
+pub fn primary_name(phase: crate::Phase) -> &'static str {
+    match phase {
+        crate::Phase::Prefill => "TTFT",
+        crate::Phase::Decode => "TPOT",
+    }
+}
+
+/// Values of `f` for the requests both sides completed, paired by prompt index: (a, b).
+/// Request `i` of both sides of an A/B run carried the same prompt and went out together.
+pub fn paired(a: &EndpointBlock, b: &EndpointBlock, f: &dyn Fn(&RequestLog) -> Option<f64>) -> (Vec<f64>, Vec<f64>) {
+    let bmap: BTreeMap<usize, f64> = b.requests.iter().filter_map(|r| f(r).map(|v| (r.index, v))).collect();
+    a.requests.iter().filter_map(|r| Some((f(r)?, *bmap.get(&r.index)?))).unzip()
+}
+
 /// Derive the metrics of a set of requests.
 pub fn metrics(requests: &[RequestLog], slo: &Slo) -> EndpointMetrics {
     let ok: Vec<&RequestLog> = requests.iter().filter(|r| r.ok).collect();
@@ -330,7 +359,8 @@ pub fn metrics(requests: &[RequestLog], slo: &Slo) -> EndpointMetrics {
     let duration_s = if end > start { (end - start) / 1000.0 } else { 0.0 };
     let prompt_tokens_total: u64 = ok.iter().filter_map(|r| r.prompt_tokens).sum();
     let output_tokens_total: u64 = ok.iter().filter_map(|r| r.output_tokens()).sum();
-    let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { f64::NAN };
+    let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
+    let summ = |xs: &[f64]| (!xs.is_empty()).then(|| stats::summarize(xs));
     let mut faults = BTreeMap::new();
     for f in requests.iter().flat_map(|r| &r.faults) {
         *faults.entry(f.kind.as_str().to_string()).or_insert(0) += 1;
@@ -339,17 +369,17 @@ pub fn metrics(requests: &[RequestLog], slo: &Slo) -> EndpointMetrics {
         (None, None)
     } else {
         let good = requests.iter().filter(|r| slo.met(r)).count() as f64;
-        (Some(per_s(good)), Some(if requests.is_empty() { f64::NAN } else { good / requests.len() as f64 }))
+        (Some(per_s(good)), (!requests.is_empty()).then(|| good / requests.len() as f64))
     };
     EndpointMetrics {
         requests: requests.len(),
         ok: ok.len(),
         failed: requests.len() - ok.len(),
-        ttft_ms: stats::summarize(&ttft),
-        tpot_ms: stats::summarize(&tpot),
-        itl_ms: stats::summarize(&itl),
-        e2e_ms: stats::summarize(&e2e),
-        send_lag_ms: stats::summarize(&lag),
+        ttft_ms: summ(&ttft),
+        tpot_ms: summ(&tpot),
+        itl_ms: summ(&itl),
+        e2e_ms: summ(&e2e),
+        send_lag_ms: summ(&lag),
         duration_s,
         request_rate_rps: per_s(ok.len() as f64),
         output_tokens_per_s: per_s(output_tokens_total as f64),
@@ -454,7 +484,13 @@ mod tests {
         let m = metrics(&[good, bad], &Slo::default());
         assert_eq!((m.requests, m.ok, m.failed), (2, 1, 1));
         assert_eq!(m.faults.get("server"), Some(&1));
-        assert_eq!(m.ttft_ms.median, 100.0);
+        assert_eq!(m.ttft_ms.unwrap().median, 100.0);
+        assert!(m.tpot_ms.is_some() && m.itl_ms.is_some());
+        // A record with no metric must survive JSON (no NaN).
+        let none = metrics(&[], &Slo::default());
+        assert!(none.ttft_ms.is_none());
+        let back: EndpointMetrics = serde_json::from_str(&serde_json::to_string(&none).unwrap()).unwrap();
+        assert_eq!(back, none);
         // 0..120 ms: 2 tokens out, 100 prompt tokens in (only the ok request counts).
         assert!((m.output_tokens_per_s - 2.0 / 0.12).abs() < 1e-9);
         assert!((m.total_tokens_per_s - 102.0 / 0.12).abs() < 1e-9);

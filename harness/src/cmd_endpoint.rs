@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ctxcost_core::endpoint::{EndpointBlock, Load, Slo};
+use ctxcost_core::endpoint::{self, EndpointBlock, Load, Slo};
 use ctxcost_core::record::{Memory, Rates, Record, Status, SCHEMA_VERSION};
 use ctxcost_core::stats::{self, ratio_ci};
 use ctxcost_core::units::{format_tokens, parse_contexts};
@@ -382,7 +382,7 @@ fn record(plan: &Plan, case: &CaseSpec, block: EndpointBlock, started_at: String
     let m = &block.metrics;
     let (status, reason) = if samples.is_empty() {
         let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        (Status::Failed, Some(format!("no request of {} gave a {} ({})", m.requests, http::primary_metric(case.phase), faults.join(", "))))
+        (Status::Failed, Some(format!("no request of {} gave a {} ({})", m.requests, endpoint::primary_name(case.phase), faults.join(", "))))
     } else if block.cache.flagged {
         (Status::Ok, Some(format!("{:.1}% of prompt tokens were served from the server's cache", block.cache.fraction * 100.0)))
     } else {
@@ -420,7 +420,9 @@ pub fn run(a: EndpointArgs) -> Result<ExitCode> {
 
 async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     let plan = plan(&a).await?;
-    let (mut writer, done) = recordio::open_output(&plan.out, a.resume, a.force)?;
+    if plan.out.exists() && !a.resume && !a.force {
+        bail!("--out {} already exists: pass --resume to continue it, --force to overwrite it, or choose another --out", plan.out.display());
+    }
     let labels: Vec<String> = plan.sides.iter().map(|s| s.label.clone()).collect();
     for s in &plan.sides {
         eprintln!("side {}: {} model {} ({} API)", s.label, http::client::public_url(&s.url), s.model, s.api.as_str());
@@ -430,6 +432,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     for c in bench.calibrate(max_ctx).await.map_err(|e| anyhow!(e))? {
         eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
     }
+    let (mut writer, done) = recordio::open_output(&plan.out, a.resume, a.force)?;
     let started = Instant::now();
     let mut failed_cases = 0;
     let todo: Vec<(usize, &CaseSpec)> = plan
@@ -509,6 +512,10 @@ fn probe_key(plan: &Plan, case: &CaseSpec, label: &str) -> String {
     record(plan, case, block, String::new()).key
 }
 
+fn med(s: &Option<stats::Summary>) -> f64 {
+    s.map(|s| s.median).unwrap_or(f64::NAN)
+}
+
 fn f(x: f64, digits: usize) -> String {
     if x.is_finite() {
         format!("{x:.digits$}")
@@ -537,9 +544,9 @@ pub fn render_summary(records: &[Record]) -> String {
             e.load.key(),
             e.label,
             format!("{}/{}", m.ok, m.requests),
-            f(m.ttft_ms.median, 1),
-            f(m.tpot_ms.median, 2),
-            f(m.e2e_ms.median, 1),
+            f(med(&m.ttft_ms), 1),
+            f(med(&m.tpot_ms), 2),
+            f(med(&m.e2e_ms), 1),
             f(m.output_tokens_per_s, 1),
             f(e.cache.fraction * 100.0, 1) + if e.cache.flagged { "!" } else { "" },
             if faults.is_empty() { "-".into() } else { faults.join(", ") }
@@ -553,7 +560,8 @@ pub fn render_summary(records: &[Record]) -> String {
             let a = rs.iter().find(|r| r.endpoint.as_ref().is_some_and(|e| e.side == "a"))?;
             let b = rs.iter().find(|r| r.endpoint.as_ref().is_some_and(|e| e.side == "b"))?;
             let (ea, eb) = (a.endpoint.as_ref()?, b.endpoint.as_ref()?);
-            let (x, y) = paired_primary(a.case.phase, ea, eb);
+            let phase = a.case.phase;
+            let (x, y) = endpoint::paired(ea, eb, &|r| endpoint::primary(phase, r));
             let ci = ratio_ci(&y, &x)?;
             Some(format!(
                 "{:<8} {:>7} {:<6} {} / {} {}: {:.3} [{:.3}, {:.3}] ({} paired requests)\n",
@@ -562,7 +570,7 @@ pub fn render_summary(records: &[Record]) -> String {
                 ea.load.key(),
                 eb.label,
                 ea.label,
-                http::primary_metric(a.case.phase).to_uppercase(),
+                endpoint::primary_name(phase),
                 ci.ratio,
                 ci.lo,
                 ci.hi,
@@ -577,16 +585,6 @@ pub fn render_summary(records: &[Record]) -> String {
         }
     }
     out
-}
-
-/// Primary metric of the requests both sides completed, paired by prompt index.
-pub fn paired_primary(phase: Phase, a: &EndpointBlock, b: &EndpointBlock) -> (Vec<f64>, Vec<f64>) {
-    let get = |r: &ctxcost_core::endpoint::RequestLog| match phase {
-        Phase::Prefill => r.ttft_ms(),
-        Phase::Decode => r.tpot_ms(),
-    };
-    let bmap: BTreeMap<usize, f64> = b.requests.iter().filter_map(|r| get(r).map(|v| (r.index, v))).collect();
-    a.requests.iter().filter_map(|r| Some((get(r)?, *bmap.get(&r.index)?))).unzip()
 }
 
 pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {

@@ -407,7 +407,7 @@ pub fn analyse(set: &RecordSet, settings: &CostSettings, fig3: &Fig3) -> Analysi
     let mut other_engine_records = Vec::new();
     for (i, r) in set.records.iter().enumerate() {
         let Some((sparse, key)) = key_of(r) else {
-            if !r.record.engine.starts_with("gemm") {
+            if !r.record.engine.starts_with("gemm") && r.record.endpoint.is_none() {
                 other_engine_records.push(i);
             }
             continue;

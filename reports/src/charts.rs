@@ -35,6 +35,9 @@ pub enum ChartKind {
     Ratio,
     DsaSplit,
     Memory,
+    /// Remote endpoints: TTFT and TPOT vs prompt length per side (drawn only when the
+    /// records hold endpoint cases).
+    Endpoint,
 }
 
 impl ChartKind {
@@ -48,6 +51,7 @@ impl ChartKind {
             ChartKind::Ratio => "chart-ratio",
             ChartKind::DsaSplit => "chart-dsa-split",
             ChartKind::Memory => "chart-memory",
+            ChartKind::Endpoint => "chart-endpoint",
         }
     }
 
@@ -59,6 +63,7 @@ impl ChartKind {
             ChartKind::Ratio => "Sparse/dense cost ratio vs context (attention-only; 95% CI band; break-evens marked)",
             ChartKind::DsaSplit => "DSA time split: indexer / top-k / attention vs context",
             ChartKind::Memory => "KV bytes per token (modelled) and measured peak memory vs context",
+            ChartKind::Endpoint => "Remote endpoints: TTFT (prefill cases) and TPOT (decode cases) vs prompt length",
         }
     }
 }
@@ -89,7 +94,9 @@ type DrawResult = Result<(), Box<dyn Error>>;
 pub fn render_all(a: &Analysis, set: &RecordSet, fig3: &Fig3, dir: &Path) -> Result<Vec<Chart>, ReportError> {
     register_fonts();
     let mut out = Vec::new();
-    for kind in ChartKind::ALL {
+    let has_endpoints = set.records.iter().any(|r| r.record.endpoint.is_some());
+    let kinds = ChartKind::ALL.into_iter().chain(has_endpoints.then_some(ChartKind::Endpoint));
+    for kind in kinds {
         let chart_err = |e: Box<dyn Error>| ReportError::Chart { chart: kind.id().into(), why: e.to_string() };
         let mut svg = String::new();
         {
@@ -131,6 +138,7 @@ where
                     ChartKind::Cost => draw_cost(a, fig3, phase, area)?,
                     ChartKind::Ratio => draw_ratio(a, fig3, phase, area)?,
                     ChartKind::DsaSplit => draw_split(a, set, phase, area)?,
+                    ChartKind::Endpoint => draw_endpoint(set, phase, area)?,
                     ChartKind::Memory => unreachable!(),
                 }
             }
@@ -372,8 +380,22 @@ where
             lines.push((format!("{engine} {}", short_label(a, s)), color, pts));
         }
     }
+    draw_log_lines(area, &caption, &lines, "context (tokens)", "ms per case (one layer)")
+}
+
+/// Log-log lines of (x, median, CI low, CI high) with CI bars and a legend strip.
+fn draw_log_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    caption: &str,
+    lines: &[Line<(f64, f64, f64, f64)>],
+    x_desc: &str,
+    y_desc: &str,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
     let Some((ylo, yhi)) = log_bounds(lines.iter().flat_map(|l| l.2.iter().flat_map(|p| [p.1, p.2, p.3]))) else {
-        return no_data(area, &caption, "not measured: no records for this phase");
+        return no_data(area, caption, "not measured: no records for this phase");
     };
     let measured: Vec<f64> = lines.iter().flat_map(|l| l.2.iter().map(|p| p.0)).collect();
     let (xlo, xhi) = context_range(measured.iter().copied(), None);
@@ -390,13 +412,13 @@ where
         )?;
     chart
         .configure_mesh()
-        .x_desc("context (tokens)")
-        .y_desc("ms per case (one layer)")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .x_label_formatter(&|x| fmt_tokens(*x))
         .y_label_formatter(&|y| fmt_si(*y))
         .label_style((FAMILY, 13))
         .draw()?;
-    for (_, color, pts) in &lines {
+    for (_, color, pts) in lines {
         let c = *color;
         chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))?;
         chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled())))?;
@@ -407,6 +429,33 @@ where
         )?;
     }
     draw_legend(&strip, &legend)
+}
+
+/// Endpoint cases of a phase: the primary metric's median per request (95% CI bars) vs
+/// prompt length, one line per side, load and output length.
+fn draw_endpoint<DB: DrawingBackend>(set: &RecordSet, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    let metric = ctxcost_core::endpoint::primary_name(phase);
+    let caption = format!("{phase}: {metric} median ms per request, bars: 95% CI");
+    let mut by_line: std::collections::BTreeMap<String, Vec<(f64, f64, f64, f64)>> = std::collections::BTreeMap::new();
+    for r in set.records.iter().filter(|r| r.record.case.phase == phase) {
+        let Some(e) = &r.record.endpoint else { continue };
+        let Some(s) = (if phase == Phase::Prefill { &e.metrics.ttft_ms } else { &e.metrics.tpot_ms }) else { continue };
+        let name = format!("{} ({}) load {}{}", e.label, e.side, e.load.key(), if phase == Phase::Decode { format!(", {} out", e.max_tokens) } else { String::new() });
+        by_line.entry(name).or_default().push((r.record.case.context as f64, s.median, s.ci_lo, s.ci_hi));
+    }
+    let lines: Vec<Line<(f64, f64, f64, f64)>> = by_line
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, mut pts))| {
+            pts.sort_by(|x, y| x.0.total_cmp(&y.0));
+            let color = if name.contains("(b)") { DSA_COLORS[i % 4] } else { DENSE_COLORS[i % 4] };
+            (name, color, pts)
+        })
+        .collect();
+    draw_log_lines(area, &caption, &lines, "prompt length (tokens)", &format!("{metric} ms"))
 }
 
 fn draw_cost<DB: DrawingBackend>(a: &Analysis, fig3: &Fig3, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult

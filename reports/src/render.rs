@@ -57,6 +57,81 @@ fn label(r: &Report, s: &Series) -> String {
     s.key.label(r.analysis.mixed_env)
 }
 
+/// Remote endpoints: A/B ratios, the chart, every case and side, cache flags, definitions.
+fn endpoint_section(r: &Report, b: &mut Vec<Block>) {
+    let e = &r.endpoints;
+    b.push(Block::H2 { id: "endpoints", text: "Remote endpoints".into() });
+    b.push(Block::P(
+        "Measured from the client (ctxcost endpoint), per request: TTFT = actual send to the first chunk with generated text; E2E = actual send to the end of the stream; \
+TPOT = (E2E - TTFT) / (N - 1) with N the server's usage.completion_tokens; ITL = gaps between text chunks (vLLM's definitions). Prefill cases send max_tokens = 1 and are compared on TTFT; \
+decode cases on TPOT. Every prompt starts with a unique nonce; prompt lengths are the server's usage.prompt_tokens."
+            .into(),
+    ));
+    if !e.ab.is_empty() {
+        b.push(Block::H3("B / A".into()));
+        b.push(Block::P(
+            "Ratio of medians with a paired bootstrap 95% CI (2000 resamples): request i of both sides carried the same prompt text and went out together; only requests both sides completed are paired. \
+Cost ratios: API list price per request, and GPU cost per million output tokens from measured throughput (where prices were given)."
+                .into(),
+        ));
+        b.push(Block::Table {
+            id: Some("endpoint-ab-table"),
+            header: ["phase", "prompt", "load", "sides", "B/A primary [95% CI]", "B/A E2E [95% CI]", "pairs", "B/A API $/request", "B/A GPU $/M output"]
+                .map(String::from)
+                .to_vec(),
+            rows: e.ab.iter().map(crate::endpoint::ab_cells).collect(),
+        });
+    }
+    b.push(Block::Figure(ChartKind::Endpoint));
+    b.push(Block::H3("Every case and side".into()));
+    let ms = |s: &Option<ctxcost_core::stats::Summary>, d: usize| match s {
+        None => "n/a".to_string(),
+        Some(s) => format!("{:.d$} [{:.d$}, {:.d$}] p90 {:.d$}", s.median, s.ci_lo, s.ci_hi, s.p90),
+    };
+    let rows = e
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let rec = &r.set.records[row.record].record;
+            let x = rec.endpoint.as_ref()?;
+            let m = &x.metrics;
+            let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let usd = |v: Option<f64>| v.map(|u| sig(u, 3)).unwrap_or_else(|| "-".into());
+            Some(vec![
+                row.phase.to_string(),
+                fmt_tokens(row.context as f64),
+                x.load.key(),
+                format!("{} ({}, {})", x.label, x.side, x.model),
+                format!("{}/{}", m.ok, m.requests),
+                ms(&m.ttft_ms, 1),
+                ms(&m.tpot_ms, 2),
+                ms(&m.itl_ms, 2),
+                ms(&m.e2e_ms, 1),
+                format!("{:.1}", m.output_tokens_per_s),
+                m.goodput_rps.map(|g| format!("{g:.2}/s ({:.0}%)", 100.0 * m.slo_attainment.unwrap_or(f64::NAN))).unwrap_or_else(|| "-".into()),
+                format!("{:.1}%{}", 100.0 * x.cache.fraction, if x.cache.flagged { " FLAGGED" } else { "" }),
+                if faults.is_empty() { "-".into() } else { faults.join(", ") },
+                usd(x.cost.api_usd_per_request),
+                usd(x.cost.gpu_usd_per_m_output),
+            ])
+        })
+        .collect();
+    b.push(Block::Table {
+        id: Some("endpoint-table"),
+        header: [
+            "phase", "prompt", "load", "side", "ok", "TTFT ms [95% CI]", "TPOT ms [95% CI]", "ITL ms", "E2E ms", "output tok/s", "goodput", "cached",
+            "faults", "API $/request", "GPU $/M output",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    });
+    let warnings = crate::endpoint::cache_warnings(&r.set, e);
+    if !warnings.is_empty() {
+        b.push(Block::List { id: Some("endpoint-cache-flags"), items: warnings });
+    }
+}
+
 fn document(r: &Report) -> (String, Vec<Block>) {
     let a = &r.analysis;
     let set = &r.set;
@@ -71,6 +146,7 @@ fn document(r: &Report) -> (String, Vec<Block>) {
     if items.is_empty() {
         items.push("Not measured: the records hold no dense/DSA pair (engines `dense-*` and `dsa-*` at the same point).".into());
     }
+    items.extend(crate::endpoint::ab_sentences(&r.endpoints));
     b.push(Block::List { id: Some("verdict-lines"), items });
     let cav = verdict::caveats(a, set);
     if !cav.is_empty() {
@@ -106,6 +182,10 @@ fn document(r: &Report) -> (String, Vec<Block>) {
             })
             .collect(),
     });
+
+    if !r.endpoints.is_empty() {
+        endpoint_section(r, &mut b);
+    }
 
     // 2. The key chart, then the tables.
     b.push(Block::H2 { id: "charts", text: "Charts".into() });

@@ -76,6 +76,8 @@ pub struct Report {
     pub prices: Vec<ApiPrice>,
     /// Where the price table came from (`shipped` or a path).
     pub prices_from: String,
+    /// Remote endpoint cases (empty when the records hold none).
+    pub endpoints: crate::endpoint::EndpointAnalysis,
 }
 
 impl Report {
@@ -113,7 +115,8 @@ pub fn build_from_set(set: RecordSet, options: &ReportOptions) -> Result<Report,
     };
     let fig3 = Fig3::shipped();
     let analysis = analysis::analyse(&set, &options.cost, &fig3);
-    Ok(Report { options: options.clone(), set, analysis, fig3, prices, prices_from })
+    let endpoints = crate::endpoint::analyse(&set);
+    Ok(Report { options: options.clone(), set, analysis, fig3, prices, prices_from, endpoints })
 }
 
 /// What [`write`] produced.

@@ -138,8 +138,11 @@ pub fn caveats(a: &Analysis, set: &crate::load::RecordSet) -> Vec<String> {
             ));
         }
     }
-    let cpu_only = set.records.iter().all(|r| !r.record.env.gpu.contains_key("name"));
-    if cpu_only && !set.records.is_empty() {
+    // Kernel records only: an endpoint record's machine is the client, not the server.
+    let mut kernel = set.records.iter().filter(|r| r.record.endpoint.is_none()).peekable();
+    let any_kernel = kernel.peek().is_some();
+    let cpu_only = kernel.all(|r| !r.record.env.gpu.contains_key("name"));
+    if cpu_only && any_kernel {
         out.push("Measured on CPU only: the ratios describe this CPU implementation, not a GPU serving system.".into());
     }
     if a.series.iter().any(|s| matches!(s.other.source, crate::cost::OtherSource::Analytic { .. })) {
@@ -156,6 +159,13 @@ pub fn lines(a: &Analysis, set: &crate::load::RecordSet, fig3: &Fig3) -> Vec<Str
     let mut out = vec![format!("verdict: {QUESTION}"), format!("  basis: {HEADLINE_BASIS}.")];
     if a.series.is_empty() {
         out.push("  not measured: the records hold no dense/DSA pair (engines `dense-*` and `dsa-*` at the same point).".into());
+    }
+    let e = crate::endpoint::analyse(set);
+    for s in crate::endpoint::ab_sentences(&e) {
+        out.push(format!("  - {s}"));
+    }
+    for w in crate::endpoint::cache_warnings(set, &e) {
+        out.push(format!("  note: {w}"));
     }
     for s in &a.series {
         out.push(format!("  - {}", series_sentence(a, s, fig3)));

@@ -107,6 +107,9 @@ impl MockServer {
         let (cfg, count) = (Arc::new(config), received.clone());
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
+                // Each token is its own small write: without NODELAY, Nagle's algorithm and
+                // delayed ACKs would hold them back by tens of milliseconds.
+                let _ = sock.set_nodelay(true);
                 let (cfg, count) = (cfg.clone(), count.clone());
                 tokio::spawn(async move {
                     let _ = serve_connection(sock, cfg, count).await;

@@ -268,19 +268,5 @@ impl Bench {
 
 /// The per-request values a record's `samples_ms` holds: TTFT for prefill, TPOT for decode.
 pub fn primary_samples(phase: Phase, requests: &[RequestLog]) -> Vec<f64> {
-    requests
-        .iter()
-        .filter_map(|r| match phase {
-            Phase::Prefill => r.ttft_ms(),
-            Phase::Decode => r.tpot_ms(),
-        })
-        .collect()
-}
-
-/// The name of the primary metric of a phase.
-pub fn primary_metric(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Prefill => "ttft",
-        Phase::Decode => "tpot",
-    }
+    requests.iter().filter_map(|r| endpoint::primary(phase, r)).collect()
 }

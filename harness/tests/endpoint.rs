@@ -1,0 +1,121 @@
+//! `ctxcost endpoint` end to end against two `ctxcost serve-mock` servers with different
+//! delays: records for both sides, the A/B summary and report, `--resume`, and bad input.
+#![cfg(feature = "http")]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ctxcost");
+
+struct Mock {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mock(args: &[&str]) -> Mock {
+    let mut child = Command::new(BIN)
+        .args(["serve-mock", "--port", "0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve-mock");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("URL line").to_string();
+    Mock { child, url }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ctxcost-endpoint-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn ab_run_records_both_sides_and_reports_the_ratio() {
+    let a = mock(&["--ttft-ms", "20", "--tpot-ms", "3"]);
+    let b = mock(&["--ttft-ms", "70", "--tpot-ms", "3", "--usage", "deepseek"]);
+    let dir = tmp("ab");
+    let out = dir.join("ab.jsonl");
+    let args = [
+        "endpoint", "--a", &a.url, "--a-label", "fast", "--a-price", "v3.1-terminus", "--b", &b.url, "--b-label", "slow", "--b-price",
+        "v3.2-exp", "--contexts", "256,1k", "--phase", "both", "--output-tokens", "6", "--requests", "5", "--warmup", "0", "--slo",
+        "ttft=1s,tpot=100ms", "--usd-per-gpu-hour", "2", "--gpus", "8", "--out",
+    ];
+    let report = dir.join("rep");
+    let o = Command::new(BIN).args(args).arg(&out).arg("--report-dir").arg(&report).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(recs.len(), 8, "2 sides x 2 prompt lengths x 2 phases");
+    for r in &recs {
+        assert_eq!(r["schema_version"], 2);
+        assert_eq!(r["status"], "ok", "{}", r["reason"]);
+        let e = &r["endpoint"];
+        assert_eq!(e["requests"].as_array().unwrap().len(), 5);
+        let prompt = r["case"]["context"].as_u64().unwrap();
+        assert!(e["requests"].as_array().unwrap().iter().all(|q| q["prompt_tokens"].as_u64() == Some(prompt)));
+        assert!(r["samples_ms"].as_array().unwrap().len() == 5);
+        assert!(e["cost"]["api_usd_per_request"].as_f64().unwrap() > 0.0);
+        assert!(e["metrics"]["goodput_rps"].as_f64().unwrap() > 0.0);
+        let engine = r["engine"].as_str().unwrap();
+        assert!(engine == "http-fast" || engine == "http-slow");
+    }
+    // Summary: B/A of TTFT at both prompt lengths, near the injected 70/20.
+    assert!(stdout.contains("slow / fast TTFT"), "{stdout}");
+    let report_md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
+    assert!(report_md.contains("Remote endpoints") && report_md.contains("slow / fast"));
+    assert!(report.join("chart-endpoint.png").is_file());
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert!(html.contains("id=\"endpoint-ab-table\""));
+
+    // --resume: nothing left to do, no duplicate records.
+    let o2 = Command::new(BIN).args(args).arg(&out).arg("--resume").arg("--no-report").output().unwrap();
+    assert!(o2.status.success(), "{}", String::from_utf8_lossy(&o2.stderr));
+    assert!(String::from_utf8_lossy(&o2.stderr).contains("4 of 4 cases already recorded"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 8);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_is_one_error_before_any_request() {
+    let dir = tmp("bad");
+    let out = dir.join("x.jsonl");
+    for (args, want) in [
+        (vec!["--a", "ftp://host/v1", "--a-model", "m"], "scheme"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--contexts", "0"], "--contexts"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--rate", "0"], "--rate"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--slo", "ttft=fast"], "duration"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--a-price", "gpt"], "--a-price"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--key-env", "CTXCOST_SURELY_UNSET_VAR"], "CTXCOST_SURELY_UNSET_VAR"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--b-label", "x"], "--b URL"),
+    ] {
+        let o = Command::new(BIN).arg("endpoint").args(&args).arg("--out").arg(&out).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} created the output");
+    }
+    // A server that is not there: calibration fails with the cause, exit 2.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", &format!("http://127.0.0.1:{port}/v1"), "--a-model", "m", "--no-report", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("connect"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
