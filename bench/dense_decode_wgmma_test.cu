@@ -3,7 +3,8 @@
 // against a naive fp32 reference on sampled rows, fresh random inputs, poisoned outputs.
 //
 // Build (Hopper): nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o ddw bench/dense_decode_wgmma_test.cu
-// Run: ddw [seed]   (prints one line per case; exit code 1 when a check fails)
+// Run: ddw [seed] [cases: 0 small checks, 1 all (default), 2 the B=64 16K timing case only]
+// (one line per kernel and case; exit code 1 when a check fails)
 
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +12,8 @@
 #include <vector>
 #include <algorithm>
 #include <cuda_runtime.h>
+#include <cuda.h>
+#include <cstring>
 
 #include "../kernels/common.cuh"
 #include "../kernels/dense_decode.cu"
@@ -94,6 +97,36 @@ static Splits splits(int sms, int B, int q, int H, int L) {
 }
 
 static int sms = 0;
+
+typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// The cache as a [B*L, 576] bf16 matrix, boxes of 64 rows x 64 dims, 128-byte swizzle.
+static TmaDesc cache_map(const u16* cache, size_t rows) {
+    static EncodeTiled enc = nullptr;
+    if (!enc) {
+        cudaDriverEntryPointQueryResult q;
+        void* fn = nullptr;
+        CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &q));
+        enc = (EncodeTiled)fn;
+    }
+    CUtensorMap m;
+    cuuint64_t dims[2] = {576, rows};
+    cuuint64_t strides[1] = {576 * 2};
+    cuuint32_t box[2] = {64, 64};
+    cuuint32_t es[2] = {1, 1};
+    CUresult r = enc(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void*)cache, dims, strides, box, es,
+                     CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                     CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+        printf("cuTensorMapEncodeTiled failed: %d\n", (int)r);
+        exit(2);
+    }
+    TmaDesc d;
+    memcpy(&d, &m, sizeof(d));
+    return d;
+}
 static bool failed = false;
 
 // One case: both kernels checked against the reference on `nref` sampled rows, then timed.
@@ -136,20 +169,25 @@ static void run_case(int B, int L, int q, int nref, int iters, u64 seed) {
     CK(cudaMemcpy(ref.data(), dRef, ref.size() * 4, cudaMemcpyDeviceToHost));
 
     const int smem_old = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4;
-    const int smem_new = DW_SMEM;
+    const int smem_new = DW_SMEM, smem_tma = DW_SMEM_TMA;
     CK(cudaFuncSetAttribute(dense_decode_bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_old));
     CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_new));
+    CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_tma));
+    const TmaDesc tmap = cache_map(dC, (size_t)B * L);
     dim3 grid(q * H / 64, sp.n, B);
     auto launch = [&](int which) {
         if (which == 0)
             dense_decode_bf16<<<grid, 256, smem_old>>>(dQ, dC, dOut, ws_o, (float2*)ws_ml, H, L, q, sp.n, sp.per, scale_log2);
-        else
+        else if (which == 1)
             dense_decode_bf16_wgmma<<<grid, 256, smem_new>>>(dQ, dC, dOut, ws_o, (float2*)ws_ml, H, L, q, sp.n, sp.per,
                                                              scale_log2);
+        else
+            dense_decode_bf16_wgmma_tma<<<grid, 256, smem_tma>>>(tmap, dQ, dC, dOut, ws_o, (float2*)ws_ml, H, L, q, sp.n,
+                                                                 sp.per, scale_log2);
         if (sp.n > 1) dense_decode_combine<<<rows, 128>>>(ws_o, (float2*)ws_ml, dOut, sp.n, scale_log2);
     };
-    std::vector<u16> outs[2];
-    for (int which = 0; which < 2; which++) {
+    std::vector<u16> outs[3];
+    for (int which = 0; which < 3; which++) {
         CK(cudaMemset(dOut, 0xFF, rows * 512 * 2));
         launch(which);
         CK(cudaGetLastError());
@@ -200,21 +238,24 @@ static void run_case(int B, int L, int q, int nref, int iters, u64 seed) {
         }
         double flops = 2.0 * rows * (double)L * (576 + 512);
         double bytes = (double)B * L * 1152;
-        printf("%-6s B=%-3d L=%-6d q=%d splits=%-3d ref_rows=%-4d norm_rel %.3e max_abs %.3e nonfinite %zu repeat %s -> %s",
-               which ? "wgmma" : "mma", B, L, q, sp.n, nref, rel, maxabs, nonfinite, same ? "same" : "DIFFERENT",
+        printf("%-9s B=%-3d L=%-6d q=%d splits=%-3d ref_rows=%-4d norm_rel %.3e max_abs %.3e nonfinite %zu repeat %s -> %s",
+               which == 0 ? "mma" : which == 1 ? "wgmma" : "wgmma_tma", B, L, q, sp.n, nref, rel, maxabs, nonfinite, same ? "same" : "DIFFERENT",
                ok ? "PASS" : "FAIL");
         if (iters > 0) printf("  %.4f ms %.1f TFLOP/s %.3f TB/s", med, flops / med / 1e9, bytes / med / 1e9);
         printf("\n");
         fflush(stdout);
     }
-    // Agreement of the two kernels on every row.
-    double num = 0, den = 0;
-    for (size_t i = 0; i < outs[0].size(); i++) {
-        double a = bf(outs[1][i]), r = bf(outs[0][i]);
-        num += (a - r) * (a - r);
-        den += r * r;
+    // Agreement of the kernels on every row.
+    for (int which = 1; which < 3; which++) {
+        double num = 0, den = 0;
+        for (size_t i = 0; i < outs[0].size(); i++) {
+            double a = bf(outs[which][i]), r = bf(outs[0][i]);
+            num += (a - r) * (a - r);
+            den += r * r;
+        }
+        printf("          %s vs mma over all %zu rows: norm_rel %.3e\n", which == 1 ? "wgmma" : "wgmma_tma", rows,
+               std::sqrt(num / std::max(den, 1e-30)));
     }
-    printf("       wgmma vs mma over all %zu rows: norm_rel %.3e\n", rows, std::sqrt(num / std::max(den, 1e-30)));
     cudaFree(dQ);
     cudaFree(dC);
     cudaFree(dOut);
@@ -236,13 +277,15 @@ int main(int argc, char** argv) {
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, dense_decode_bf16_wgmma));
     printf("dense_decode_bf16_wgmma: %d registers, %zu local bytes\n", fa.numRegs, fa.localSizeBytes);
-    run_case(4, 3000, 1, 512, 0, seed ^ 1);
-    run_case(2, 1000, 2, 512, 0, seed ^ 2);
-    run_case(3, 777, 2, 768, 0, seed ^ 3);
-    run_case(64, 100, 1, 512, 0, seed ^ 4);
-    run_case(1, 65536, 1, 32, 10, seed ^ 5);
-    if (full) {
-        run_case(64, 16384, 1, 64, 10, seed ^ 6);
+    if (full != 2) {
+        run_case(4, 3000, 1, 512, 0, seed ^ 1);
+        run_case(2, 1000, 2, 512, 0, seed ^ 2);
+        run_case(3, 777, 2, 768, 0, seed ^ 3);
+        run_case(64, 100, 1, 512, 0, seed ^ 4);
+        run_case(1, 65536, 1, 32, 10, seed ^ 5);
+    }
+    if (full >= 1) run_case(64, 16384, 1, 64, 10, seed ^ 6);
+    if (full == 1) {
         run_case(64, 65536, 1, 16, 5, seed ^ 7);
         run_case(64, 16384, 2, 32, 5, seed ^ 8);
     }

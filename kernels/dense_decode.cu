@@ -359,12 +359,19 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 #define DW_P_BYTES (DC_BM * DC_BN * 2)    // 8192
 // sQ | sK0 | sK1 | sP | red_max [2][64] f32 | red_sum [2][64] f32 (the engine's DECODE_SMEM_BF16_WGMMA)
 #define DW_SMEM (3 * DW_TILE_BYTES + DW_P_BYTES + 4 * DC_BM * 4)
+// The TMA variant adds two mbarriers and 1 KB of alignment slack (DECODE_SMEM_BF16_WGMMA_TMA).
+#define DW_SMEM_TMA (DW_SMEM + 16 + 1024)
 #ifndef DW_V_LBO
 #define DW_V_LBO 128
 #endif
 #ifndef DW_V_SBO
 #define DW_V_SBO 1024
 #endif
+
+// A tensor map (CUtensorMap, made on the host by cuTensorMapEncodeTiled), passed by value.
+struct __align__(64) TmaDesc {
+    u64 v[16];
+};
 
 // Byte offset of (row r, 16-byte chunk c) in a 64-row core-matrix tile.
 __device__ __forceinline__ u32 dw_off(int r, int c) { return (u32)(((c << 3) + (r >> 3)) * 128 + ((r & 7) << 4)); }
@@ -430,18 +437,62 @@ __device__ __forceinline__ void dw_mma_pv(float* d, u64 da, u64 db) {
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
         : "l"(da), "l"(db), "r"(1));
 }
+
+// TMA (bulk tensor copy) helpers: the key tile arrives as 9 boxes of 64 rows x 64 dims, each
+// written by the copy engine in the 128-byte-swizzled K-major layout (8 KB per box) and counted
+// on the buffer's mbarrier.
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nDW_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra DW_WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaDesc* map, int x, int y, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+        "l"(map), "r"(x), "r"(y), "r"(bar)
+        : "memory");
+}
 #endif
 
-extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
-    dense_decode_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, u16* __restrict__ out,
-                            float* __restrict__ ws_o, float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits,
-                            int tiles_per_split, float scale_log2) {
+// The 128-byte-swizzle variant's V descriptor strides (MN-major: LBO between 64-dim blocks, SBO
+// between 8-key groups).
+#ifndef DW_TV_LBO
+#define DW_TV_LBO 8192
+#endif
+#ifndef DW_TV_SBO
+#define DW_TV_SBO 1024
+#endif
+#define DW_SW128 (1ull << 62)
+
+// TMA: key tiles by the copy engine (tensor map over the cache as [B*L rows, 576] bf16, box 64 x 64,
+// 128-byte swizzle), else cp.async into dw_off tiles. DIAG (timing experiments only, wrong results):
+// 1 skips the math, 2 skips every key load after the first tile.
+template <bool TMA, int DIAG>
+__device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
+                                                        u16* __restrict__ out, float* __restrict__ ws_o,
+                                                        float2* __restrict__ ws_ml, int H, int L, int q_len,
+                                                        int n_splits, int tiles_per_split, float scale_log2,
+                                                        const TmaDesc* tmap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(128) u8 dsmem[];
-    const u32 aQ = smem_u32(dsmem), aK0 = aQ + DW_TILE_BYTES, aK1 = aK0 + DW_TILE_BYTES, aP = aK1 + DW_TILE_BYTES;
-    u8* sP = dsmem + 3 * DW_TILE_BYTES;
+    // 1024-byte aligned base (the swizzled tiles need it; DW_SMEM_TMA reserves the slack).
+    const u32 raw = smem_u32(dsmem);
+    const u32 aQ = TMA ? (raw + 1023u) & ~1023u : raw;
+    u8* base = dsmem + (aQ - raw);
+    const u32 aK0 = aQ + DW_TILE_BYTES, aK1 = aK0 + DW_TILE_BYTES, aP = aK1 + DW_TILE_BYTES;
+    u8* sP = base + 3 * DW_TILE_BYTES;
     float* red_max = reinterpret_cast<float*>(sP + DW_P_BYTES);  // [2][64]
     float* red_sum = red_max + 2 * DC_BM;                           // [2][64]
+    const u32 bar0 = aP + DW_P_BYTES + 4 * DC_BM * 4, bar1 = bar0 + 8;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -462,9 +513,29 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
     }
     const int n_tiles = (key_end - key_begin + DC_BN - 1) / DC_BN;
     const u16* cache_b = cache + (size_t)b * L * DC_D;
+    const int grow0 = b * L + key_begin;  // tensor-map row of the split's first key
 
-    dw_load_rows(aQ, Q + row0 * DC_D, DC_BM, warp, lane);
-    dw_load_rows(aK0, cache_b + (size_t)key_begin * DC_D, key_end - key_begin, warp, lane);
+    // Tile j into buffer j & 1 (TMA: thread 0 only).
+    auto issue_tma = [&](int j) {
+        const u32 bar = (j & 1) ? bar1 : bar0, dst = (j & 1) ? aK1 : aK0;
+        mbar_expect_tx(bar, DW_TILE_BYTES);
+#pragma unroll
+        for (int c = 0; c < DC_D / 64; c++) tma_load_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, bar);
+    };
+    if (TMA) {
+        if (tid == 0) {
+            mbar_init(bar0, 1);
+            mbar_init(bar1, 1);
+            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+            fence_proxy_async();
+        }
+        __syncthreads();
+        if (tid == 0) issue_tma(0);
+        dw_load_rows(aQ, Q + row0 * DC_D, DC_BM, warp, lane);
+    } else {
+        dw_load_rows(aQ, Q + row0 * DC_D, DC_BM, warp, lane);
+        dw_load_rows(aK0, cache_b + (size_t)key_begin * DC_D, key_end - key_begin, warp, lane);
+    }
     cp_async_commit();
 
     float o[DC_DV / 2 / 2];  // 64 x 256 fp32 over 128 threads
@@ -472,32 +543,45 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
     for (int i = 0; i < DC_DV / 4; i++) o[i] = 0.0f;
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
     const int lr0 = w4 * 16 + g, lr1 = lr0 + 8;  // this thread's rows
-    // Descriptors (the start address advances by constants: 16 dims = 2 chunks = 2 KB of a tile).
+    // Descriptors (start addresses advance by constants: 16 dims = 2 chunks = 2 KB of a dw_off tile,
+    // or 32 bytes inside a swizzled 128-byte row).
     const u64 dq = wg_desc(aQ, 1024, 128);
     const u64 dp = wg_desc(aP, 1024, 128);
 
     for (int j = 0; j < n_tiles; j++) {
         const int tile_key = key_begin + j * DC_BN;
-        cp_async_wait<0>();
-        fence_proxy_async();
-        __syncthreads();  // tile j (and Q) in place; both warpgroups are done with tile j-1 and P
-        if (j + 1 < n_tiles) {
-            dw_load_rows((j & 1) ? aK0 : aK1, cache_b + (size_t)(tile_key + DC_BN) * DC_D, key_end - tile_key - DC_BN,
-                         warp, lane);
-            cp_async_commit();
-        }
         const u32 aK = (j & 1) ? aK1 : aK0;
+        if (TMA) {
+            if (j == 0) {
+                cp_async_wait<0>();
+                fence_proxy_async();
+            }
+            __syncthreads();  // Q in place; both warpgroups are done with tile j-1 and P
+            if (tid == 0 && j + 1 < n_tiles && (DIAG != 2 || j == 0)) issue_tma(j + 1);
+            if (DIAG != 2 || j < 2) mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        } else {
+            cp_async_wait<0>();
+            fence_proxy_async();
+            __syncthreads();  // tile j (and Q) in place; both warpgroups are done with tile j-1 and P
+            if (j + 1 < n_tiles && (DIAG != 2 || j == 0)) {
+                dw_load_rows((j & 1) ? aK0 : aK1, cache_b + (size_t)(tile_key + DC_BN) * DC_D,
+                             key_end - tile_key - DC_BN, warp, lane);
+                cp_async_commit();
+            }
+        }
+        if (DIAG == 1) continue;
 
         // S = Q K^T, keys 32wg.. of the tile: thread holds s[4i..4i+1] (row lr0, keys 8i+2t, +1), s[4i+2..] (lr1).
         float s[16];
 #pragma unroll
         for (int i = 0; i < 16; i++) s[i] = 0.0f;
         {
-            const u64 dk = wg_desc(aK + wg * 512, 1024, 128);
+            const u64 dk = TMA ? (wg_desc(aK + wg * 4096, 16, 1024) | DW_SW128) : wg_desc(aK + wg * 512, 1024, 128);
             wg_fence_acc<16>(s);
             wg_fence();
 #pragma unroll
-            for (int ks = 0; ks < DC_D / 16; ks++) dw_mma_qk(s, dq + (u64)(ks * 128), dk + (u64)(ks * 128));
+            for (int ks = 0; ks < DC_D / 16; ks++)
+                dw_mma_qk(s, dq + (u64)(ks * 128), dk + (u64)(TMA ? (ks >> 2) * 512 + (ks & 3) * 2 : ks * 128));
             wg_commit();
             wg_wait<0>();
             wg_fence_acc<16>(s);
@@ -563,17 +647,17 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 
         // O[rows, dims 256wg..] += P[rows, 64 keys] V[64 keys, dims].
         {
-            const u64 dv = wg_desc(aK + wg * 32 * 1024, DW_V_LBO, DW_V_SBO);
+            const u64 dv = TMA ? (wg_desc(aK + wg * 4 * 8192, DW_TV_LBO, DW_TV_SBO) | DW_SW128)
+                               : wg_desc(aK + wg * 32 * 1024, DW_V_LBO, DW_V_SBO);
             wg_fence_acc<DC_DV / 4>(o);
             wg_fence();
 #pragma unroll
-            for (int kk = 0; kk < DC_BN / 16; kk++) dw_mma_pv(o, dp + (u64)(kk * 128), dv + (u64)(kk * 16));
+            for (int kk = 0; kk < DC_BN / 16; kk++) dw_mma_pv(o, dp + (u64)(kk * 128), dv + (u64)(kk * (TMA ? 128 : 16)));
             wg_commit();
             wg_wait<0>();
             wg_fence_acc<DC_DV / 4>(o);
         }
     }
-
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
@@ -609,10 +693,31 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
         }
     }
 #else
-    __trap();  // built for a target without wgmma: the engine never launches this entry there
+    __trap();  // built for a target without wgmma: the engine never launches these entries there
 #endif
 }
 
+#ifndef DW_DIAG
+#define DW_DIAG 0
+#endif
+
+extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
+    dense_decode_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, u16* __restrict__ out,
+                            float* __restrict__ ws_o, float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits,
+                            int tiles_per_split, float scale_log2) {
+    dense_decode_wgmma_body<false, DW_DIAG>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split,
+                                            scale_log2, nullptr);
+}
+
+// As dense_decode_bf16_wgmma, with the key tiles brought in by the copy engine through `tmap`.
+extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
+    dense_decode_bf16_wgmma_tma(const __grid_constant__ TmaDesc tmap, const u16* __restrict__ Q,
+                                const u16* __restrict__ cache, u16* __restrict__ out, float* __restrict__ ws_o,
+                                float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits, int tiles_per_split,
+                                float scale_log2) {
+    dense_decode_wgmma_body<true, DW_DIAG>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split,
+                                           scale_log2, &tmap);
+}
 
 // Merge the splits of each row: out = sum_s w_s O_s / sum_s w_s l_s, w_s = 2^((m_s - M) c).
 // One CTA of 128 threads per row, 4 value dims a thread.
