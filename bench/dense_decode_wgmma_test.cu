@@ -173,6 +173,7 @@ static void run_case(int B, int L, int q, int nref, int iters, u64 seed) {
     CK(cudaFuncSetAttribute(dense_decode_bf16, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_old));
     CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_new));
     CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_tma));
+    CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma_pipe, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_tma));
     const TmaDesc tmap = cache_map(dC, (size_t)B * L);
     dim3 grid(q * H / 64, sp.n, B);
     auto launch = [&](int which) {
@@ -181,13 +182,17 @@ static void run_case(int B, int L, int q, int nref, int iters, u64 seed) {
         else if (which == 1)
             dense_decode_bf16_wgmma<<<grid, 256, smem_new>>>(dQ, dC, dOut, ws_o, (float2*)ws_ml, H, L, q, sp.n, sp.per,
                                                              scale_log2);
-        else
+        else if (which == 2)
             dense_decode_bf16_wgmma_tma<<<grid, 256, smem_tma>>>(tmap, dQ, dC, dOut, ws_o, (float2*)ws_ml, H, L, q, sp.n,
                                                                  sp.per, scale_log2);
+        else
+            dense_decode_bf16_wgmma_pipe<<<grid, 256, smem_tma>>>(tmap, dQ, dC, dOut, ws_o, (float2*)ws_ml, H, L,
+                                                                          q, sp.n, sp.per, scale_log2);
         if (sp.n > 1) dense_decode_combine<<<rows, 128>>>(ws_o, (float2*)ws_ml, dOut, sp.n, scale_log2);
     };
-    std::vector<u16> outs[3];
-    for (int which = 0; which < 3; which++) {
+    static const char* names[4] = {"mma", "wgmma", "wgmma_tma", "wgmma_pip"};
+    std::vector<u16> outs[4];
+    for (int which = 0; which < 4; which++) {
         CK(cudaMemset(dOut, 0xFF, rows * 512 * 2));
         launch(which);
         CK(cudaGetLastError());
@@ -239,21 +244,21 @@ static void run_case(int B, int L, int q, int nref, int iters, u64 seed) {
         double flops = 2.0 * rows * (double)L * (576 + 512);
         double bytes = (double)B * L * 1152;
         printf("%-9s B=%-3d L=%-6d q=%d splits=%-3d ref_rows=%-4d norm_rel %.3e max_abs %.3e nonfinite %zu repeat %s -> %s",
-               which == 0 ? "mma" : which == 1 ? "wgmma" : "wgmma_tma", B, L, q, sp.n, nref, rel, maxabs, nonfinite, same ? "same" : "DIFFERENT",
+               names[which], B, L, q, sp.n, nref, rel, maxabs, nonfinite, same ? "same" : "DIFFERENT",
                ok ? "PASS" : "FAIL");
         if (iters > 0) printf("  %.4f ms %.1f TFLOP/s %.3f TB/s", med, flops / med / 1e9, bytes / med / 1e9);
         printf("\n");
         fflush(stdout);
     }
     // Agreement of the kernels on every row.
-    for (int which = 1; which < 3; which++) {
+    for (int which = 1; which < 4; which++) {
         double num = 0, den = 0;
         for (size_t i = 0; i < outs[0].size(); i++) {
             double a = bf(outs[which][i]), r = bf(outs[0][i]);
             num += (a - r) * (a - r);
             den += r * r;
         }
-        printf("          %s vs mma over all %zu rows: norm_rel %.3e\n", which == 1 ? "wgmma" : "wgmma_tma", rows,
+        printf("          %s vs mma over all %zu rows: norm_rel %.3e\n", names[which], rows,
                std::sqrt(num / std::max(den, 1e-30)));
     }
     cudaFree(dQ);

@@ -359,8 +359,8 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 #define DW_P_BYTES (DC_BM * DC_BN * 2)    // 8192
 // sQ | sK0 | sK1 | sP | red_max [2][64] f32 | red_sum [2][64] f32 (the engine's DECODE_SMEM_BF16_WGMMA)
 #define DW_SMEM (3 * DW_TILE_BYTES + DW_P_BYTES + 4 * DC_BM * 4)
-// The TMA variant adds two mbarriers and 1 KB of alignment slack (DECODE_SMEM_BF16_WGMMA_TMA).
-#define DW_SMEM_TMA (DW_SMEM + 16 + 1024)
+// The TMA variants add up to four mbarriers and 1 KB of alignment slack (DECODE_SMEM_BF16_WGMMA).
+#define DW_SMEM_TMA (DW_SMEM + 32 + 1024)
 #ifndef DW_V_LBO
 #define DW_V_LBO 128
 #endif
@@ -460,6 +460,9 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaDesc* map, int x, 
         "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
         "l"(map), "r"(x), "r"(y), "r"(bar)
         : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 #endif
 
@@ -717,6 +720,237 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
                                 float scale_log2) {
     dense_decode_wgmma_body<true, DW_DIAG>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split,
                                            scale_log2, &tmap);
+}
+
+// Pipelined TMA variant: P(j) V(j) and Q K(j+1)^T are issued back to back, so the tensor cores
+// idle only during the softmax. Per tile: wait for S(j) -> row maxima (barrier) -> P (barrier) ->
+// issue PV(j) -> wait for tile j+1 -> issue S(j+1) -> wait for PV(j) and release buffer j (every
+// thread arrives on its mbarrier; thread 0 then loads tile j+2 into it) -> wait for S(j+1).
+// (A separate copy warp would cap the registers at 168: 9 warps put 3 on one SM sub-partition.)
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// S = Q K^T for keys 32wg.. of the swizzled tile at aK, into s (issued and committed, not waited).
+__device__ __forceinline__ void dw_issue_s(float* s, u64 dq, u32 aK, int wg) {
+    const u64 dk = wg_desc(aK + wg * 4096, 16, 1024) | DW_SW128;
+#pragma unroll
+    for (int i = 0; i < 16; i++) s[i] = 0.0f;
+    wg_fence_acc<16>(s);
+    wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < DC_D / 16; ks++) dw_mma_qk(s, dq + (u64)(ks * 128), dk + (u64)((ks >> 2) * 512 + (ks & 3) * 2));
+    wg_commit();
+}
+#endif
+
+__device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restrict__ Q, u16* __restrict__ out,
+                                                           float* __restrict__ ws_o, float2* __restrict__ ws_ml, int H,
+                                                           int L, int q_len, int n_splits, int tiles_per_split,
+                                                           float scale_log2, const TmaDesc* tmap) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) u8 dsmem[];
+    const u32 raw = smem_u32(dsmem);
+    const u32 aQ = (raw + 1023u) & ~1023u;
+    u8* base = dsmem + (aQ - raw);
+    const u32 aK0 = aQ + DW_TILE_BYTES, aK1 = aK0 + DW_TILE_BYTES, aP = aK1 + DW_TILE_BYTES;
+    u8* sP = base + 3 * DW_TILE_BYTES;
+    float* red_max = reinterpret_cast<float*>(sP + DW_P_BYTES);  // [2][64]
+    float* red_sum = red_max + 2 * DC_BM;                           // [2][64]
+    const u32 full0 = aP + DW_P_BYTES + 4 * DC_BM * 4, full1 = full0 + 8, empty0 = full0 + 16, empty1 = full0 + 24;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wg = warp >> 2, w4 = warp & 3;
+    const int rb = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int rows_per_seq = q_len * H;
+    const int qi = (rb * DC_BM) / H;
+    const int p = L - q_len + qi;
+    const int key_begin = split * tiles_per_split * DC_BN;
+    const int key_end = min(key_begin + tiles_per_split * DC_BN, p + 1);
+    const size_t row0 = (size_t)b * rows_per_seq + (size_t)rb * DC_BM;
+
+    if (key_begin >= key_end) {
+        for (int i = tid; i < DC_BM * DC_DV; i += DC_THREADS)
+            ws_o[((row0 + i / DC_DV) * n_splits + split) * DC_DV + (i % DC_DV)] = 0.0f;
+        if (tid < DC_BM) ws_ml[(row0 + tid) * n_splits + split] = make_float2(NEG_INF, 0.0f);
+        return;
+    }
+    const int n_tiles = (key_end - key_begin + DC_BN - 1) / DC_BN;
+
+    if (tid == 0) {
+        mbar_init(full0, 1);
+        mbar_init(full1, 1);
+        mbar_init(empty0, DC_THREADS);
+        mbar_init(empty1, DC_THREADS);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        fence_proxy_async();
+    }
+    __syncthreads();
+    const int grow0 = b * L + key_begin;  // tensor-map row of the split's first key
+    // Tile j into buffer j & 1 (thread 0; the buffer is free).
+    auto issue_tile = [&](int j) {
+        const u32 full = (j & 1) ? full1 : full0, dst = (j & 1) ? aK1 : aK0;
+        mbar_expect_tx(full, DW_TILE_BYTES);
+#pragma unroll
+        for (int c = 0; c < DC_D / 64; c++) tma_load_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, full);
+    };
+    if (tid == 0) {
+        issue_tile(0);
+        if (n_tiles > 1) issue_tile(1);
+    }
+
+    dw_load_rows(aQ, Q + row0 * DC_D, DC_BM, warp, lane);
+    cp_async_commit();
+
+    float o[DC_DV / 2 / 2];  // 64 x 256 fp32 over 128 threads
+#pragma unroll
+    for (int i = 0; i < DC_DV / 4; i++) o[i] = 0.0f;
+    float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.0f, l1 = 0.0f;
+    const int lr0 = w4 * 16 + g, lr1 = lr0 + 8;
+    const u64 dq = wg_desc(aQ, 1024, 128);
+    const u64 dp = wg_desc(aP, 1024, 128);
+    float s[16];
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // Q in place
+    mbar_wait(full0, 0);
+    dw_issue_s(s, dq, aK0, wg);
+    wg_wait<0>();
+    wg_fence_acc<16>(s);
+
+    for (int j = 0; j < n_tiles; j++) {
+        const int tile_key = key_begin + j * DC_BN;
+        const u32 aK = (j & 1) ? aK1 : aK0;
+        const int kbase = tile_key + wg * 32 + 2 * t;
+        if (tile_key + DC_BN > key_end) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int key = kbase + 8 * i;
+                if (key >= key_end) s[4 * i] = s[4 * i + 2] = NEG_INF;
+                if (key + 1 >= key_end) s[4 * i + 1] = s[4 * i + 3] = NEG_INF;
+            }
+        }
+        float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            mx0 = fmaxf(mx0, fmaxf(s[4 * i], s[4 * i + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[4 * i + 2], s[4 * i + 3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        if (t == 0) {
+            red_max[wg * DC_BM + lr0] = mx0;
+            red_max[wg * DC_BM + lr1] = mx1;
+        }
+        __syncthreads();  // maxima in; both warpgroups are done with P(j-1) (their PV(j-1) completed)
+        mx0 = fmaxf(red_max[lr0], red_max[DC_BM + lr0]);
+        mx1 = fmaxf(red_max[lr1], red_max[DC_BM + lr1]);
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+        const float alpha0 = fast_exp2((m0 - mn0) * scale_log2);
+        const float alpha1 = fast_exp2((m1 - mn1) * scale_log2);
+        m0 = mn0;
+        m1 = mn1;
+        const float ms0 = mn0 * scale_log2, ms1 = mn1 * scale_log2;
+        float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const float p0 = fast_exp2(fmaf(s[4 * i], scale_log2, -ms0));
+            const float p1 = fast_exp2(fmaf(s[4 * i + 1], scale_log2, -ms0));
+            const float p2 = fast_exp2(fmaf(s[4 * i + 2], scale_log2, -ms1));
+            const float p3 = fast_exp2(fmaf(s[4 * i + 3], scale_log2, -ms1));
+            rs0 += p0 + p1;
+            rs1 += p2 + p3;
+            const int kc = wg * 4 + i;
+            *reinterpret_cast<u32*>(sP + dw_off(lr0, kc) + 4 * t) = pack_bf16x2(p0, p1);
+            *reinterpret_cast<u32*>(sP + dw_off(lr1, kc) + 4 * t) = pack_bf16x2(p2, p3);
+        }
+        l0 = l0 * alpha0 + rs0;
+        l1 = l1 * alpha1 + rs1;
+        if (alpha0 != 1.0f || alpha1 != 1.0f) {
+#pragma unroll
+            for (int i = 0; i < DC_DV / 16; i++) {
+                o[4 * i] *= alpha0;
+                o[4 * i + 1] *= alpha0;
+                o[4 * i + 2] *= alpha1;
+                o[4 * i + 3] *= alpha1;
+            }
+        }
+        fence_proxy_async();
+        __syncthreads();  // P complete and visible to the tensor cores; red_max free
+
+        {
+            const u64 dv = wg_desc(aK + wg * 4 * 8192, DW_TV_LBO, DW_TV_SBO) | DW_SW128;
+            wg_fence_acc<DC_DV / 4>(o);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < DC_BN / 16; kk++) dw_mma_pv(o, dp + (u64)(kk * 128), dv + (u64)(kk * 128));
+            wg_commit();
+        }
+        if (j + 1 < n_tiles) {
+            mbar_wait((j & 1) ? full0 : full1, (u32)((j + 1) >> 1) & 1u);
+            dw_issue_s(s, dq, (j & 1) ? aK0 : aK1, wg);
+            wg_wait<1>();  // PV(j) done (groups complete in order)
+        } else {
+            wg_wait<0>();
+        }
+        wg_fence_acc<DC_DV / 4>(o);
+        mbar_arrive((j & 1) ? empty1 : empty0);  // this thread's reads of tile j are over
+        if (tid == 0 && j + 2 < n_tiles) {
+            mbar_wait((j & 1) ? empty1 : empty0, (u32)(j >> 1) & 1u);  // every thread's are
+            issue_tile(j + 2);
+        }
+        wg_wait<0>();
+        wg_fence_acc<16>(s);
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (t == 0) {
+        red_sum[wg * DC_BM + lr0] = l0;
+        red_sum[wg * DC_BM + lr1] = l1;
+    }
+    __syncthreads();
+    l0 = red_sum[lr0] + red_sum[DC_BM + lr0];
+    l1 = red_sum[lr1] + red_sum[DC_BM + lr1];
+
+    if (n_splits == 1) {
+        const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+        u16* o0 = out + (row0 + lr0) * DC_DV + wg * 256 + 2 * t;
+        u16* o1 = out + (row0 + lr1) * DC_DV + wg * 256 + 2 * t;
+#pragma unroll
+        for (int i = 0; i < DC_DV / 16; i++) {
+            *reinterpret_cast<u32*>(o0 + i * 8) = pack_bf16x2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
+            *reinterpret_cast<u32*>(o1 + i * 8) = pack_bf16x2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
+        }
+    } else {
+        float* w0 = ws_o + ((row0 + lr0) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
+        float* w1 = ws_o + ((row0 + lr1) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
+#pragma unroll
+        for (int i = 0; i < DC_DV / 16; i++) {
+            *reinterpret_cast<float2*>(w0 + i * 8) = make_float2(o[4 * i], o[4 * i + 1]);
+            *reinterpret_cast<float2*>(w1 + i * 8) = make_float2(o[4 * i + 2], o[4 * i + 3]);
+        }
+        if (wg == 0 && t == 0) {
+            ws_ml[(row0 + lr0) * n_splits + split] = make_float2(m0, l0);
+            ws_ml[(row0 + lr1) * n_splits + split] = make_float2(m1, l1);
+        }
+    }
+#else
+    __trap();
+#endif
+}
+
+// As dense_decode_bf16_wgmma_tma, with PV(j) and S(j+1) issued back to back.
+extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
+    dense_decode_bf16_wgmma_pipe(const __grid_constant__ TmaDesc tmap, const u16* __restrict__ Q,
+                               const u16* __restrict__ cache, u16* __restrict__ out, float* __restrict__ ws_o,
+                               float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits, int tiles_per_split,
+                               float scale_log2) {
+    (void)cache;  // read through the tensor map
+    dense_decode_wgmma_pipe_body(Q, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split, scale_log2, &tmap);
 }
 
 // Merge the splits of each row: out = sum_s w_s O_s / sum_s w_s l_s, w_s = 2^((m_s - M) c).
