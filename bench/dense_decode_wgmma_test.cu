@@ -282,7 +282,7 @@ int main(int argc, char** argv) {
     cudaFuncAttributes fa;
     CK(cudaFuncGetAttributes(&fa, dense_decode_bf16_wgmma));
     printf("dense_decode_bf16_wgmma: %d registers, %zu local bytes\n", fa.numRegs, fa.localSizeBytes);
-    if (full != 2) {
+    if (full != 2) {  // 3: the small checks and the B=64 16K / 64K timing cases
         run_case(4, 3000, 1, 512, 0, seed ^ 1);
         run_case(2, 1000, 2, 512, 0, seed ^ 2);
         run_case(3, 777, 2, 768, 0, seed ^ 3);
@@ -290,6 +290,7 @@ int main(int argc, char** argv) {
         run_case(1, 65536, 1, 32, 10, seed ^ 5);
     }
     if (full >= 1) run_case(64, 16384, 1, 64, 10, seed ^ 6);
+    if (full == 3) run_case(64, 65536, 1, 16, 5, seed ^ 7);
     if (full == 1) {
         run_case(64, 65536, 1, 16, 5, seed ^ 7);
         run_case(64, 16384, 2, 32, 5, seed ^ 8);

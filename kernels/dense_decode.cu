@@ -561,7 +561,9 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
             }
             __syncthreads();  // Q in place; both warpgroups are done with tile j-1 and P
             if (tid == 0 && j + 1 < n_tiles && (DIAG != 2 || j == 0)) issue_tma(j + 1);
+            __syncwarp();
             if (DIAG != 2 || j < 2) mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+            __syncwarp();  // the lanes leave the wait together (wgmma instructions follow, .aligned)
         } else {
             cp_async_wait<0>();
             fence_proxy_async();
@@ -813,6 +815,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     fence_proxy_async();
     __syncthreads();  // Q in place
     mbar_wait(full0, 0);
+    __syncwarp();
     dw_issue_s(s, dq, aK0, wg);
     wg_wait<0>();
     wg_fence_acc<16>(s);
@@ -889,6 +892,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
         }
         if (j + 1 < n_tiles) {
             mbar_wait((j & 1) ? full0 : full1, (u32)((j + 1) >> 1) & 1u);
+            __syncwarp();
             dw_issue_s(s, dq, (j & 1) ? aK0 : aK1, wg);
             wg_wait<1>();  // PV(j) done (groups complete in order)
         } else {
@@ -900,6 +904,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
             mbar_wait((j & 1) ? empty1 : empty0, (u32)(j >> 1) & 1u);  // every thread's are
             issue_tile(j + 2);
         }
+        __syncwarp();
         wg_wait<0>();
         wg_fence_acc<16>(s);
     }

@@ -6,7 +6,7 @@
 //! Build: `cargo build --release -p ctxcost-engines --features cuda --example cuda_smoke`.
 //! Run: `cuda_smoke [check|tiles|time|decode|all]` (default `all`; `decode` checks and times the
 //! decode cases only); `CTXCOST_SEED` replays a seed; `CTXCOST_TILES` lists the prefill tile shapes
-//! to compare (`WARPSxKEYS[xBLOCKS]`); `CTXCOST_DENSE_DECODE` picks the decode kernel (`mma`, `tma`).
+//! to compare (`WARPSxKEYS[xBLOCKS]`); `CTXCOST_DENSE_DECODE` picks the decode kernel (`mma`, `pipe`).
 
 #[cfg(not(feature = "cuda"))]
 fn main() {

@@ -1,9 +1,9 @@
 //! `dense-cuda`: dense MLA on an NVIDIA GPU. Prefill runs MHA mode through
 //! `dense_prefill_bf16` (bf16 only); decode runs MQA mode through split-K
 //! `dense_decode_{bf16,fp8}` and `dense_decode_combine` (bf16 cache, or the 656-byte FP8 cache).
-//! On compute capability 9.0 the bf16 decode runs `dense_decode_bf16_wgmma_pipe` instead (wgmma,
+//! On compute capability 9.0 the bf16 decode runs `dense_decode_bf16_wgmma_tma` instead (wgmma,
 //! TMA key tiles; the module is compiled for sm_90a); `CTXCOST_DENSE_DECODE=mma` selects the
-//! mma.sync kernel there too, `=tma` the unpipelined wgmma one.
+//! mma.sync kernel there too, `=pipe` the pipelined wgmma variant (slower on the H200 so far).
 //!
 //! Inputs are generated on the device from the case seed (bit-identical to
 //! `ctxcost_core::inputs::uniform` and the roundings of `reference::round_row`), or uploaded
@@ -82,18 +82,19 @@ pub fn prefill_tile() -> PrefillTile {
     std::env::var("CTXCOST_PREFILL_TILE").ok().and_then(|s| PrefillTile::parse(&s)).unwrap_or(PrefillTile::DEFAULT)
 }
 
-/// The decode kernel for a device and cache precision: the pipelined wgmma kernel with TMA loads
-/// for a bf16 cache on compute capability 9.0 (sm_90a); `CTXCOST_DENSE_DECODE=mma` asks for the
-/// mma.sync kernel (which runs everywhere else, and for the FP8 cache), `=tma` for the
-/// unpipelined wgmma kernel.
+/// The decode kernel for a device and cache precision: the wgmma kernel with TMA key tiles for a
+/// bf16 cache on compute capability 9.0 (sm_90a; 2.09-2.17 TB/s at B=64, 16K-128K on an H200,
+/// against 1.03 for mma.sync: bench/NOTES.md); `CTXCOST_DENSE_DECODE=mma` asks for the mma.sync
+/// kernel (which runs everywhere else, and for the FP8 cache), `=pipe` for the pipelined wgmma
+/// variant (1.95-2.04 TB/s).
 pub fn decode_kernel(cc: (i32, i32), precision: Precision) -> DecodeKernel {
     if cc != (9, 0) || precision == Precision::Fp8 {
         return DecodeKernel::Mma;
     }
     match std::env::var("CTXCOST_DENSE_DECODE").as_deref() {
         Ok("mma") => DecodeKernel::Mma,
-        Ok("tma") => DecodeKernel::WgmmaTma,
-        _ => DecodeKernel::WgmmaPipe,
+        Ok("pipe") => DecodeKernel::WgmmaPipe,
+        _ => DecodeKernel::WgmmaTma,
     }
 }
 
