@@ -22,6 +22,10 @@
 //
 // With one split the kernel writes the normalised output; otherwise it writes unnormalised
 // partial outputs and (max, sum) per row, and dense_decode_combine merges the splits.
+//
+// On Hopper (compiled for sm_90a) the bf16 cache has wgmma variants with the same grid, outputs
+// and combine (section "wgmma (sm_90a), bf16 cache" below); the engine runs
+// dense_decode_bf16_wgmma_tma there.
 
 #define DC_BM 64
 #define DC_BN 64
@@ -338,9 +342,14 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 // ---------------------------------------------------------------- wgmma (sm_90a), bf16 cache
 //
 // Same work split, grid, partial outputs and combine as dense_decode_body (one CTA = 64 query rows
-// x one key split x one sequence, 64-key tiles, two tile buffers filled by cp.async one tile ahead),
-// but on Hopper's warpgroup matrix instructions, whose B operand streams from shared memory once per
-// 64-row warpgroup instead of once per 16-row warp. Two warpgroups; for each tile:
+// x one key split x one sequence, 64-key tiles, two tile buffers, tile j+1 loaded while tile j is
+// used), but on Hopper's warpgroup matrix instructions, whose B operand streams from shared memory
+// once per 64-row warpgroup instead of once per 16-row warp. Three entry points:
+//   dense_decode_bf16_wgmma       key tiles by cp.async (no-swizzle layout below);
+//   dense_decode_bf16_wgmma_tma   key tiles by TMA (128-byte swizzle), what the engine runs;
+//   dense_decode_bf16_wgmma_pipe  TMA, with P V(j) and Q K(j+1)^T issued back to back.
+// On an H200 at B=64 the cp.async one is no faster than mma.sync (the loads bound both) and the
+// TMA one reaches about 2.1 TB/s (bench/NOTES.md). Two warpgroups; for each tile:
 //   S: warpgroup w computes S = Q K^T for the 64 rows and keys 32w..32w+31 of the tile
 //      (36 x wgmma m64n32k16, Q and K both K-major in shared memory);
 //   softmax: row maxima exchanged between the warpgroups through shared memory (both then hold
@@ -348,10 +357,14 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 //   PV: warpgroup w accumulates O[64 rows, value dims 256w..256w+255] += P V over all 64 keys
 //      (4 x wgmma m64n256k16, P K-major, V = the first 512 dims of the same key tile read
 //      MN-major through the transpose bit), 128 fp32 accumulators a thread.
-// Shared-memory operands use the no-swizzle core-matrix layout: for a 64-row tile, the 8 x 16-byte
+// Q and P (and the cp.async key tiles) use the no-swizzle core-matrix layout: for a 64-row tile, the 8 x 16-byte
 // core matrix of row group R and 16-byte chunk C sits at (C * 8 + R) * 128 bytes (dw_off), so one
 // chunk column of 64 rows is 1 KB: K-major descriptors step LBO = 1024 along K and SBO = 128 along
 // rows; the transposed V descriptor steps LBO = 128 along keys and SBO = 1024 along value dims.
+// TMA key tiles are 9 blocks of 64 keys x 64 dims (8 KB, 128-byte swizzle, 1 KB aligned): the K
+// descriptor (swizzle mode 1) steps SBO = 1024 between 8-key groups and moves 32 bytes inside a
+// swizzled row per 16 dims; the transposed V descriptor steps LBO = 8192 between 64-dim blocks and
+// SBO = 1024 between 8-key groups.
 // The accumulator fragment of warp w4 of a warpgroup is the mma.sync one for rows 16*w4.., so the
 // epilogue matches dense_decode_body's with ni = warpgroup.
 
