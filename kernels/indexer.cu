@@ -275,20 +275,7 @@ extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
 
 __device__ __forceinline__ u32 wg_off(int r, int ch) { return (u32)(((r >> 3) * 8 + ch) * 128 + (r & 7) * 16); }
 
-// Shared-memory matrix descriptor: start address, LBO and SBO (all >> 4), no swizzle, base offset 0.
-__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
-    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)((lbo & 0x3FFFFu) >> 4) << 16) | ((u64)((sbo & 0x3FFFFu) >> 4) << 32);
-}
-
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-// Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma.
-__device__ __forceinline__ void wg_fence_operands(float* d) {
-#pragma unroll
-    for (int i = 0; i < 32; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
 // D[64 x 64] (+)= A[64 x 32] B[64 x 32]^T, e4m3, f32 accumulators; scale_d = 0 overwrites D.
 __device__ __forceinline__ void wg_mma_e4m3(float* d, u64 da, u64 db, int scale_d) {
     asm volatile(
@@ -362,7 +349,7 @@ __device__ __forceinline__ void indexer_wgmma_body(const u8* __restrict__ q, con
     }
     for (int j = 0; j < n_tiles; j++) {
         cp_async_wait<STAGES - 2>();
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // cp.async data -> wgmma's proxy
+        fence_proxy_async();  // cp.async data -> wgmma's proxy
         __syncthreads();
         if (j + STAGES - 1 < n_tiles) load_tile(j + STAGES - 1, (j + STAGES - 1) % STAGES);
         cp_async_commit();
@@ -379,7 +366,7 @@ __device__ __forceinline__ void indexer_wgmma_body(const u8* __restrict__ q, con
                 float d[32];
 #pragma unroll
                 for (int i = 0; i < 32; i++) d[i] = 0.0f;
-                wg_fence_operands(d);
+                wg_fence_acc<32>(d);
                 wg_fence();
 #pragma unroll
                 for (int s = 0; s < 4; s++)
@@ -387,7 +374,7 @@ __device__ __forceinline__ void indexer_wgmma_body(const u8* __restrict__ q, con
                                 wg_desc(aQ + qi * 8192 + s * 256, 128, 1024), 1);
                 wg_commit();
                 wg_wait0();
-                wg_fence_operands(d);
+                wg_fence_acc<32>(d);
                 float part0 = 0.0f, part1 = 0.0f;
 #pragma unroll
                 for (int nt = 0; nt < 8; nt++) {

@@ -4,8 +4,9 @@
 //! the dense cases and prints achieved TFLOP/s and TB/s (analytic work over the median time).
 //!
 //! Build: `cargo build --release -p ctxcost-engines --features cuda --example cuda_smoke`.
-//! Run: `cuda_smoke [check|tiles|time|all]` (default `all`); `CTXCOST_SEED` replays a seed;
-//! `CTXCOST_TILES` lists the prefill tile shapes to compare (`WARPSxKEYS[xBLOCKS]`).
+//! Run: `cuda_smoke [check|tiles|time|decode|all]` (default `all`; `decode` checks and times the
+//! decode cases only); `CTXCOST_SEED` replays a seed; `CTXCOST_TILES` lists the prefill tile shapes
+//! to compare (`WARPSxKEYS[xBLOCKS]`); `CTXCOST_DENSE_DECODE` picks the decode kernel (`mma`, `pipe`).
 
 #[cfg(not(feature = "cuda"))]
 fn main() {
@@ -204,6 +205,38 @@ mod smoke {
                 failed |= !row.status.starts_with("verified");
                 rows.push(row);
             }
+            print(&rows);
+        }
+
+        if mode == "decode" {
+            let sampled = |q, h| Some(Rows::Sampled { queries: q, heads: h });
+            let checks: Vec<(Case, Option<Rows>)> = vec![
+                (case(Phase::Decode, Precision::Bf16, 3000, 4, 1, s ^ 6), Some(Rows::All)),
+                (case(Phase::Decode, Precision::Bf16, 1000, 2, 2, s ^ 8), Some(Rows::All)),
+                (case(Phase::Decode, Precision::Bf16, 777, 3, 2, s ^ 9), Some(Rows::All)),
+                (case(Phase::Decode, Precision::Bf16, 100, 64, 1, s ^ 10), Some(Rows::All)),
+                (case(Phase::Decode, Precision::Bf16, 16384, 64, 1, s ^ 11), sampled(4, 8)),
+                (case(Phase::Decode, Precision::Bf16, 16384, 64, 2, s ^ 14), sampled(4, 8)),
+                (case(Phase::Decode, Precision::Bf16, 65536, 1, 1, s ^ 13), sampled(2, 16)),
+                (case(Phase::Decode, Precision::Fp8, 3000, 4, 1, s ^ 7), Some(Rows::All)),
+            ];
+            println!("== decode correctness (CTXCOST_DENSE_DECODE={:?})", std::env::var("CTXCOST_DENSE_DECODE").ok());
+            let mut rows = Vec::new();
+            for (c, r) in &checks {
+                let row = measure(c, r.clone(), 3);
+                failed |= !row.status.starts_with("verified");
+                rows.push(row);
+            }
+            print(&rows);
+            println!("== decode timing (fresh seed, L2 flushed between samples)");
+            let mut rows = Vec::new();
+            for &l in &[4096usize, 16384, 65536, 131072] {
+                rows.push(measure(&case(Phase::Decode, Precision::Bf16, l, 64, 1, s ^ 300 ^ l as u64), None, 10));
+            }
+            for &b in &[1usize, 8] {
+                rows.push(measure(&case(Phase::Decode, Precision::Bf16, 16384, b, 1, s ^ 400 ^ b as u64), None, 10));
+            }
+            rows.push(measure(&case(Phase::Decode, Precision::Bf16, 16384, 64, 2, s ^ 500), None, 10));
             print(&rows);
         }
 

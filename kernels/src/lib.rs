@@ -18,8 +18,9 @@ pub enum KernelId {
     Generate,
     /// Fused causal flash attention, MLA in MHA mode (dense prefill).
     DensePrefill,
-    /// Split-K flash decoding, MLA in MQA mode (dense decode), bf16 and FP8 caches, and the
-    /// kernel that merges the splits.
+    /// Split-K flash decoding, MLA in MQA mode (dense decode), bf16 and FP8 caches (mma.sync), the
+    /// bf16 wgmma variants (sm_90a; cp.async or TMA key tiles, pipelined or not), and the kernel that
+    /// merges the splits.
     DenseDecode,
     /// DSA lightning indexer (bf16 and FP8 e4m3 tensor-core scores) and its input generators.
     Indexer,
@@ -80,7 +81,14 @@ impl KernelId {
         match self {
             KernelId::Generate => &["gen_bf16", "gen_latent_fp8", "copy_u4"],
             KernelId::DensePrefill => &["dense_prefill_bf16"],
-            KernelId::DenseDecode => &["dense_decode_bf16", "dense_decode_fp8", "dense_decode_combine"],
+            KernelId::DenseDecode => &[
+                "dense_decode_bf16",
+                "dense_decode_fp8",
+                "dense_decode_bf16_wgmma",
+                "dense_decode_bf16_wgmma_tma",
+                "dense_decode_bf16_wgmma_pipe",
+                "dense_decode_combine",
+            ],
             KernelId::Indexer => &[
                 "indexer_fp8_q1",
                 "indexer_fp8_q4",

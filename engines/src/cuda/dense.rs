@@ -1,6 +1,9 @@
 //! `dense-cuda`: dense MLA on an NVIDIA GPU. Prefill runs MHA mode through
 //! `dense_prefill_bf16` (bf16 only); decode runs MQA mode through split-K
 //! `dense_decode_{bf16,fp8}` and `dense_decode_combine` (bf16 cache, or the 656-byte FP8 cache).
+//! On compute capability 9.0 the bf16 decode runs `dense_decode_bf16_wgmma_tma` instead (wgmma,
+//! TMA key tiles; the module is compiled for sm_90a); `CTXCOST_DENSE_DECODE=mma` selects the
+//! mma.sync kernel there too, `=pipe` the pipelined wgmma variant (slower on the H200 so far).
 //!
 //! Inputs are generated on the device from the case seed (bit-identical to
 //! `ctxcost_core::inputs::uniform` and the roundings of `reference::round_row`), or uploaded
@@ -15,7 +18,7 @@ use ctxcost_core::{Case, InputTensor, Inputs, Phase, Precision};
 use ctxcost_kernels::KernelId;
 
 use super::device::{device, driver_err, Device, EventTimer};
-use super::launch::{self, CacheBuf, DecodeDims, PrefillDims, PrefillTile};
+use super::launch::{self, CacheBuf, DecodeDims, DecodeKernel, PrefillDims, PrefillTile, TensorMap};
 use crate::check::Rows;
 use crate::{DeviceMemory, Engine, EngineError, Output, Support, Timing};
 
@@ -52,6 +55,8 @@ enum Work {
         dims: DecodeDims,
         f: CudaFunction,
         combine: CudaFunction,
+        /// The cache's tensor map (wgmma kernel only; it records the address of `cache`).
+        tmap: Option<TensorMap>,
         q: CudaSlice<u16>,
         cache: CacheBuf,
         out: CudaSlice<u16>,
@@ -77,15 +82,34 @@ pub fn prefill_tile() -> PrefillTile {
     std::env::var("CTXCOST_PREFILL_TILE").ok().and_then(|s| PrefillTile::parse(&s)).unwrap_or(PrefillTile::DEFAULT)
 }
 
+/// The decode kernel for a device and cache precision: the wgmma kernel with TMA key tiles for a
+/// bf16 cache on compute capability 9.0 (sm_90a; 2.09-2.17 TB/s at B=64, 16K-128K on an H200,
+/// against 1.03 for mma.sync: bench/NOTES.md); `CTXCOST_DENSE_DECODE=mma` asks for the mma.sync
+/// kernel (which runs everywhere else, and for the FP8 cache), `=pipe` for the pipelined wgmma
+/// variant (1.95-2.04 TB/s).
+pub fn decode_kernel(cc: (i32, i32), precision: Precision) -> DecodeKernel {
+    if cc != (9, 0) || precision == Precision::Fp8 {
+        return DecodeKernel::Mma;
+    }
+    match std::env::var("CTXCOST_DENSE_DECODE").as_deref() {
+        Ok("mma") => DecodeKernel::Mma,
+        Ok("pipe") => DecodeKernel::WgmmaPipe,
+        _ => DecodeKernel::WgmmaTma,
+    }
+}
+
 /// NVRTC options of the decode kernels: the hardware e4m3 decode (`-DDC_FP8_HWCVT`) on
 /// sm_89 and newer unless `CTXCOST_FP8_HWCVT=0`.
-pub fn decode_options(cc: (i32, i32)) -> Vec<&'static str> {
+pub fn decode_options(cc: (i32, i32), kernel: DecodeKernel) -> Vec<&'static str> {
     let off = matches!(std::env::var("CTXCOST_FP8_HWCVT").as_deref(), Ok("0"));
+    let mut opts = Vec::new();
     if cc >= (8, 9) && !off {
-        vec!["-DDC_FP8_HWCVT"]
-    } else {
-        Vec::new()
+        opts.push("-DDC_FP8_HWCVT");
     }
+    if kernel.wgmma() {
+        opts.push("--gpu-architecture=sm_90a");
+    }
+    opts
 }
 
 /// Why a case does not fit these kernels (geometry and precision), or `Ok`.
@@ -265,12 +289,13 @@ impl DenseCuda {
             }
             Phase::Decode => {
                 let fp8 = case.precision == Precision::Fp8;
-                let entry = if fp8 { "dense_decode_fp8" } else { "dense_decode_bf16" };
-                let f = dev.function(KernelId::DenseDecode, entry, &decode_options(dev.cc))?;
-                launch::set_smem(&f, if fp8 { launch::DECODE_SMEM_FP8 } else { launch::DECODE_SMEM_BF16 })?;
+                let kernel = decode_kernel(dev.cc, case.precision);
+                let f = dev.function(KernelId::DenseDecode, kernel.entry(fp8), &decode_options(dev.cc, kernel))?;
+                launch::set_smem(&f, kernel.smem(fp8))?;
                 let combine = dev.function(KernelId::DenseDecode, "dense_decode_combine", &[])?;
                 let (n_splits, tiles_per_split) = decode_splits(dev.sm_count as usize, b, ql, h, l);
-                let dims = DecodeDims { batch: b, heads: h, context: l, query_len: ql, n_splits, tiles_per_split, scale_log2, fp8 };
+                let dims =
+                    DecodeDims { batch: b, heads: h, context: l, query_len: ql, n_splits, tiles_per_split, scale_log2, fp8, kernel };
                 let rows = dims.rows();
                 let (q, cache) = if inputs.loaded.is_some() {
                     let q = upload(&dev, &host_bf16(case, inputs, InputTensor::MqaQ, h, false), "Q")?;
@@ -307,7 +332,11 @@ impl DenseCuda {
                 let ws_len = if n_splits > 1 { rows * n_splits } else { 1 };
                 let ws_o = launch::alloc::<f32>(&dev, ws_len * 512, "split workspace")?;
                 let ws_ml = launch::alloc::<f32>(&dev, ws_len * 2, "split workspace")?;
-                Work::Decode { dims, f, combine, q, cache, out, ws_o, ws_ml }
+                let tmap = match (&cache, kernel) {
+                    (CacheBuf::Bf16(c), k) if k.wgmma() => Some(launch::latent_tensor_map(&dev, c, b * l)?),
+                    _ => None,
+                };
+                Work::Decode { dims, f, combine, tmap, q, cache, out, ws_o, ws_ml }
             }
         };
         dev.sync("generating inputs")?;
@@ -342,10 +371,9 @@ impl Engine for DenseCuda {
         if dev.cc < KernelId::DenseDecode.min_compute_capability() {
             return Support::No(format!("{} (sm_{}{}) is older than sm_80, which the kernels need", dev.name, dev.cc.0, dev.cc.1));
         }
-        let smem = match (case.phase, case.precision) {
-            (Phase::Prefill, _) => prefill_tile().smem(),
-            (Phase::Decode, Precision::Fp8) => launch::DECODE_SMEM_FP8,
-            (Phase::Decode, _) => launch::DECODE_SMEM_BF16,
+        let smem = match case.phase {
+            Phase::Prefill => prefill_tile().smem(),
+            Phase::Decode => decode_kernel(dev.cc, case.precision).smem(case.precision == Precision::Fp8),
         };
         if smem as usize > dev.max_smem_optin {
             return Support::No(format!("kernel needs {smem} bytes of shared memory per block, {} offers {}", dev.name, dev.max_smem_optin));
@@ -371,8 +399,8 @@ impl Engine for DenseCuda {
                 let ms = p.timer.elapsed_first(1)?;
                 Timing { total_ms: ms[0], components: Vec::new() }
             }
-            Work::Decode { dims, f, combine, q, cache, out, ws_o, ws_ml } => {
-                launch::dense_decode(&dev, f, *dims, q, cache, out, ws_o, ws_ml)?;
+            Work::Decode { dims, f, combine, tmap, q, cache, out, ws_o, ws_ml } => {
+                launch::dense_decode(&dev, f, *dims, tmap.as_ref(), q, cache, out, ws_o, ws_ml)?;
                 p.timer.mark(&dev, 0)?;
                 if dims.n_splits > 1 {
                     launch::decode_combine(&dev, combine, *dims, ws_o, ws_ml, out)?;

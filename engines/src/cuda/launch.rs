@@ -148,6 +148,94 @@ impl PrefillTile {
 /// Shared-memory bytes of `dense_decode_bf16` / `dense_decode_fp8` (must match dense_decode.cu).
 pub const DECODE_SMEM_BF16: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4;
 pub const DECODE_SMEM_FP8: u32 = (2 * 64 * 576 + 64 * 64) * 2 + 64 * 656 + 4 * 64 * 4;
+/// Shared-memory bytes of `dense_decode_bf16_wgmma_{tma,pipe}` (DW_SMEM_TMA in dense_decode.cu): Q and
+/// two key tiles, P, the row maxima and sums, four mbarriers and 1 KB of alignment slack.
+pub const DECODE_SMEM_BF16_WGMMA: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4 + 32 + 1024;
+
+/// Which dense decode kernel a launch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeKernel {
+    /// `dense_decode_bf16` / `dense_decode_fp8`: mma.sync, cp.async (sm_80+).
+    Mma,
+    /// `dense_decode_bf16_wgmma_tma`: wgmma with TMA key tiles (sm_90a, bf16 cache).
+    WgmmaTma,
+    /// `dense_decode_bf16_wgmma_pipe`: as `WgmmaTma`, with P V of one tile and Q K^T of the next
+    /// issued back to back.
+    WgmmaPipe,
+}
+
+impl DecodeKernel {
+    /// Dynamic shared memory of the kernel for this cache precision.
+    pub fn smem(self, fp8: bool) -> u32 {
+        match (self, fp8) {
+            (DecodeKernel::WgmmaTma | DecodeKernel::WgmmaPipe, _) => DECODE_SMEM_BF16_WGMMA,
+            (DecodeKernel::Mma, true) => DECODE_SMEM_FP8,
+            (DecodeKernel::Mma, false) => DECODE_SMEM_BF16,
+        }
+    }
+
+    /// Whether the kernel is a wgmma one (sm_90a, bf16 cache, takes the cache's tensor map).
+    pub fn wgmma(self) -> bool {
+        self != DecodeKernel::Mma
+    }
+
+    /// The kernel's entry point for this cache precision.
+    pub fn entry(self, fp8: bool) -> &'static str {
+        match (self, fp8) {
+            (DecodeKernel::WgmmaTma, _) => "dense_decode_bf16_wgmma_tma",
+            (DecodeKernel::WgmmaPipe, _) => "dense_decode_bf16_wgmma_pipe",
+            (DecodeKernel::Mma, true) => "dense_decode_fp8",
+            (DecodeKernel::Mma, false) => "dense_decode_bf16",
+        }
+    }
+}
+
+/// A CUDA tensor map (`CUtensorMap`: 128 bytes, 64-byte aligned), passed to a kernel by value.
+#[repr(C, align(64))]
+#[derive(Debug, Clone, Copy)]
+pub struct TensorMap(pub [u64; 16]);
+
+// SAFETY: plain 128-byte data with CUtensorMap's size and alignment; the kernels declare the
+// parameter as a 64-byte aligned struct of 16 u64 (TmaDesc) and only hand its address to TMA.
+unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
+
+/// The tensor map of a bf16 latent cache seen as a `[rows, 576]` matrix: boxes of 64 rows x 64
+/// dims (128 bytes), 128-byte swizzle, zeros past the last row (what the wgmma decode kernels
+/// expect).
+pub fn latent_tensor_map(dev: &Device, cache: &CudaSlice<u16>, rows: usize) -> Result<TensorMap, EngineError> {
+    use cudarc::driver::sys;
+    check(cache.len() >= rows * 576 && rows > 0 && rows < (1usize << 32), "tensor map: cache too small or too many rows")?;
+    let (ptr, _sync) = cache.device_ptr(&dev.stream);
+    let dims: [u64; 2] = [576, rows as u64];
+    let strides: [u64; 1] = [576 * 2];
+    let boxes: [u32; 2] = [64, 64];
+    let elem_strides: [u32; 2] = [1, 1];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: `map` is a writable CUtensorMap; the dimension, stride, box and element-stride
+    // arrays hold rank (2) entries (strides rank - 1); the address is a live allocation of at
+    // least rows * 1152 bytes (checked above), 256-byte aligned by the allocator (TMA needs 16),
+    // and the row stride 1152 is a multiple of 16. The map only records the address.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(EngineError::backend("cuTensorMapEncodeTiled (latent cache)", CudaError(format!("{r:?}"))));
+    }
+    Ok(TensorMap(map.opaque))
+}
 
 /// Allow a kernel to use `bytes` of dynamic shared memory.
 pub fn set_smem(f: &CudaFunction, bytes: u32) -> Result<(), EngineError> {
@@ -211,6 +299,7 @@ pub struct DecodeDims {
     pub tiles_per_split: usize,
     pub scale_log2: f32,
     pub fp8: bool,
+    pub kernel: DecodeKernel,
 }
 
 impl DecodeDims {
@@ -243,12 +332,14 @@ impl CacheBuf {
     }
 }
 
-/// `dense_decode_bf16` / `dense_decode_fp8` (the caller adds `dense_decode_combine` when split).
+/// `dense_decode_bf16` / `dense_decode_fp8`, or `dense_decode_bf16_wgmma_{tma,pipe}` with the
+/// cache's tensor map (the caller adds `dense_decode_combine` when split).
 #[allow(clippy::too_many_arguments)]
 pub fn dense_decode(
     dev: &Device,
     f: &CudaFunction,
     d: DecodeDims,
+    tmap: Option<&TensorMap>,
     q: &CudaSlice<u16>,
     cache: &CacheBuf,
     out: &mut CudaSlice<u16>,
@@ -266,13 +357,20 @@ pub fn dense_decode(
         check(ws_o.len() >= rows * d.n_splits * 512 && ws_ml.len() >= rows * d.n_splits * 2, "decode workspace too small")?;
     }
     check(d.n_splits <= 65535 && d.batch <= 65535, "decode grid: splits and batch must be <= 65535")?;
+    check(
+        d.kernel.wgmma() == tmap.is_some() && !(d.kernel.wgmma() && d.fp8),
+        "the wgmma decode kernel takes a bf16 cache and its tensor map, the mma.sync one no map",
+    )?;
     let cfg = LaunchConfig {
         grid_dim: ((d.query_len * d.heads / 64) as u32, d.n_splits as u32, d.batch as u32),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: if d.fp8 { DECODE_SMEM_FP8 } else { DECODE_SMEM_BF16 },
+        shared_mem_bytes: d.kernel.smem(d.fp8),
     };
     let (hi, li, qi, si, ti) = (d.heads as i32, d.context as i32, d.query_len as i32, d.n_splits as i32, d.tiles_per_split as i32);
     let mut lb = dev.stream.launch_builder(f);
+    if let Some(m) = tmap {
+        lb.arg(m);
+    }
     lb.arg(q);
     match cache {
         CacheBuf::Bf16(c) => lb.arg(c),
@@ -284,6 +382,9 @@ pub fn dense_decode(
     // Q rows < B*q*H, cache rows < B*L (tail rows zero-filled) and writes either out (one
     // split) or ws_o/ws_ml (several splits), all sized above; ws_ml holds float pairs, so an
     // f32 buffer of 2 per entry is the float2 array the kernel expects (8-byte aligned).
+    // dense_decode_bf16_wgmma_{tma,pipe} take the same arguments after the tensor map (by value);
+    // the map was made by latent_tensor_map over this cache's B*L rows (the copy engine
+    // zero-fills past them), and this entry is only loaded from the sm_90a build on a 9.0 device.
     unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching dense_decode", e)).map(|_| ())
 }
 

@@ -180,6 +180,24 @@ mod tests {
         if let Ok(dir) = std::env::var("CTXCOST_PTX_DIR") {
             std::fs::write(format!("{dir}/dense_decode_hwcvt.ptx"), ptx.to_src()).unwrap();
         }
+        // The options the engine uses on a 9.0 device: the wgmma decode with TMA key tiles.
+        let ptx = device::compile(KernelId::DenseDecode, "sm_90", &["-DDC_FP8_HWCVT", "--gpu-architecture=sm_90a"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        assert!(text.contains(".target sm_90a"));
+        for needle in [
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16",
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16",
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes",
+            ".entry dense_decode_bf16_wgmma_tma(",
+            ".entry dense_decode_bf16_wgmma_pipe(",
+            ".entry dense_decode_combine(",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from the sm_90a PTX of dense_decode.cu");
+        }
+        if let Ok(dir) = std::env::var("CTXCOST_PTX_DIR") {
+            std::fs::write(format!("{dir}/dense_decode_sm90a.ptx"), text).unwrap();
+        }
         for shape in ["8x64", "4x64x2", "8x128", "4x128x2", "8x32", "4x32x2"] {
             let tile = PrefillTile::parse(shape).unwrap();
             let opts = tile.options();
