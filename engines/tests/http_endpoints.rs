@@ -224,3 +224,30 @@ async fn api_keys_never_reach_the_record() {
     let err = Bench::new(vec![missing], settings(1), None).err().unwrap();
     assert!(err.contains("CTXCOST_TEST_KEY_UNSET_VARIABLE"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_sends_on_schedule_however_slow_the_server() {
+    // 300 ms to first token, arrivals every ~50 ms: a closed loop of one would send a request
+    // every ~300 ms; the open loop must keep to its Poisson schedule.
+    let server = MockServer::start("127.0.0.1:0", MockConfig { ttft_ms: 300.0, tpot_ms: 1.0, ..Default::default() }).await.unwrap();
+    let ep = Arc::new(Endpoint::new("m", &server.url(), "mock", Api::Chat, None, true).unwrap());
+    let spec = LoadSpec {
+        load: Load::Open { rate_rps: 20.0 },
+        requests: 10,
+        max_duration: Duration::from_secs(30),
+        limits: RequestLimits::default(),
+        seed: 9,
+    };
+    let logs = run_case(&[ep], vec![(0..10).map(|i| body(&format!("[{i}] q"), 2)).collect()], &spec, Arc::new(AtomicUsize::new(0))).await;
+    let r = &logs[0];
+    assert!(r.iter().all(|x| x.ok));
+    let schedule = ctxcost_engines::http::load::poisson_schedule(10, 20.0, 9);
+    for (x, at) in r.iter().zip(&schedule) {
+        assert!((x.intended_ms - at * 1e3).abs() < 1.0, "intended {} vs schedule {}", x.intended_ms, at * 1e3);
+        assert!(x.send_lag_ms() < 30.0, "request {} sent {} ms late", x.index, x.send_lag_ms());
+    }
+    // Requests overlap: a request went out before the previous one had answered.
+    assert!(r.windows(2).filter(|w| w[1].sent_ms < w[0].end_ms).count() >= 5);
+    let m = ctxcost_core::endpoint::metrics(r, &Slo::default());
+    assert!(m.ttft_ms.unwrap().median >= 299.0);
+}

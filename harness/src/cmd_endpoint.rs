@@ -532,7 +532,7 @@ pub fn render_summary(records: &[Record]) -> String {
         "{:<8} {:>7} {:<6} {:<14} {:>5} {:>10} {:>9} {:>10} {:>9} {:>7}  {}\n",
         "phase", "prompt", "load", "side", "ok", "TTFT p50", "TPOT p50", "E2E p50", "out tok/s", "cached", "faults"
     );
-    let mut pairs: BTreeMap<String, Vec<&Record>> = BTreeMap::new();
+    let mut pairs: BTreeMap<(Phase, String, usize, usize), Vec<&Record>> = BTreeMap::new();
     for r in records {
         let Some(e) = &r.endpoint else { continue };
         let m = &e.metrics;
@@ -551,8 +551,7 @@ pub fn render_summary(records: &[Record]) -> String {
             f(e.cache.fraction * 100.0, 1) + if e.cache.flagged { "!" } else { "" },
             if faults.is_empty() { "-".into() } else { faults.join(", ") }
         ));
-        let point = format!("{}|{}|{}|{}", r.case.phase, r.case.context, e.load.key(), e.max_tokens);
-        pairs.entry(point).or_default().push(r);
+        pairs.entry((r.case.phase, e.load.key(), e.max_tokens, r.case.context)).or_default().push(r);
     }
     let ab: Vec<String> = pairs
         .values()

@@ -25,7 +25,7 @@ pub struct ReportArgs {
     /// record was measured: other seconds per token = 2 x active params / this rate.
     #[arg(long, default_value_t = 400.0)]
     pub other_tflops: f64,
-    /// API price table (CSV with the columns of reports/data/deepseek-api-prices.csv)
+    /// API price table (CSV with the columns of core/data/deepseek-api-prices.csv)
     /// replacing the shipped DeepSeek prices.
     #[arg(long)]
     pub api_prices: Option<PathBuf>,

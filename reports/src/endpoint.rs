@@ -43,7 +43,8 @@ pub struct AbPoint {
     pub pairs: usize,
     /// B/A of E2E latency, paired likewise.
     pub e2e_ratio: Option<RatioCi>,
-    /// B/A of the API cost per request, and of the GPU cost per million output tokens.
+    /// B/A of the API cost per request, and of the GPU cost per million tokens
+    /// ([`gpu_usd_per_m`]).
     pub api_cost_ratio: Option<f64>,
     pub gpu_cost_ratio: Option<f64>,
     pub a_record: usize,
@@ -60,6 +61,15 @@ pub struct EndpointAnalysis {
 impl EndpointAnalysis {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+}
+
+/// GPU cost per million tokens of the phase's work: all tokens for prefill cases (the prompt
+/// is the work), output tokens for decode cases.
+pub fn gpu_usd_per_m(phase: Phase, e: &EndpointBlock) -> Option<f64> {
+    match phase {
+        Phase::Prefill => e.cost.gpu_usd_per_m_total,
+        Phase::Decode => e.cost.gpu_usd_per_m_output,
     }
 }
 
@@ -110,7 +120,7 @@ pub fn analyse(set: &RecordSet) -> EndpointAnalysis {
             pairs: x.len(),
             e2e_ratio: ratio_ci(&ey, &ex),
             api_cost_ratio: div(b.cost.api_usd_per_request, a.cost.api_usd_per_request),
-            gpu_cost_ratio: div(b.cost.gpu_usd_per_m_output, a.cost.gpu_usd_per_m_output),
+            gpu_cost_ratio: div(gpu_usd_per_m(phase, b), gpu_usd_per_m(phase, a)),
             a_record: ai,
             b_record: bi,
         });
@@ -142,7 +152,7 @@ pub fn ab_sentences(e: &EndpointAnalysis) -> Vec<String> {
                 pts.iter().filter(|p| p.ratio.is_some_and(|r| r.hi < 1.0)).map(|p| fmt_tokens(p.context as f64)).collect();
             let slower: Vec<String> =
                 pts.iter().filter(|p| p.ratio.is_some_and(|r| r.lo > 1.0)).map(|p| fmt_tokens(p.context as f64)).collect();
-            let mut s = format!("endpoint {phase} ({metric}, load {load}, {out} output tokens): {b} / {a} = {}", at.join("; "));
+            let mut s = format!("endpoint {phase} ({metric}, load {load}, max_tokens {out}): {b} / {a} = {}", at.join("; "));
             if !faster.is_empty() {
                 s.push_str(&format!("; {b} faster (whole 95% CI below 1) at {}", faster.join(", ")));
             }

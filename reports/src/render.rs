@@ -71,12 +71,12 @@ decode cases on TPOT. Every prompt starts with a unique nonce; prompt lengths ar
         b.push(Block::H3("B / A".into()));
         b.push(Block::P(
             "Ratio of medians with a paired bootstrap 95% CI (2000 resamples): request i of both sides carried the same prompt text and went out together; only requests both sides completed are paired. \
-Cost ratios: API list price per request, and GPU cost per million output tokens from measured throughput (where prices were given)."
+Cost ratios: API list price per request, and GPU cost per million tokens from measured throughput (prefill: prompt and output tokens; decode: output tokens), where prices were given."
                 .into(),
         ));
         b.push(Block::Table {
             id: Some("endpoint-ab-table"),
-            header: ["phase", "prompt", "load", "sides", "B/A primary [95% CI]", "B/A E2E [95% CI]", "pairs", "B/A API $/request", "B/A GPU $/M output"]
+            header: ["phase", "prompt", "load", "sides", "B/A primary [95% CI]", "B/A E2E [95% CI]", "pairs", "B/A API $/request", "B/A GPU $/M tokens"]
                 .map(String::from)
                 .to_vec(),
             rows: e.ab.iter().map(crate::endpoint::ab_cells).collect(),
@@ -112,7 +112,7 @@ Cost ratios: API list price per request, and GPU cost per million output tokens 
                 format!("{:.1}%{}", 100.0 * x.cache.fraction, if x.cache.flagged { " FLAGGED" } else { "" }),
                 if faults.is_empty() { "-".into() } else { faults.join(", ") },
                 usd(x.cost.api_usd_per_request),
-                usd(x.cost.gpu_usd_per_m_output),
+                usd(crate::endpoint::gpu_usd_per_m(row.phase, x)),
             ])
         })
         .collect();
@@ -120,7 +120,7 @@ Cost ratios: API list price per request, and GPU cost per million output tokens 
         id: Some("endpoint-table"),
         header: [
             "phase", "prompt", "load", "side", "ok", "TTFT ms [95% CI]", "TPOT ms [95% CI]", "ITL ms", "E2E ms", "output tok/s", "goodput", "cached",
-            "faults", "API $/request", "GPU $/M output",
+            "faults", "API $/request", "GPU $/M tokens",
         ]
         .map(String::from)
         .to_vec(),
@@ -135,7 +135,11 @@ Cost ratios: API list price per request, and GPU cost per million output tokens 
 fn document(r: &Report) -> (String, Vec<Block>) {
     let a = &r.analysis;
     let set = &r.set;
-    let title = "ctxcost report: dense vs sparse (DSA) attention cost over context length".to_string();
+    let title = if a.series.is_empty() && !r.endpoints.is_empty() {
+        "ctxcost report: remote endpoints over prompt length".to_string()
+    } else {
+        "ctxcost report: dense vs sparse (DSA) attention cost over context length".to_string()
+    };
     let mut b = Vec::new();
 
     // 1. Verdict first.
@@ -452,7 +456,28 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
     });
     b.push(Block::H3("Record files".into()));
     b.push(Block::List { id: None, items: set.files.iter().map(|(f, n)| format!("{f}: {n} record(s)")).collect() });
+    if a.series.is_empty() && !r.endpoints.is_empty() {
+        b = without_kernel_sections(b);
+    }
     (title, b)
+}
+
+/// An endpoint-only report: drop the dense/DSA tables and charts, which would only say "not
+/// measured".
+fn without_kernel_sections(blocks: Vec<Block>) -> Vec<Block> {
+    const KERNEL: [&str; 5] = ["charts", "ratios", "break-even", "costs", "fp8-split"];
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for blk in blocks {
+        if let Block::H2 { id, .. } = &blk {
+            skipping = KERNEL.contains(id);
+        }
+        let verdict_table = matches!(&blk, Block::Table { id: Some("verdict-table"), .. });
+        if !skipping && !verdict_table {
+            out.push(blk);
+        }
+    }
+    out
 }
 
 fn esc(s: &str) -> String {
