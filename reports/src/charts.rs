@@ -95,7 +95,9 @@ pub fn render_all(a: &Analysis, set: &RecordSet, fig3: &Fig3, dir: &Path) -> Res
     register_fonts();
     let mut out = Vec::new();
     let has_endpoints = set.records.iter().any(|r| r.record.endpoint.is_some());
-    let kinds = ChartKind::ALL.into_iter().chain(has_endpoints.then_some(ChartKind::Endpoint));
+    // An endpoint-only record set gets only the endpoint chart (the others would be empty).
+    let kernel_charts = !(a.series.is_empty() && has_endpoints);
+    let kinds = ChartKind::ALL.into_iter().filter(|_| kernel_charts).chain(has_endpoints.then_some(ChartKind::Endpoint));
     for kind in kinds {
         let chart_err = |e: Box<dyn Error>| ReportError::Chart { chart: kind.id().into(), why: e.to_string() };
         let mut svg = String::new();
