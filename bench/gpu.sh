@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench/gpu.sh: measure dense-cuda on a GPU machine, ceilings and library baselines in the
-# same run, and print achieved rates next to them.
+# bench/gpu.sh: measure dense-cuda and dsa-cuda on a GPU machine (interleaved in one run),
+# ceilings and library baselines in the same run; print achieved rates next to the ceilings,
+# DSA's per-component times, and the DSA/dense ratio per context and phase with its 95% CI.
 #
 # Build here (no GPU or CUDA toolkit needed), then run this script on the GPU machine from
 # the repository root with the binaries carried along:
@@ -11,7 +12,8 @@
 # Steps: device facts; kernel checks on fresh seeds + timing (cuda_smoke, if present);
 # `ctxcost ceilings` (copy kernel and cuBLAS GEMM); the `h200` preset's dense cases through
 # the real runner (verify, then time); PyTorch baselines (cuDNN SDPA prefill, cuBLAS decode).
-# Env: STEPS="smoke ceilings run baseline" picks steps; CONTEXTS/PHASE narrow the run.
+# Env: STEPS="smoke ceilings run baseline" picks steps; CONTEXTS/PHASE/PRECISION narrow the
+# run; ENGINES (default dense-cuda,dsa-cuda) picks the engines.
 set -u
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
@@ -44,10 +46,12 @@ if has ceilings && [ -x "$BIN" ]; then
 fi
 
 if has run && [ -x "$BIN" ]; then
-    echo "== ctxcost run --preset h200 --engines dense-cuda"
-    args=(run --preset h200 --engines dense-cuda --out "$OUT/h200-dense.jsonl" --force --no-report)
+    ENGINES=${ENGINES:-dense-cuda,dsa-cuda}
+    echo "== ctxcost run --preset h200 --engines $ENGINES"
+    args=(run --preset h200 --engines "$ENGINES" --out "$OUT/h200.jsonl" --force --no-report)
     [ -n "${CONTEXTS:-}" ] && args+=(--contexts "$CONTEXTS")
     [ -n "${PHASE:-}" ] && args+=(--phase "$PHASE")
+    [ -n "${PRECISION:-}" ] && args+=(--precision "$PRECISION")
     "$BIN" "${args[@]}" 2>&1 | tail -n 40 | tee "$OUT/run.txt"
 fi
 
@@ -57,7 +61,7 @@ if has baseline; then
 fi
 
 # Summary: achieved rates of the runner's records next to the ceilings.
-if [ -f "$OUT/h200-dense.jsonl" ]; then
+if [ -f "$OUT/h200.jsonl" ]; then
     python3 - "$OUT" <<'EOF'
 import json, re, sys
 out = sys.argv[1]
@@ -72,10 +76,11 @@ except OSError:
 copy, gemm = ceil.get("copy_tbps"), ceil.get("gemm_bf16_tflops")
 print(f"== summary: ceilings copy {copy} TB/s, gemm {gemm} TFLOP/s")
 print(f"{'case':<44} {'status':<8} {'median ms':>10} {'TFLOP/s':>8} {'%gemm':>6} {'TB/s':>7} {'%copy':>6} verify")
-for line in open(f"{out}/h200-dense.jsonl"):
-    r = json.loads(line)
+import statistics
+recs = [json.loads(l) for l in open(f"{out}/h200.jsonl")]
+for r in recs:
     c = r["case"]
-    name = f"{c['phase']} {c['precision']} L={c['context']} B={c['batch']} q={c['query_len']}"
+    name = f"{r['engine']} {c['phase']} {c['precision']} L={c['context']} B={c['batch']} q={c['query_len']}"
     st = r["status"]
     med = (r.get("stats") or {}).get("median", float("nan"))
     tf, tb = r["rates"]["tflops"], r["rates"]["tbps"]
@@ -86,6 +91,47 @@ for line in open(f"{out}/h200-dense.jsonl"):
         continue
     pg = f"{100 * tf / gemm:.0f}" if gemm else "-"
     pc = f"{100 * tb / copy:.0f}" if copy else "-"
-    print(f"{name:<44} {st:<8} {med:>10.3f} {tf:>8.1f} {pg:>6} {tb:>7.3f} {pc:>6} {ver}")
+    comp = r.get("components_ms") or {}
+    split = " ".join(f"{k} {statistics.median(v):.3f}" for k, v in sorted(comp.items()) if v)
+    print(f"{name:<44} {st:<8} {med:>10.3f} {tf:>8.1f} {pg:>6} {tb:>7.3f} {pc:>6} {ver} {split}")
+
+# DSA/dense per point: ratio of medians, 95% CI by a paired bootstrap (samples of a point are
+# interleaved A B A B by the runner), the same method as ctxcost-core's ratio_ci.
+import random
+def med(x):
+    return statistics.median(x)
+def ratio_ci(num, den, n=2000):
+    rng = random.Random(7)
+    paired = len(num) == len(den)
+    rs = []
+    for _ in range(n):
+        if paired:
+            idx = [rng.randrange(len(num)) for _ in num]
+            a, b = [num[i] for i in idx], [den[i] for i in idx]
+        else:
+            a = [rng.choice(num) for _ in num]
+            b = [rng.choice(den) for _ in den]
+        rs.append(med(a) / med(b))
+    rs.sort()
+    return med(num) / med(den), rs[int(0.025 * n)], rs[int(0.975 * n) - 1]
+pts = {}
+for r in recs:
+    if r["status"] != "ok" or not r["samples_ms"]:
+        continue
+    c = r["case"]
+    k = (c["phase"], c["precision"], c["batch"], c["query_len"], c["context"])
+    pts.setdefault(k, {})["dsa" if r["engine"].startswith("dsa") else "dense"] = r
+print()
+print(f"{'phase':<8} {'prec':<5} {'B':>3} {'context':>7} {'dense ms':>10} {'dsa ms':>10} {'indexer':>8} {'topk':>8} {'attn':>8} {'dsa/dense [95% CI]':>26}")
+for k in sorted(pts):
+    p = pts[k]
+    if "dense" not in p or "dsa" not in p:
+        continue
+    d, s_ = p["dense"], p["dsa"]
+    ratio, lo, hi = ratio_ci(s_["samples_ms"], d["samples_ms"])
+    comp = s_.get("components_ms") or {}
+    cm = lambda n: f"{med(comp[n]):.3f}" if comp.get(n) else "-"
+    print(f"{k[0]:<8} {k[1]:<5} {k[2]:>3} {k[4]:>7} {med(d['samples_ms']):>10.3f} {med(s_['samples_ms']):>10.3f} "
+          f"{cm('indexer'):>8} {cm('topk'):>8} {cm('attention'):>8} {ratio:>8.3f} [{lo:.3f}, {hi:.3f}]")
 EOF
 fi
