@@ -383,8 +383,9 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // thread, over the lanes, over its four warps through shared memory) and its P^T never leave the
 // warpgroup, so the two warpgroups meet only once per tile, to free the tile buffer. A thread holds
 // the same eight heads in S^T and in O^T, so the rescale factors stay in registers.
-// Key rows land whole in shared memory, row r of a tile at r * 1152 + (r & 7) * 16 (the offset puts
-// the eight rows of an ldmatrix phase on different banks). Two ways to gather a tile (entry points):
+// Key rows land whole in shared memory, row r of a tile at r * 1152 + (r & 7) * 16 + (r >> 3) * 112: the
+// eight rows of an aligned group (those an ldmatrix phase reads) start on different 16-byte bank groups,
+// and no row overlaps the next. Two ways to gather a tile (entry points):
 //   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), issued by warp 0;
 //   sparse_mla_bf16_wgmma_cpa  cp.async, 16 bytes a thread at a time, by all 256 threads.
 // Both complete on the buffer's mbarrier; two tile buffers, tile j+2 is gathered once every warp is
@@ -394,7 +395,7 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // after the wgmma group that reads it has completed (wgmma reads register operands asynchronously).
 
 #define SW_ROWB (SM_D * 2)                 // 1152: one bf16 latent row
-#define SW_KBUF (SM_BN * SW_ROWB + 112)    // 73840: a gathered tile
+#define SW_KBUF (SM_BN * SW_ROWB + 896)    // 74624: a gathered tile (sw_row)
 #define SW_Q_BYTES (SM_BM * SM_D * 2)      // 73728: Q, core-matrix layout (sw_off)
 #define SW_P_BYTES (SM_BN * SM_BM * 2)     // 8192: P^T, core-matrix layout, keys as rows
 #define SW_RED_BYTES (2 * 4 * 32 * 4)      // 1024: per-warp maxima / sums [wg][warp][32 heads]
@@ -403,7 +404,7 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 #define SW_SMEM (SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES + SW_RED_BYTES + 16)
 
 // Byte offset of row r in a gathered tile.
-__device__ __forceinline__ u32 sw_row(int r) { return (u32)(r * SW_ROWB + (r & 7) * 16); }
+__device__ __forceinline__ u32 sw_row(int r) { return (u32)(r * SW_ROWB + (r & 7) * 16 + (r >> 3) * 112); }
 // Byte offset of (row r, 16-byte chunk c) in a 64-row core-matrix tile (chunk-major: one 1 KB column of
 // 8 core matrices per chunk).
 __device__ __forceinline__ u32 sw_off(int r, int c) { return (u32)(((c << 3) + (r >> 3)) * 128 + ((r & 7) << 4)); }
