@@ -403,7 +403,7 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // Q | K0 | K1 | P^T | red | two mbarriers (the engine's SPARSE_SMEM_BF16_WGMMA)
 #define SW_SMEM (SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES + SW_RED_BYTES + 16)
 
-// Byte offset of row r in a gathered tile.
+// Byte offset of row r in a gathered tile (additive over whole 8-row groups: sw_row(8a + b) = sw_row(8a) + sw_row(b)).
 __device__ __forceinline__ u32 sw_row(int r) { return (u32)(r * SW_ROWB + (r & 7) * 16 + (r >> 3) * 112); }
 // Byte offset of (row r, 16-byte chunk c) in a 64-row core-matrix tile (chunk-major: one 1 KB column of
 // 8 core matrices per chunk).
@@ -679,7 +679,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
             const u32 vb = kb + v_off;
 #pragma unroll
             for (int kk = 0; kk < 4; kk++)
-                ldsm_x4_t(vb + kk * 16 * SW_ROWB, fb[0][kk][0], fb[0][kk][1], fb[0][kk][2], fb[0][kk][3]);
+                ldsm_x4_t(vb + sw_row(16 * kk), fb[0][kk][0], fb[0][kk][1], fb[0][kk][2], fb[0][kk][3]);
 #pragma unroll
             for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
 #pragma unroll
@@ -692,7 +692,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
                     if (mb >= 1) wg_wait<1>();
 #pragma unroll
                     for (int kk = 0; kk < 4; kk++)
-                        ldsm_x4_t(vb + kk * 16 * SW_ROWB + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
+                        ldsm_x4_t(vb + sw_row(16 * kk) + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
                                   fb[(mb + 1) & 1][kk][1], fb[(mb + 1) & 1][kk][2], fb[(mb + 1) & 1][kk][3]);
                 }
             }
