@@ -386,7 +386,8 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // Key rows land whole in shared memory, row r of a tile at r * 1152 + (r & 7) * 16 + (r >> 3) * 112: the
 // eight rows of an aligned group (those an ldmatrix phase reads) start on different 16-byte bank groups,
 // and no row overlaps the next. Two ways to gather a tile (entry points):
-//   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), issued by warp 0;
+//   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), issued by all warps
+//                              (with -DSW_BULK_ROWS=32, half of the rows by bulk copies, half by cp.async);
 //   sparse_mla_bf16_wgmma_cpa  cp.async, 16 bytes a thread at a time, by all 256 threads.
 // Both complete on the buffer's mbarrier; two tile buffers, tile j+2 is gathered once every warp is
 // done with tile j. Selection entries past the valid ones (or outside [0, L)) gather row 0 of the
@@ -461,8 +462,12 @@ __device__ __forceinline__ void sw_mma_rs(float* d, const u32* a, u64 db) {
 }
 #endif
 
-// LOAD: 0 bulk copies (one per row, warp 0), 1 cp.async (all threads).
-template <int LOAD>
+// BULK: rows of a tile gathered by bulk copies (64, 32 or 0), the others by cp.async. SW_DIAG (timing
+// experiments only, wrong results): 1 skips the math, 2 skips every gather after the first two tiles.
+#ifndef SW_DIAG
+#define SW_DIAG 0
+#endif
+template <int BULK>
 __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                       const int* __restrict__ idx, u16* __restrict__ out, int H,
                                                       int L, int q_len, int k, float scale_log2) {
@@ -486,35 +491,29 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     const int* idx_row = idx + qrow * (size_t)k;
     const u16* cache_b = cache + (size_t)b * L * SM_D;
 
-    // Gather roles. Bulk: lane l of warp 0 copies rows 2l and 2l+1. cp.async: thread t copies the
-    // 16-byte chunks (t & 3) + 4m of row t >> 2.
-    int key_a = 0, key_b = 0;  // the rows' cache positions for the next tile to gather
+    // Gather roles. Bulk rows 0..BULK-1: warp w, lane l < BULK/8 copies row w * BULK/8 + l (the copies of
+    // a warp are issued one lane at a time, so the rows are spread over all warps). cp.async rows
+    // BULK..63: TPR consecutive threads share a row, thread t copying its 16-byte chunks (t % TPR) + TPR m.
+    constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = BULK / 8;
+    const int brow = warp * BPW + lane, crow = BULK + tid / TPR;
+    int key_a = 0, key_b = 0;  // cache positions of this thread's cp.async and bulk rows in the next gather
     auto fetch_keys = [&](int j) {
-        if (LOAD == 0) {
-            if (warp == 0) {
-                key_a = sw_key(idx_row, j * SM_BN + 2 * lane, n_valid, L);
-                key_b = sw_key(idx_row, j * SM_BN + 2 * lane + 1, n_valid, L);
-            }
-        } else {
-            key_a = sw_key(idx_row, j * SM_BN + (tid >> 2), n_valid, L);
-        }
+        if (BULK && lane < BPW) key_b = sw_key(idx_row, j * SM_BN + brow, n_valid, L);
+        if (CPR) key_a = sw_key(idx_row, j * SM_BN + crow, n_valid, L);
     };
     auto gather = [&](int j) {  // tile j (keys fetched) into buffer j & 1
         const u32 dst = (j & 1) ? aK1 : aK0, bar = (j & 1) ? bar1 : bar0;
-        if (LOAD == 0) {
-            if (warp == 0) {
-                if (lane == 0) sw_mbar_expect_tx(bar, SM_BN * SW_ROWB);
-                __syncwarp();
-                sw_bulk_copy(dst + sw_row(2 * lane), cache_b + (size_t)key_a * SM_D, SW_ROWB, bar);
-                sw_bulk_copy(dst + sw_row(2 * lane + 1), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
-            }
-        } else {
-            const int r = tid >> 2;
+        if (BULK) {
+            // A copy may land before the expect-tx: the phase still waits for this arrival.
+            if (tid == 0) sw_mbar_expect_tx(bar, BULK * SW_ROWB);
+            if (lane < BPW) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
+        }
+        if (CPR) {
             const u16* src = cache_b + (size_t)key_a * SM_D;
-            const u32 d = dst + sw_row(r);
+            const u32 d = dst + sw_row(crow);
 #pragma unroll
-            for (int m = 0; m < SM_CH / 4; m++) {
-                const int c = (tid & 3) + 4 * m;
+            for (int m = 0; m < SM_CH / TPR; m++) {
+                const int c = (tid % TPR) + TPR * m;
                 cp_async16(d + c * 16, src + c * 8, 16u);
             }
             sw_cp_async_arrive(bar);
@@ -522,8 +521,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     };
 
     if (tid == 0) {
-        sw_mbar_init(bar0, LOAD == 0 ? 1 : SM_THREADS);
-        sw_mbar_init(bar1, LOAD == 0 ? 1 : SM_THREADS);
+        sw_mbar_init(bar0, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
+        sw_mbar_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -544,9 +543,9 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
         fetch_keys(1);
         gather(1);
     }
-    if (LOAD == 1) cp_async_commit();
+    if (CPR) cp_async_commit();
     fetch_keys(2);
-    if (LOAD == 1) cp_async_wait<1>(); else cp_async_wait<0>();
+    if (CPR) cp_async_wait<1>(); else cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();  // Q in place for the tensor cores
 
@@ -572,8 +571,9 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 
     for (int j = 0; j < n_tiles; j++) {
         const u32 kb = (j & 1) ? aK1 : aK0;
-        sw_mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        if (SW_DIAG != 2 || j < 2) sw_mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
         __syncwarp();
+        if (SW_DIAG != 1) {
 
         // S^T = K Q^T for the tile's 64 keys and this warpgroup's 32 heads.
         float s[16];
@@ -700,8 +700,9 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 #pragma unroll
             for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
         }
+        }  // SW_DIAG != 1
         __syncthreads();  // every warp is done with buffer j & 1
-        if (j + 2 < n_tiles) {
+        if (j + 2 < n_tiles && SW_DIAG != 2) {
             gather(j + 2);
             fetch_keys(j + 3);
         }
@@ -759,15 +760,20 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 #endif
 }
 
+// Rows of a tile that sparse_mla_bf16_wgmma gathers by bulk copies (64 or 32; the rest by cp.async).
+#ifndef SW_BULK_ROWS
+#define SW_BULK_ROWS 64
+#endif
+
 extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                           u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
-    sparse_mla_wgmma_body<0>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+    sparse_mla_wgmma_body<SW_BULK_ROWS>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
 // As sparse_mla_bf16_wgmma, the tiles gathered by cp.async instead of bulk copies.
 extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma_cpa(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                               u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
-    sparse_mla_wgmma_body<1>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+    sparse_mla_wgmma_body<0>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }

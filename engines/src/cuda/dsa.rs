@@ -75,12 +75,26 @@ impl SparseKernel {
         }
     }
 
-    /// NVRTC options of the module that holds the entry.
-    pub fn options(self) -> &'static [&'static str] {
-        match self {
-            SparseKernel::Mma => &[],
-            _ => &["--gpu-architecture=sm_90a"],
+    /// NVRTC options of the module that holds the entry. Two timing knobs for the wgmma kernels:
+    /// `CTXCOST_SPARSE_BULK_ROWS=32` gathers half of each tile's rows by cp.async in
+    /// `sparse_mla_bf16_wgmma`; `CTXCOST_SPARSE_DIAG=1` (loads only) or `=2` (math only) build
+    /// variants whose outputs are wrong by construction (run those with `--no-verify`).
+    pub fn options(self) -> Vec<&'static str> {
+        if self == SparseKernel::Mma {
+            return Vec::new();
         }
+        let mut o = vec!["--gpu-architecture=sm_90a"];
+        match std::env::var("CTXCOST_SPARSE_BULK_ROWS").as_deref() {
+            Ok("32") => o.push("-DSW_BULK_ROWS=32"),
+            Ok("64") | Err(_) => {}
+            Ok(other) => eprintln!("CTXCOST_SPARSE_BULK_ROWS={other} ignored (32 or 64)"),
+        }
+        match std::env::var("CTXCOST_SPARSE_DIAG").as_deref() {
+            Ok("1") => o.push("-DSW_DIAG=1"),
+            Ok("2") => o.push("-DSW_DIAG=2"),
+            _ => {}
+        }
+        o
     }
 }
 
@@ -512,7 +526,7 @@ impl DsaCuda {
         let kernels = Kernels {
             indexer: dev.function(KernelId::Indexer, indexer_entry, ix_opts)?,
             topk: dev.function(KernelId::Topk, "topk_radix", &[])?,
-            attention: dev.function(KernelId::SparseMla, attn.entry(fp8), attn.options())?,
+            attention: dev.function(KernelId::SparseMla, attn.entry(fp8), &attn.options())?,
         };
         launch::set_smem(&kernels.indexer, indexer_smem(fp8, qg))?;
         launch::set_smem(&kernels.topk, TOPK_SMEM)?;
@@ -791,7 +805,7 @@ mod tests {
             eprintln!("libnvrtc not found: sm_90a compile check skipped");
             return;
         }
-        let ptx = super::super::device::compile(KernelId::SparseMla, "sm_90", SparseKernel::WgmmaBulk.options()).unwrap_or_else(|e| panic!("{e}"));
+        let ptx = super::super::device::compile(KernelId::SparseMla, "sm_90", &["--gpu-architecture=sm_90a"]).unwrap_or_else(|e| panic!("{e}"));
         let text = ptx.to_src();
         assert!(text.contains(".target sm_90a"));
         assert!(text.contains("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16"));
