@@ -401,8 +401,8 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 #define SW_P_BYTES (SM_BN * SM_BM * 2)     // 8192: P^T, core-matrix layout, keys as rows
 #define SW_RED_BYTES (2 * 4 * 32 * 4)      // 1024: per-warp maxima / sums [wg][warp][32 heads]
 #define SW_OUT_STRIDE 1040                 // bytes of a staged output row (512 bf16 + 16 of padding)
-// Q | K0 | K1 | P^T | red | two mbarriers (the engine's SPARSE_SMEM_BF16_WGMMA)
-#define SW_SMEM (SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES + SW_RED_BYTES + 16)
+// Q | K0 | K1 | P^T | red | four mbarriers (the engine's SPARSE_SMEM_BF16_WGMMA)
+#define SW_SMEM (SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES + SW_RED_BYTES + 32)
 
 // Byte offset of row r in a gathered tile (additive over whole 8-row groups: sw_row(8a + b) = sw_row(8a) + sw_row(b)).
 __device__ __forceinline__ u32 sw_row(int r) { return (u32)(r * SW_ROWB + (r & 7) * 16 + (r >> 3) * 112); }
@@ -440,6 +440,9 @@ __device__ __forceinline__ void sw_bulk_copy(u32 dst, const void* src, u32 bytes
                  "l"(src), "r"(bytes), "r"(bar)
                  : "memory");
 }
+__device__ __forceinline__ void sw_mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
 // The mbarrier receives one arrival once this thread's earlier cp.async copies have landed.
 __device__ __forceinline__ void sw_cp_async_arrive(u32 bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
@@ -467,6 +470,9 @@ __device__ __forceinline__ void sw_mma_rs(float* d, const u32* a, u64 db) {
 #ifndef SW_DIAG
 #define SW_DIAG 0
 #endif
+#ifndef SW_DECOUPLE
+#define SW_DECOUPLE 0
+#endif
 template <int BULK>
 __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                       const int* __restrict__ idx, u16* __restrict__ out, int H,
@@ -476,7 +482,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     const u32 aQ = smem_u32(wsmem);
     const u32 aK0 = aQ + SW_Q_BYTES, aK1 = aK0 + SW_KBUF, aP = aK1 + SW_KBUF;
     float* red = reinterpret_cast<float*>(wsmem + SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES);
-    const u32 bar0 = aP + SW_P_BYTES + SW_RED_BYTES, bar1 = bar0 + 8;
+    // Full barriers of the two tile buffers, and (decoupled variant) their empty barriers.
+    const u32 bar0 = aP + SW_P_BYTES + SW_RED_BYTES, bar1 = bar0 + 8, bare0 = bar0 + 16, bare1 = bar0 + 24;
     u8* sP = wsmem + SW_Q_BYTES + 2 * SW_KBUF;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -494,19 +501,24 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     // Gather roles. Bulk rows 0..BULK-1: warp w, lane l < BULK/8 copies row w * BULK/8 + l (the copies of
     // a warp are issued one lane at a time, so the rows are spread over all warps). cp.async rows
     // BULK..63: TPR consecutive threads share a row, thread t copying its 16-byte chunks (t % TPR) + TPR m.
-    constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = BULK / 8;
-    const int brow = warp * BPW + lane, crow = BULK + tid / TPR;
+    // Decoupled (SW_DECOUPLE, all rows by bulk copies): the warpgroups do not meet at the end of a tile;
+    // warpgroup 0 only signals the buffer's empty barrier, and warpgroup 1 (warp w, lanes < 16 copying
+    // rows 16 (w - 4) + lane) waits for it and gathers the next tile into the buffer.
+    constexpr bool DEC = SW_DECOUPLE && BULK == SM_BN;
+    constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = DEC ? 0 : BULK / 8;
+    const int brow = DEC ? (warp - 4) * 16 + lane : warp * BPW + lane, crow = BULK + tid / TPR;
+    const bool bulk_lane = DEC ? (wg == 1 && lane < 16) : (lane < BPW);
     int key_a = 0, key_b = 0;  // cache positions of this thread's cp.async and bulk rows in the next gather
     auto fetch_keys = [&](int j) {
-        if (BULK && lane < BPW) key_b = sw_key(idx_row, j * SM_BN + brow, n_valid, L);
+        if (BULK && bulk_lane) key_b = sw_key(idx_row, j * SM_BN + brow, n_valid, L);
         if (CPR) key_a = sw_key(idx_row, j * SM_BN + crow, n_valid, L);
     };
     auto gather = [&](int j) {  // tile j (keys fetched) into buffer j & 1
         const u32 dst = (j & 1) ? aK1 : aK0, bar = (j & 1) ? bar1 : bar0;
         if (BULK) {
             // A copy may land before the expect-tx: the phase still waits for this arrival.
-            if (tid == 0) sw_mbar_expect_tx(bar, BULK * SW_ROWB);
-            if (lane < BPW) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
+            if (tid == (DEC ? 128 : 0)) sw_mbar_expect_tx(bar, BULK * SW_ROWB);
+            if (bulk_lane) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
         }
         if (CPR) {
             const u16* src = cache_b + (size_t)key_a * SM_D;
@@ -523,6 +535,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     if (tid == 0) {
         sw_mbar_init(bar0, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
         sw_mbar_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
+        sw_mbar_init(bare0, 4);
+        sw_mbar_init(bare1, 4);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -661,15 +675,20 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
             *reinterpret_cast<u32*>(sP + sw_off(kr0, hc) + 4 * t) = pack_bf16x2(pv[0][0], pv[0][1]);
             *reinterpret_cast<u32*>(sP + sw_off(kr0 + 8, hc) + 4 * t) = pack_bf16x2(pv[1][0], pv[1][1]);
         }
+        bool rescale = false;
 #pragma unroll
-        for (int mb = 0; mb < 8; mb++)
+        for (int x = 0; x < 8; x++) rescale |= alpha[x] != 1.0f;
+        if (rescale) {  // once the running maxima settle, most tiles leave them unchanged
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int mb = 0; mb < 8; mb++)
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    o[mb][4 * i + c] *= alpha[2 * i + c];
-                    o[mb][4 * i + 2 + c] *= alpha[2 * i + c];
-                }
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        o[mb][4 * i + c] *= alpha[2 * i + c];
+                        o[mb][4 * i + 2 + c] *= alpha[2 * i + c];
+                    }
+        }
         fence_proxy_async();
         sw_wg_bar(wg);  // P^T complete and visible to the tensor cores; red free again
 
@@ -701,10 +720,26 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
             for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
         }
         }  // SW_DIAG != 1
-        __syncthreads();  // every warp is done with buffer j & 1
-        if (j + 2 < n_tiles && SW_DIAG != 2) {
-            gather(j + 2);
-            fetch_keys(j + 3);
+        if (DEC) {
+            const u32 bare = (j & 1) ? bare1 : bare0;
+            if (wg == 0) {
+                __syncwarp();
+                if (lane == 0) sw_mbar_arrive(bare);
+            } else {
+                sw_wg_bar(1);  // warpgroup 1 is done with buffer j & 1
+                if (j + 2 < n_tiles && SW_DIAG != 2) {
+                    sw_mbar_wait(bare, (u32)(j >> 1) & 1u);  // and so is warpgroup 0
+                    __syncwarp();
+                    gather(j + 2);
+                    fetch_keys(j + 3);
+                }
+            }
+        } else {
+            __syncthreads();  // every warp is done with buffer j & 1
+            if (j + 2 < n_tiles && SW_DIAG != 2) {
+                gather(j + 2);
+                fetch_keys(j + 3);
+            }
         }
     }
 
@@ -736,6 +771,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
         inv[2 * i + 1] = 1.0f / sum.y;
     }
     // Stage the normalised 64 x 512 output (heads as rows) in buffer 0, then write it out in 16-byte pieces.
+    if (DEC) __syncthreads();  // both warpgroups are done with the tiles
     u8* stage = wsmem + SW_Q_BYTES;
 #pragma unroll
     for (int mb = 0; mb < 8; mb++)
