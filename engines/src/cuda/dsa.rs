@@ -75,10 +75,12 @@ impl SparseKernel {
         }
     }
 
-    /// NVRTC options of the module that holds the entry. Two timing knobs for the wgmma kernels:
-    /// `CTXCOST_SPARSE_BULK_ROWS=32` gathers half of each tile's rows by cp.async in
-    /// `sparse_mla_bf16_wgmma`; `CTXCOST_SPARSE_DIAG=1` (loads only) or `=2` (math only) build
-    /// variants whose outputs are wrong by construction (run those with `--no-verify`).
+    /// NVRTC options of the module that holds the entry. Knobs for timing experiments with the wgmma
+    /// kernels: `CTXCOST_SPARSE_BULK_ROWS=32` gathers half of each tile's rows by cp.async in
+    /// `sparse_mla_bf16_wgmma`; `CTXCOST_SPARSE_DECOUPLE=0` puts a `__syncthreads` back at the end of
+    /// every tile (the warpgroups otherwise meet only through the buffers' empty barriers);
+    /// `CTXCOST_SPARSE_DIAG=1` (loads only) or `=2` (math only) build variants whose outputs are wrong
+    /// by construction (run those with `--no-verify`).
     pub fn options(self) -> Vec<&'static str> {
         if self == SparseKernel::Mma {
             return Vec::new();
@@ -89,8 +91,8 @@ impl SparseKernel {
             Ok("64") | Err(_) => {}
             Ok(other) => eprintln!("CTXCOST_SPARSE_BULK_ROWS={other} ignored (32 or 64)"),
         }
-        if matches!(std::env::var("CTXCOST_SPARSE_DECOUPLE").as_deref(), Ok("1")) {
-            o.push("-DSW_DECOUPLE=1");
+        if matches!(std::env::var("CTXCOST_SPARSE_DECOUPLE").as_deref(), Ok("0")) {
+            o.push("-DSW_DECOUPLE=0");
         }
         match std::env::var("CTXCOST_SPARSE_DIAG").as_deref() {
             Ok("1") => o.push("-DSW_DIAG=1"),
