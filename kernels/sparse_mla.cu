@@ -20,6 +20,9 @@
 // The 32 x 128 output tile per warp reads each V fragment for two row blocks, which halves the
 // shared-memory traffic of the value product against 16-row tiles. Shared-memory rows are XOR-swizzled
 // in 16-byte chunks (chunk ^ row&7), so ldmatrix is conflict free.
+//
+// On Hopper (compiled for sm_90a) the bf16 cache has wgmma variants with the same grid and output
+// (section "wgmma (sm_90a), bf16 cache" below); the engine runs sparse_mla_bf16_wgmma there.
 
 #define SM_BM 64      // heads per CTA
 #define SM_BN 64      // keys per tile
@@ -381,16 +384,19 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 //                                                                A = V^T by ldmatrix.trans, B = P^T)
 // Warpgroup w owns heads 32w..32w+31: its softmax (maxima over the 64 keys of the tile: within a
 // thread, over the lanes, over its four warps through shared memory) and its P^T never leave the
-// warpgroup, so the two warpgroups meet only once per tile, to free the tile buffer. A thread holds
-// the same eight heads in S^T and in O^T, so the rescale factors stay in registers.
+// warpgroup, so the two warpgroups share only the tile buffers (by default they meet only through the
+// buffers' empty barriers, SW_DECOUPLE). A thread holds the same eight heads in S^T and in O^T, so the
+// rescale factors stay in registers.
 // Key rows land whole in shared memory, row r of a tile at r * 1152 + (r & 7) * 16 + (r >> 3) * 112: the
 // eight rows of an aligned group (those an ldmatrix phase reads) start on different 16-byte bank groups,
 // and no row overlaps the next. Two ways to gather a tile (entry points):
-//   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), issued by all warps
-//                              (with -DSW_BULK_ROWS=32, half of the rows by bulk copies, half by cp.async);
+//   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), 16 rows by each warp
+//                              of warpgroup 1 (with -DSW_DECOUPLE=0: 8 rows by each of the 8 warps; with
+//                              -DSW_BULK_ROWS=32: half of the rows by bulk copies, half by cp.async);
 //   sparse_mla_bf16_wgmma_cpa  cp.async, 16 bytes a thread at a time, by all 256 threads.
 // Both complete on the buffer's mbarrier; two tile buffers, tile j+2 is gathered once every warp is
-// done with tile j. Selection entries past the valid ones (or outside [0, L)) gather row 0 of the
+// done with tile j. On an H200 at B=64 the bulk-copy kernel reaches 244 TFLOP/s, cp.async 202, the
+// mma.sync kernel 204 (bench/NOTES.md). Selection entries past the valid ones (or outside [0, L)) gather row 0 of the
 // sequence (finite data) and their scores are masked, as in sparse_mla_bf16.
 // The A fragments are loaded four k-steps ahead in two register sets, and each set is reloaded only
 // after the wgmma group that reads it has completed (wgmma reads register operands asynchronously).
