@@ -20,6 +20,9 @@
 // The 32 x 128 output tile per warp reads each V fragment for two row blocks, which halves the
 // shared-memory traffic of the value product against 16-row tiles. Shared-memory rows are XOR-swizzled
 // in 16-byte chunks (chunk ^ row&7), so ldmatrix is conflict free.
+//
+// On Hopper (compiled for sm_90a) the bf16 cache has wgmma variants with the same grid and output
+// (section "wgmma (sm_90a), bf16 cache" below); the engine runs sparse_mla_bf16_wgmma there.
 
 #define SM_BM 64      // heads per CTA
 #define SM_BN 64      // keys per tile
@@ -365,4 +368,455 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_fp8(const u16* __restrict__ Q, const u8* __restrict__ cache, const int* __restrict__ idx,
                    u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
     sparse_mla_body<true>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+}
+
+// ---------------------------------------------------------------- wgmma (sm_90a), bf16 cache
+//
+// Same grid, arguments and output as sparse_mla_bf16 (one CTA = 64 heads of one query, all of its
+// selected keys in 64-key tiles), on Hopper's warpgroup matrix instructions. A gathered tile cannot be
+// brought in by a tiled tensor copy (Hopper's copy engine has no row gather), and the wgmma operand
+// layouts that shared memory could hold (8-row x 16-byte core matrices, or 128-byte swizzled rows) mix
+// eight keys in every 128 bytes, so rows copied whole cannot be a shared-memory operand. The kernel
+// therefore computes the transposed products, with the gathered rows as the register operand A:
+//   S^T[64 keys, 32 heads]      = K[64 keys, 576] Q^T          (wgmma m64n32k16, A = K by ldmatrix,
+//                                                                B = Q K-major in shared memory)
+//   O^T[512 dims, 32 heads]    += V^T[512, 64 keys] P^T        (8 x wgmma m64n32k16 per 16 keys,
+//                                                                A = V^T by ldmatrix.trans, B = P^T)
+// Warpgroup w owns heads 32w..32w+31: its softmax (maxima over the 64 keys of the tile: within a
+// thread, over the lanes, over its four warps through shared memory) and its P^T never leave the
+// warpgroup, so the two warpgroups share only the tile buffers (by default they meet only through the
+// buffers' empty barriers, SW_DECOUPLE). A thread holds the same eight heads in S^T and in O^T, so the
+// rescale factors stay in registers.
+// Key rows land whole in shared memory, row r of a tile at r * 1152 + (r & 7) * 16 + (r >> 3) * 112: the
+// eight rows of an aligned group (those an ldmatrix phase reads) start on different 16-byte bank groups,
+// and no row overlaps the next. Two ways to gather a tile (entry points):
+//   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), 16 rows by each warp
+//                              of warpgroup 1 (with -DSW_DECOUPLE=0: 8 rows by each of the 8 warps; with
+//                              -DSW_BULK_ROWS=32: half of the rows by bulk copies, half by cp.async);
+//   sparse_mla_bf16_wgmma_cpa  cp.async, 16 bytes a thread at a time, by all 256 threads.
+// Both complete on the buffer's mbarrier; two tile buffers, tile j+2 is gathered once every warp is
+// done with tile j. On an H200 at B=64 the bulk-copy kernel reaches 244 TFLOP/s, cp.async 202, the
+// mma.sync kernel 204 (bench/NOTES.md). Selection entries past the valid ones (or outside [0, L)) gather row 0 of the
+// sequence (finite data) and their scores are masked, as in sparse_mla_bf16.
+// The A fragments are loaded four k-steps ahead in two register sets, and each set is reloaded only
+// after the wgmma group that reads it has completed (wgmma reads register operands asynchronously).
+
+#define SW_ROWB (SM_D * 2)                 // 1152: one bf16 latent row
+#define SW_KBUF (SM_BN * SW_ROWB + 896)    // 74624: a gathered tile (sw_row)
+#define SW_Q_BYTES (SM_BM * SM_D * 2)      // 73728: Q, core-matrix layout (sw_off)
+#define SW_P_BYTES (SM_BN * SM_BM * 2)     // 8192: P^T, core-matrix layout, keys as rows
+#define SW_RED_BYTES (2 * 4 * 32 * 4)      // 1024: per-warp maxima / sums [wg][warp][32 heads]
+#define SW_OUT_STRIDE 1040                 // bytes of a staged output row (512 bf16 + 16 of padding)
+// Q | K0 | K1 | P^T | red | four mbarriers (the engine's SPARSE_SMEM_BF16_WGMMA)
+#define SW_SMEM (SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES + SW_RED_BYTES + 32)
+
+// Byte offset of row r in a gathered tile (additive over whole 8-row groups: sw_row(8a + b) = sw_row(8a) + sw_row(b)).
+__device__ __forceinline__ u32 sw_row(int r) { return (u32)(r * SW_ROWB + (r & 7) * 16 + (r >> 3) * 112); }
+// Byte offset of (row r, 16-byte chunk c) in a 64-row core-matrix tile (chunk-major: one 1 KB column of
+// 8 core matrices per chunk).
+__device__ __forceinline__ u32 sw_off(int r, int c) { return (u32)(((c << 3) + (r >> 3)) * 128 + ((r & 7) << 4)); }
+
+// Cache position of selection entry e, for the gather: row 0 for entries past the valid ones or
+// outside the context (their scores are masked; the data only has to be finite).
+__device__ __forceinline__ int sw_key(const int* idx_row, int e, int n_valid, int L) {
+    int key = 0;
+    if (e < n_valid) key = __ldg(idx_row + e);
+    return (key >= 0 && key < L) ? key : 0;
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void sw_mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void sw_mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void sw_mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nSW_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra SW_WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+// One contiguous global -> shared copy by the copy engine, counted on `bar` (bytes and both addresses
+// multiples of 16).
+__device__ __forceinline__ void sw_bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+__device__ __forceinline__ void sw_mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// The mbarrier receives one arrival once this thread's earlier cp.async copies have landed.
+__device__ __forceinline__ void sw_cp_async_arrive(u32 bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+// Barrier of one warpgroup (ids 1 and 2; 0 is __syncthreads).
+__device__ __forceinline__ void sw_wg_bar(int wg) { asm volatile("bar.sync %0, 128;" ::"r"(wg + 1) : "memory"); }
+
+// D[64 x 32] += A[64 x 16] B[16 x 32], bf16, f32 accumulators; A in registers (mma.sync A-fragment
+// layout for rows 16*warp..), B from shared memory (TRANS 0: K-major, 1: MN-major).
+template <int TRANS>
+__device__ __forceinline__ void sw_mma_rs(float* d, const u32* a, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+        "}, {%16, %17, %18, %19}, %20, p, 1, 1, %22;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TRANS));
+}
+#endif
+
+// BULK: rows of a tile gathered by bulk copies (64, 32 or 0), the others by cp.async. SW_DIAG (timing
+// experiments only, wrong results): 1 skips the math, 2 skips every gather after the first two tiles.
+#ifndef SW_DIAG
+#define SW_DIAG 0
+#endif
+#ifndef SW_DECOUPLE
+#define SW_DECOUPLE 1
+#endif
+template <int BULK>
+__device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
+                                                      const int* __restrict__ idx, u16* __restrict__ out, int H,
+                                                      int L, int q_len, int k, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) u8 wsmem[];
+    const u32 aQ = smem_u32(wsmem);
+    const u32 aK0 = aQ + SW_Q_BYTES, aK1 = aK0 + SW_KBUF, aP = aK1 + SW_KBUF;
+    float* red = reinterpret_cast<float*>(wsmem + SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES);
+    // Full barriers of the two tile buffers, and (decoupled variant) their empty barriers.
+    const u32 bar0 = aP + SW_P_BYTES + SW_RED_BYTES, bar1 = bar0 + 8, bare0 = bar0 + 16, bare1 = bar0 + 24;
+    u8* sP = wsmem + SW_Q_BYTES + 2 * SW_KBUF;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wg = warp >> 2, w4 = warp & 3;
+    const int hb = blockIdx.x, qi = blockIdx.y, b = blockIdx.z;
+    const int p = L - q_len + qi;
+    const int n_valid = min(k, p + 1);
+    const int n_tiles = (n_valid + SM_BN - 1) / SM_BN;
+    const size_t qrow = (size_t)b * q_len + qi;
+    const size_t row0 = qrow * H + (size_t)hb * SM_BM;
+    const int* idx_row = idx + qrow * (size_t)k;
+    const u16* cache_b = cache + (size_t)b * L * SM_D;
+
+    // Gather roles. Bulk rows 0..BULK-1: warp w, lane l < BULK/8 copies row w * BULK/8 + l (the copies of
+    // a warp are issued one lane at a time, so the rows are spread over all warps). cp.async rows
+    // BULK..63: TPR consecutive threads share a row, thread t copying its 16-byte chunks (t % TPR) + TPR m.
+    // Decoupled (SW_DECOUPLE, the default with all rows by bulk copies; 1-2% faster than a __syncthreads
+    // per tile on the H200): the warpgroups do not meet at the end of a tile;
+    // warpgroup 0 only signals the buffer's empty barrier, and warpgroup 1 (warp w, lanes < 16 copying
+    // rows 16 (w - 4) + lane) waits for it and gathers the next tile into the buffer.
+    constexpr bool DEC = SW_DECOUPLE && BULK == SM_BN;
+    constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = DEC ? 0 : BULK / 8;
+    const int brow = DEC ? (warp - 4) * 16 + lane : warp * BPW + lane, crow = BULK + tid / TPR;
+    const bool bulk_lane = DEC ? (wg == 1 && lane < 16) : (lane < BPW);
+    int key_a = 0, key_b = 0;  // cache positions of this thread's cp.async and bulk rows in the next gather
+    auto fetch_keys = [&](int j) {
+        if (BULK && bulk_lane) key_b = sw_key(idx_row, j * SM_BN + brow, n_valid, L);
+        if (CPR) key_a = sw_key(idx_row, j * SM_BN + crow, n_valid, L);
+    };
+    auto gather = [&](int j) {  // tile j (keys fetched) into buffer j & 1
+        const u32 dst = (j & 1) ? aK1 : aK0, bar = (j & 1) ? bar1 : bar0;
+        if (BULK) {
+            // A copy may land before the expect-tx: the phase still waits for this arrival.
+            if (tid == (DEC ? 128 : 0)) sw_mbar_expect_tx(bar, BULK * SW_ROWB);
+            if (bulk_lane) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
+        }
+        if (CPR) {
+            const u16* src = cache_b + (size_t)key_a * SM_D;
+            const u32 d = dst + sw_row(crow);
+#pragma unroll
+            for (int m = 0; m < SM_CH / TPR; m++) {
+                const int c = (tid % TPR) + TPR * m;
+                cp_async16(d + c * 16, src + c * 8, 16u);
+            }
+            sw_cp_async_arrive(bar);
+        }
+    };
+
+    if (tid == 0) {
+        sw_mbar_init(bar0, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
+        sw_mbar_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
+        sw_mbar_init(bare0, 4);
+        sw_mbar_init(bare1, 4);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    // Q (64 x 576) into the core-matrix layout: warp w copies rows 8w..8w+7, 64 bytes of a row per step.
+    {
+        const int r = warp * 8 + (lane & 7);
+        const u16* qsrc = Q + (row0 + r) * SM_D;
+#pragma unroll
+        for (int m = 0; m < SM_CH / 4; m++) {
+            const int c = m * 4 + (lane >> 3);
+            cp_async16(aQ + sw_off(r, c), qsrc + c * 8, 16u);
+        }
+        cp_async_commit();
+    }
+    fetch_keys(0);
+    gather(0);
+    if (n_tiles > 1) {
+        fetch_keys(1);
+        gather(1);
+    }
+    if (CPR) cp_async_commit();
+    fetch_keys(2);
+    if (CPR) cp_async_wait<1>(); else cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // Q in place for the tensor cores
+
+    const float NI = NEG_INF;
+    float o[8][16];  // O^T: [value-dim block mb][m64n32 fragment]
+#pragma unroll
+    for (int mb = 0; mb < 8; mb++)
+#pragma unroll
+        for (int x = 0; x < 16; x++) o[mb][x] = 0.0f;
+    float m_run[8], l_run[8];  // heads 32wg + 8i + 2t + c at [2i + c]
+#pragma unroll
+    for (int x = 0; x < 8; x++) {
+        m_run[x] = NI;
+        l_run[x] = 0.0f;
+    }
+    const u64 dq = wg_desc(aQ + wg * 512, 1024, 128);         // Q rows 32wg.., K-major
+    const u64 dp = wg_desc(aP + wg * 4 * 1024, 128, 1024);    // P^T heads 32wg.., MN-major
+    // ldmatrix row addresses (relative to the tile): K rows 16w4 + (lane & 15), chunk lane >> 4;
+    // V^T: keys (lane & 7) + 8 (lane >> 4), dims 16w4 + 8 ((lane >> 3) & 1).
+    const u32 a_off = sw_row(16 * w4 + (lane & 15)) + (lane >> 4) * 16;
+    const u32 v_off = sw_row((lane & 7) + ((lane >> 4) << 3)) + (16 * w4 + ((lane >> 3) & 1) * 8) * 2;
+    const int kr0 = 16 * w4 + g;  // this thread's keys kr0, kr0 + 8 in S^T
+
+    for (int j = 0; j < n_tiles; j++) {
+        const u32 kb = (j & 1) ? aK1 : aK0;
+        if (SW_DIAG != 2 || j < 2) sw_mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        __syncwarp();
+        if (SW_DIAG != 1) {
+
+        // S^T = K Q^T for the tile's 64 keys and this warpgroup's 32 heads.
+        float s[16];
+#pragma unroll
+        for (int x = 0; x < 16; x++) s[x] = 0.0f;
+        {
+            u32 fa[2][4][4];
+            const u32 ka = kb + a_off;
+#pragma unroll
+            for (int q = 0; q < 4; q++) ldsm_x4(ka + q * 32, fa[0][q][0], fa[0][q][1], fa[0][q][2], fa[0][q][3]);
+            wg_fence_acc<16>(s);
+#pragma unroll
+            for (int gi = 0; gi < SM_D / 64; gi++) {
+                wg_fence();
+#pragma unroll
+                for (int q = 0; q < 4; q++) sw_mma_rs<0>(s, fa[gi & 1][q], dq + (u64)((gi * 4 + q) * 128));
+                wg_commit();
+                if (gi + 1 < SM_D / 64) {
+                    if (gi >= 1) wg_wait<1>();
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        ldsm_x4(ka + ((gi + 1) * 4 + q) * 32, fa[(gi + 1) & 1][q][0], fa[(gi + 1) & 1][q][1],
+                                fa[(gi + 1) & 1][q][2], fa[(gi + 1) & 1][q][3]);
+                }
+            }
+            wg_wait<0>();
+            wg_fence_acc<16>(s);
+        }
+        if (j * SM_BN + SM_BN > n_valid) {
+            const int e0 = j * SM_BN + kr0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                if (e0 >= n_valid) s[4 * i] = s[4 * i + 1] = NI;
+                if (e0 + 8 >= n_valid) s[4 * i + 2] = s[4 * i + 3] = NI;
+            }
+        }
+        // Per-head maxima over the tile: this thread's two keys, the 8 lanes of a column, the 4 warps.
+        float cm[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) cm[2 * i + c] = fmaxf(s[4 * i + c], s[4 * i + 2 + c]);
+#pragma unroll
+        for (int x = 0; x < 8; x++) {
+            cm[x] = fmaxf(cm[x], __shfl_xor_sync(0xffffffffu, cm[x], 4));
+            cm[x] = fmaxf(cm[x], __shfl_xor_sync(0xffffffffu, cm[x], 8));
+            cm[x] = fmaxf(cm[x], __shfl_xor_sync(0xffffffffu, cm[x], 16));
+        }
+        float* red_wg = red + wg * 128;
+        if (g == 0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                *reinterpret_cast<float2*>(red_wg + w4 * 32 + 8 * i + 2 * t) = make_float2(cm[2 * i], cm[2 * i + 1]);
+        }
+        sw_wg_bar(wg);
+        float alpha[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 mx = *reinterpret_cast<const float2*>(red_wg + 8 * i + 2 * t);
+#pragma unroll
+            for (int w = 1; w < 4; w++) {
+                const float2 v = *reinterpret_cast<const float2*>(red_wg + w * 32 + 8 * i + 2 * t);
+                mx.x = fmaxf(mx.x, v.x);
+                mx.y = fmaxf(mx.y, v.y);
+            }
+            cm[2 * i] = mx.x;
+            cm[2 * i + 1] = mx.y;
+        }
+        // P = exp2(S c - m c) as bf16 into P^T (keys as rows, 8-head chunks), running sums per thread.
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float pv[2][2];
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int x = 2 * i + c;
+                const float mn = fmaxf(m_run[x], cm[x]);  // finite: every tile has a valid key
+                alpha[x] = fast_exp2((m_run[x] - mn) * scale_log2);
+                m_run[x] = mn;
+                const float ms = mn * scale_log2;
+                pv[0][c] = fast_exp2(fmaf(s[4 * i + c], scale_log2, -ms));
+                pv[1][c] = fast_exp2(fmaf(s[4 * i + 2 + c], scale_log2, -ms));
+                l_run[x] = l_run[x] * alpha[x] + (pv[0][c] + pv[1][c]);
+            }
+            const int hc = 4 * wg + i;
+            *reinterpret_cast<u32*>(sP + sw_off(kr0, hc) + 4 * t) = pack_bf16x2(pv[0][0], pv[0][1]);
+            *reinterpret_cast<u32*>(sP + sw_off(kr0 + 8, hc) + 4 * t) = pack_bf16x2(pv[1][0], pv[1][1]);
+        }
+        bool rescale = false;
+#pragma unroll
+        for (int x = 0; x < 8; x++) rescale |= alpha[x] != 1.0f;
+        if (rescale) {  // once the running maxima settle, most tiles leave them unchanged
+#pragma unroll
+            for (int mb = 0; mb < 8; mb++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        o[mb][4 * i + c] *= alpha[2 * i + c];
+                        o[mb][4 * i + 2 + c] *= alpha[2 * i + c];
+                    }
+        }
+        fence_proxy_async();
+        sw_wg_bar(wg);  // P^T complete and visible to the tensor cores; red free again
+
+        // O^T += V^T P^T: value-dim block mb (64 dims) x this warpgroup's 32 heads, 4 k-steps of 16 keys.
+        {
+            u32 fb[2][4][4];
+            const u32 vb = kb + v_off;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                ldsm_x4_t(vb + sw_row(16 * kk), fb[0][kk][0], fb[0][kk][1], fb[0][kk][2], fb[0][kk][3]);
+#pragma unroll
+            for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
+#pragma unroll
+            for (int mb = 0; mb < 8; mb++) {
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) sw_mma_rs<1>(o[mb], fb[mb & 1][kk], dp + (u64)(kk * 16));
+                wg_commit();
+                if (mb + 1 < 8) {
+                    if (mb >= 1) wg_wait<1>();
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++)
+                        ldsm_x4_t(vb + sw_row(16 * kk) + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
+                                  fb[(mb + 1) & 1][kk][1], fb[(mb + 1) & 1][kk][2], fb[(mb + 1) & 1][kk][3]);
+                }
+            }
+            wg_wait<0>();
+#pragma unroll
+            for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
+        }
+        }  // SW_DIAG != 1
+        if (DEC) {
+            const u32 bare = (j & 1) ? bare1 : bare0;
+            if (wg == 0) {
+                __syncwarp();
+                if (lane == 0) sw_mbar_arrive(bare);
+            } else {
+                sw_wg_bar(1);  // warpgroup 1 is done with buffer j & 1
+                if (j + 2 < n_tiles && SW_DIAG != 2) {
+                    sw_mbar_wait(bare, (u32)(j >> 1) & 1u);  // and so is warpgroup 0
+                    __syncwarp();
+                    gather(j + 2);
+                    fetch_keys(j + 3);
+                }
+            }
+        } else {
+            __syncthreads();  // every warp is done with buffer j & 1
+            if (j + 2 < n_tiles && SW_DIAG != 2) {
+                gather(j + 2);
+                fetch_keys(j + 3);
+            }
+        }
+    }
+
+    // Row sums per head: this thread's partial sums, over the 8 lanes of a column, over the 4 warps.
+#pragma unroll
+    for (int x = 0; x < 8; x++) {
+        l_run[x] += __shfl_xor_sync(0xffffffffu, l_run[x], 4);
+        l_run[x] += __shfl_xor_sync(0xffffffffu, l_run[x], 8);
+        l_run[x] += __shfl_xor_sync(0xffffffffu, l_run[x], 16);
+    }
+    float* red_wg = red + wg * 128;
+    if (g == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            *reinterpret_cast<float2*>(red_wg + w4 * 32 + 8 * i + 2 * t) = make_float2(l_run[2 * i], l_run[2 * i + 1]);
+    }
+    sw_wg_bar(wg);
+    float inv[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const float2 v = *reinterpret_cast<const float2*>(red_wg + w * 32 + 8 * i + 2 * t);
+            sum.x += v.x;
+            sum.y += v.y;
+        }
+        inv[2 * i] = 1.0f / sum.x;
+        inv[2 * i + 1] = 1.0f / sum.y;
+    }
+    // Stage the normalised 64 x 512 output (heads as rows) in buffer 0, then write it out in 16-byte pieces.
+    if (DEC) __syncthreads();  // both warpgroups are done with the tiles
+    u8* stage = wsmem + SW_Q_BYTES;
+#pragma unroll
+    for (int mb = 0; mb < 8; mb++)
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int head = 32 * wg + 8 * i + 2 * t + c;
+                const int dim = 64 * mb + 16 * w4 + g;
+                u16* rowp = reinterpret_cast<u16*>(stage + head * SW_OUT_STRIDE);
+                rowp[dim] = f32_to_bf16_rne(o[mb][4 * i + c] * inv[2 * i + c]);
+                rowp[dim + 8] = f32_to_bf16_rne(o[mb][4 * i + 2 + c] * inv[2 * i + c]);
+            }
+    __syncthreads();
+    for (int x = tid; x < SM_BM * (SM_DV / 8); x += SM_THREADS) {
+        const int r = x >> 6, c = x & 63;
+        *reinterpret_cast<uint4*>(out + (row0 + r) * SM_DV + c * 8) =
+            *reinterpret_cast<const uint4*>(stage + r * SW_OUT_STRIDE + c * 16);
+    }
+#else
+    __trap();  // built for a target without wgmma: the engine never launches these entries there
+#endif
+}
+
+// Rows of a tile that sparse_mla_bf16_wgmma gathers by bulk copies (64 or 32; the rest by cp.async).
+#ifndef SW_BULK_ROWS
+#define SW_BULK_ROWS 64
+#endif
+
+extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
+    sparse_mla_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
+                          u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
+    sparse_mla_wgmma_body<SW_BULK_ROWS>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+}
+
+// As sparse_mla_bf16_wgmma, the tiles gathered by cp.async instead of bulk copies.
+extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
+    sparse_mla_bf16_wgmma_cpa(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
+                              u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
+    sparse_mla_wgmma_body<0>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }

@@ -26,7 +26,8 @@ pub enum KernelId {
     Indexer,
     /// DSA exact top-k per query row by radix select.
     Topk,
-    /// DSA attention: MLA in MQA mode over each query's selected latents (bf16 and FP8 cache).
+    /// DSA attention: MLA in MQA mode over each query's selected latents (bf16 and FP8 cache on
+    /// mma.sync; the bf16 cache on wgmma (sm_90a) with rows gathered by bulk copies or cp.async).
     SparseMla,
 }
 
@@ -100,7 +101,7 @@ impl KernelId {
                 "gen_e4m3_pow2",
             ],
             KernelId::Topk => &["topk_radix"],
-            KernelId::SparseMla => &["sparse_mla_bf16", "sparse_mla_fp8"],
+            KernelId::SparseMla => &["sparse_mla_bf16", "sparse_mla_fp8", "sparse_mla_bf16_wgmma", "sparse_mla_bf16_wgmma_cpa"],
         }
     }
 

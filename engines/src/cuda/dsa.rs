@@ -10,7 +10,10 @@
 //!    position, output `[B, q, k]` ascending with `-1` padding.
 //! 3. **attention** (`kernels/sparse_mla.cu`): MLA in MQA mode over each query's selected latents
 //!    (128 heads, 576-dim keys, 512-dim values, online softmax, bf16 operands, fp32 accumulation), from
-//!    the bf16 latent cache or the 656-byte FP8 one.
+//!    the bf16 latent cache or the 656-byte FP8 one. With a bf16 cache on compute capability 9.0 it runs
+//!    on wgmma (`sparse_mla_bf16_wgmma`: rows gathered by bulk copies, the module compiled for sm_90a);
+//!    `CTXCOST_SPARSE_DECODE=mma` selects the mma.sync kernel there too (it runs everywhere else and for
+//!    the FP8 cache), `=cpa` the wgmma kernel with cp.async gathers. The switch applies to every phase.
 //!
 //! `run` times the three with CUDA events recorded between them and reports them as the components
 //! `indexer`, `topk`, `attention`. Inputs are generated on the device from the case seed with the shared
@@ -39,6 +42,80 @@ pub const TOPK_SMEM: u32 = (4096 + 12288 + 32 + 8) * 4;
 /// Shared-memory bytes of `sparse_mla_bf16` / `sparse_mla_fp8` (`SM_SMEM_*` in sparse_mla.cu).
 pub const SPARSE_SMEM_BF16: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 6 * 64 * 4;
 pub const SPARSE_SMEM_FP8: u32 = (2 * 64 * 576 + 64 * 64) * 2 + 64 * 656 + 6 * 64 * 4;
+/// Shared-memory bytes of the wgmma kernels (`SW_SMEM` in sparse_mla.cu): Q, two gathered tiles of
+/// 64 rows (1152 bytes each, plus 896 bytes of row offsets), P^T, per-warp maxima, four mbarriers.
+pub const SPARSE_SMEM_BF16_WGMMA: u32 = 64 * 576 * 2 + 2 * (64 * 1152 + 896) + 64 * 64 * 2 + 1024 + 32;
+
+/// The sparse attention kernel of a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SparseKernel {
+    /// `sparse_mla_bf16` / `sparse_mla_fp8`: mma.sync, cp.async gathers (any sm_80+ device).
+    Mma,
+    /// `sparse_mla_bf16_wgmma`: wgmma (sm_90a), one bulk copy per gathered row.
+    WgmmaBulk,
+    /// `sparse_mla_bf16_wgmma_cpa`: wgmma (sm_90a), gathers by cp.async.
+    WgmmaCpAsync,
+}
+
+impl SparseKernel {
+    pub fn entry(self, fp8: bool) -> &'static str {
+        match (self, fp8) {
+            (_, true) => "sparse_mla_fp8",
+            (SparseKernel::Mma, false) => "sparse_mla_bf16",
+            (SparseKernel::WgmmaBulk, false) => "sparse_mla_bf16_wgmma",
+            (SparseKernel::WgmmaCpAsync, false) => "sparse_mla_bf16_wgmma_cpa",
+        }
+    }
+
+    pub fn smem(self, fp8: bool) -> u32 {
+        match (self, fp8) {
+            (_, true) => SPARSE_SMEM_FP8,
+            (SparseKernel::Mma, false) => SPARSE_SMEM_BF16,
+            _ => SPARSE_SMEM_BF16_WGMMA,
+        }
+    }
+
+    /// NVRTC options of the module that holds the entry. Knobs for timing experiments with the wgmma
+    /// kernels: `CTXCOST_SPARSE_BULK_ROWS=32` gathers half of each tile's rows by cp.async in
+    /// `sparse_mla_bf16_wgmma`; `CTXCOST_SPARSE_DECOUPLE=0` puts a `__syncthreads` back at the end of
+    /// every tile (the warpgroups otherwise meet only through the buffers' empty barriers);
+    /// `CTXCOST_SPARSE_DIAG=1` (loads only) or `=2` (math only) build variants whose outputs are wrong
+    /// by construction (run those with `--no-verify`).
+    pub fn options(self) -> Vec<&'static str> {
+        if self == SparseKernel::Mma {
+            return Vec::new();
+        }
+        let mut o = vec!["--gpu-architecture=sm_90a"];
+        match std::env::var("CTXCOST_SPARSE_BULK_ROWS").as_deref() {
+            Ok("32") => o.push("-DSW_BULK_ROWS=32"),
+            Ok("64") | Err(_) => {}
+            Ok(other) => eprintln!("CTXCOST_SPARSE_BULK_ROWS={other} ignored (32 or 64)"),
+        }
+        if matches!(std::env::var("CTXCOST_SPARSE_DECOUPLE").as_deref(), Ok("0")) {
+            o.push("-DSW_DECOUPLE=0");
+        }
+        match std::env::var("CTXCOST_SPARSE_DIAG").as_deref() {
+            Ok("1") => o.push("-DSW_DIAG=1"),
+            Ok("2") => o.push("-DSW_DIAG=2"),
+            _ => {}
+        }
+        o
+    }
+}
+
+/// The sparse attention kernel for a device and cache precision: wgmma with bulk-copy gathers for a
+/// bf16 cache on compute capability 9.0; `CTXCOST_SPARSE_DECODE=mma` asks for the mma.sync kernel (the
+/// one for the FP8 cache and every other device), `=cpa` for the wgmma kernel with cp.async gathers.
+pub fn sparse_kernel(cc: (i32, i32), fp8: bool) -> SparseKernel {
+    if fp8 || cc != (9, 0) {
+        return SparseKernel::Mma;
+    }
+    match std::env::var("CTXCOST_SPARSE_DECODE").as_deref() {
+        Ok("mma") => SparseKernel::Mma,
+        Ok("cpa") => SparseKernel::WgmmaCpAsync,
+        _ => SparseKernel::WgmmaBulk,
+    }
+}
 
 /// Shared-memory bytes of an indexer launch with `qg` queries per CTA (`IxSmem` in indexer.cu):
 /// queries, head weights, the key-tile pipeline and (FP8) the key scales.
@@ -163,6 +240,8 @@ struct Dims {
     /// min(top_k, context).
     k: usize,
     fp8: bool,
+    /// The attention kernel.
+    attn: SparseKernel,
     /// Queries per indexer CTA.
     qg: usize,
     splits: usize,
@@ -340,7 +419,7 @@ fn launch_attention(dev: &Device, f: &CudaFunction, d: &Dims, bufs: &mut Buffers
     let cfg = LaunchConfig {
         grid_dim: ((h / 64) as u32, q as u32, b as u32),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: if d.fp8 { SPARSE_SMEM_FP8 } else { SPARSE_SMEM_BF16 },
+        shared_mem_bytes: d.attn.smem(d.fp8),
     };
     let (hi, li, qi, ki) = (h as i32, l as i32, q as i32, d.k as i32);
     let mut lb = dev.stream.launch_builder(f);
@@ -423,6 +502,7 @@ impl DsaCuda {
         let lp = scores_stride(l);
         let qg = indexer_queries_per_cta(q);
         let (splits, tiles_per_split) = indexer_splits(dev.sm_count as usize, b, q, l);
+        let attn = sparse_kernel(dev.cc, fp8);
         let dims = Dims {
             batch: b,
             heads: h,
@@ -431,6 +511,7 @@ impl DsaCuda {
             lp,
             k: case.effective_top_k(),
             fp8,
+            attn,
             qg,
             splits,
             tiles_per_split,
@@ -450,11 +531,11 @@ impl DsaCuda {
         let kernels = Kernels {
             indexer: dev.function(KernelId::Indexer, indexer_entry, ix_opts)?,
             topk: dev.function(KernelId::Topk, "topk_radix", &[])?,
-            attention: dev.function(KernelId::SparseMla, if fp8 { "sparse_mla_fp8" } else { "sparse_mla_bf16" }, &[])?,
+            attention: dev.function(KernelId::SparseMla, attn.entry(fp8), &attn.options())?,
         };
         launch::set_smem(&kernels.indexer, indexer_smem(fp8, qg))?;
         launch::set_smem(&kernels.topk, TOPK_SMEM)?;
-        launch::set_smem(&kernels.attention, if fp8 { SPARSE_SMEM_FP8 } else { SPARSE_SMEM_BF16 })?;
+        launch::set_smem(&kernels.attention, attn.smem(fp8))?;
 
         let rows = b * q;
         let bufs = if inputs.loaded.is_some() {
@@ -581,7 +662,7 @@ impl Engine for DsaCuda {
         let fp8 = case.precision == Precision::Fp8;
         let smem = indexer_smem(fp8, indexer_queries_per_cta(case.query_len))
             .max(TOPK_SMEM)
-            .max(if fp8 { SPARSE_SMEM_FP8 } else { SPARSE_SMEM_BF16 });
+            .max(sparse_kernel(dev.cc, fp8).smem(fp8));
         if smem as usize > dev.max_smem_optin {
             return Support::No(format!("kernels need {smem} bytes of shared memory per block, {} offers {}", dev.name, dev.max_smem_optin));
         }
@@ -687,6 +768,8 @@ mod tests {
         // Two FP8 decode CTAs per multiprocessor (228 KiB, 1 KiB reserved per block).
         assert!(2 * (indexer_smem(true, 1) as usize + 1024) <= 233_472);
         assert!((SPARSE_SMEM_BF16 as usize) <= optin && (SPARSE_SMEM_FP8 as usize) <= optin && (TOPK_SMEM as usize) <= optin);
+        assert!((SPARSE_SMEM_BF16_WGMMA as usize) <= optin);
+        assert_eq!(SPARSE_SMEM_BF16_WGMMA, 232_224);
     }
 
     #[test]
@@ -716,6 +799,36 @@ mod tests {
         for e in ["indexer_fp8_wgmma_q1", "indexer_fp8_wgmma_q4", "gen_e4m3_pow2", "gen_f32"] {
             assert!(text.contains(&format!(".entry {e}(")), "{e}");
         }
+    }
+
+    /// NVRTC builds the sparse attention for sm_90a with the register-operand wgmma and the bulk row
+    /// copies in it (no GPU needed; skipped where libnvrtc cannot be loaded).
+    #[test]
+    fn sparse_attention_builds_for_sm90a_with_wgmma() {
+        // SAFETY: only tries to dlopen libnvrtc.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("libnvrtc not found: sm_90a compile check skipped");
+            return;
+        }
+        let ptx = super::super::device::compile(KernelId::SparseMla, "sm_90", &["--gpu-architecture=sm_90a"]).unwrap_or_else(|e| panic!("{e}"));
+        let text = ptx.to_src();
+        assert!(text.contains(".target sm_90a"));
+        assert!(text.contains("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16"));
+        assert!(text.contains("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"));
+        for k in [SparseKernel::Mma, SparseKernel::WgmmaBulk, SparseKernel::WgmmaCpAsync] {
+            for fp8 in [false, true] {
+                assert!(text.contains(&format!(".entry {}(", k.entry(fp8))), "{k:?} {fp8}");
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_kernel_choice() {
+        // Other devices and the FP8 cache keep mma.sync whatever the switch says.
+        assert_eq!(sparse_kernel((8, 9), false), SparseKernel::Mma);
+        assert_eq!(sparse_kernel((9, 0), true), SparseKernel::Mma);
+        assert_eq!(SparseKernel::WgmmaBulk.smem(true), SPARSE_SMEM_FP8);
+        assert_eq!(SparseKernel::Mma.entry(false), "sparse_mla_bf16");
     }
 
     #[test]
