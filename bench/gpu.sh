@@ -13,7 +13,7 @@
 # `ctxcost ceilings` (copy kernel and cuBLAS GEMM); the `h200` preset's dense cases through
 # the real runner (verify, then time); PyTorch baselines (cuDNN SDPA prefill, cuBLAS decode).
 # Env: STEPS="smoke ceilings run baseline" picks steps; CONTEXTS/PHASE/PRECISION narrow the
-# run; ENGINES (default dense-cuda,dsa-cuda) picks the engines.
+# run; ENGINES (default dense-cuda,dsa-cuda) picks the engines; RUN_ARGS adds flags to `run`.
 set -u
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
@@ -52,7 +52,9 @@ if has run && [ -x "$BIN" ]; then
     [ -n "${CONTEXTS:-}" ] && args+=(--contexts "$CONTEXTS")
     [ -n "${PHASE:-}" ] && args+=(--phase "$PHASE")
     [ -n "${PRECISION:-}" ] && args+=(--precision "$PRECISION")
-    "$BIN" "${args[@]}" 2>&1 | tail -n 40 | tee "$OUT/run.txt"
+    # shellcheck disable=SC2206
+    [ -n "${RUN_ARGS:-}" ] && args+=($RUN_ARGS)
+    "$BIN" "${args[@]}" 2>&1 | tail -n 60 | tee "$OUT/run.txt"
 fi
 
 if has baseline; then
