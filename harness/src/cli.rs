@@ -281,6 +281,8 @@ pub fn print_engines() {
             println!("{:<12} {:<11} reason: {}", "", "", why);
         }
     }
+    #[cfg(feature = "http")]
+    println!("{:<12} {:<11} remote OpenAI-compatible servers (vLLM, SGLang, hosted APIs), one engine per side: `ctxcost endpoint`", "http-<label>", "available");
 }
 
 /// `ctxcost ceilings`.
