@@ -49,6 +49,11 @@ pub struct Environment {
     /// GPU name, UUID, driver, CUDA version, clocks: where readable.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpu: BTreeMap<String, String>,
+    /// `CTXCOST_*` environment variables of the measuring process: the switches that pick
+    /// kernel variants (e.g. `CTXCOST_DENSE_DECODE=mma`) or plant test slowdowns, so a record
+    /// says which code ran. Absent variables mean the build's defaults (see `tool.git_sha`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
 }
 
 impl Environment {

@@ -33,6 +33,7 @@ pub fn capture() -> Environment {
         cpu_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         host_memory_bytes: crate::memory::mem_total_bytes().unwrap_or(0),
         gpu: gpu_info(),
+        settings: std::env::vars().filter(|(k, _)| k.starts_with("CTXCOST_")).collect(),
     }
 }
 

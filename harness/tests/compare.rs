@@ -129,6 +129,12 @@ fn planted_2x_slowdown_is_reported_as_regressed() {
     assert!(stdout.lines().last().unwrap().starts_with("REGRESSED:"), "{stdout}");
     let md = std::fs::read_to_string(&out_md).unwrap();
     assert!(md.contains("## ctxcost compare: regression") && md.contains("| **regressed** | dsa-cpu |"), "{md}");
+    // The planted slowdown is written into every record it affected, so such records cannot
+    // pass for real measurements.
+    for line in std::fs::read_to_string(&slow).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["env"]["settings"]["CTXCOST_TEST_SLOWDOWN"], "dsa-cpu=2.0", "{line}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
