@@ -479,7 +479,7 @@ __device__ __forceinline__ void sw_mma_rs(float* d, const u32* a, u64 db) {
 #ifndef SW_DECOUPLE
 #define SW_DECOUPLE 1
 #endif
-template <int BULK>
+template <int BULK, bool EARLY = false>
 __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                       const int* __restrict__ idx, u16* __restrict__ out, int H,
                                                       int L, int q_len, int k, float scale_log2) {
@@ -512,6 +512,10 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     // warpgroup 0 only signals the buffer's empty barrier, and warpgroup 1 (warp w, lanes < 16 copying
     // rows 16 (w - 4) + lane) waits for it and gathers the next tile into the buffer.
     constexpr bool DEC = SW_DECOUPLE && BULK == SM_BN;
+    // Early release (sparse_mla_bf16_wgmma_early; decoupled bulk gathers only, else as the default): every
+    // warp arrives on the buffer's empty barrier (8 arrivals) right after its last ldmatrix of the tile,
+    // and warpgroup 1 gathers tile j+2 while its own last value-product groups are still in flight.
+    constexpr bool ER = EARLY && DEC && SW_DIAG == 0;
     constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = DEC ? 0 : BULK / 8;
     const int brow = DEC ? (warp - 4) * 16 + lane : warp * BPW + lane, crow = BULK + tid / TPR;
     const bool bulk_lane = DEC ? (wg == 1 && lane < 16) : (lane < BPW);
@@ -542,8 +546,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     if (tid == 0) {
         sw_mbar_init(bar0, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
         sw_mbar_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
-        sw_mbar_init(bare0, 4);
-        sw_mbar_init(bare1, 4);
+        sw_mbar_init(bare0, ER ? 8 : 4);
+        sw_mbar_init(bare1, ER ? 8 : 4);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -720,14 +724,31 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
                     for (int kk = 0; kk < 4; kk++)
                         ldsm_x4_t(vb + sw_row(16 * kk) + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
                                   fb[(mb + 1) & 1][kk][1], fb[(mb + 1) & 1][kk][2], fb[(mb + 1) & 1][kk][3]);
+                    if (ER && mb + 1 == 7) {
+                        // That was this warp's last read of the tile buffer (the wgmma groups still in
+                        // flight read registers and P^T only): release the buffer.
+                        __syncwarp();
+                        if (lane == 0) sw_mbar_arrive((j & 1) ? bare1 : bare0);
+                    }
                 }
+            }
+            if (ER && wg == 1 && j + 2 < n_tiles) {
+                // Every warp of both warpgroups has read the last of buffer j & 1 (empty phase j >> 1):
+                // gather tile j+2 into it while the groups of value blocks 6 and 7 complete. The
+                // accumulators and A fragments in flight are not touched until the wg_wait below.
+                sw_mbar_wait((j & 1) ? bare1 : bare0, (u32)(j >> 1) & 1u);
+                __syncwarp();
+                gather(j + 2);
+                fetch_keys(j + 3);
             }
             wg_wait<0>();
 #pragma unroll
             for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
         }
         }  // SW_DIAG != 1
-        if (DEC) {
+        if (ER) {
+            // released and gathered inside the value product above
+        } else if (DEC) {
             const u32 bare = (j & 1) ? bare1 : bare0;
             if (wg == 0) {
                 __syncwarp();
@@ -812,6 +833,14 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                           u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
     sparse_mla_wgmma_body<SW_BULK_ROWS>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+}
+
+// As sparse_mla_bf16_wgmma, each warp releasing a tile buffer after its last ldmatrix of the tile instead
+// of after its last wgmma, so the gather of tile j+2 starts before the value product of tile j completes.
+extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
+    sparse_mla_bf16_wgmma_early(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
+                                u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
+    sparse_mla_wgmma_body<SW_BULK_ROWS, true>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
 // As sparse_mla_bf16_wgmma, the tiles gathered by cp.async instead of bulk copies.

@@ -14,6 +14,8 @@
 //!    on wgmma (`sparse_mla_bf16_wgmma`: rows gathered by bulk copies, the module compiled for sm_90a);
 //!    `CTXCOST_SPARSE_DECODE=mma` selects the mma.sync kernel there too (it runs everywhere else and for
 //!    the FP8 cache), `=cpa` the wgmma kernel with cp.async gathers. The switch applies to every phase.
+//!    `CTXCOST_SPARSE_VARIANT=early` runs `sparse_mla_bf16_wgmma_early` in the default's place (tile
+//!    buffers released after the last ldmatrix of a tile, so the next gather starts sooner).
 //!
 //! `run` times the three with CUDA events recorded between them and reports them as the components
 //! `indexer`, `topk`, `attention`. Inputs are generated on the device from the case seed with the shared
@@ -55,6 +57,9 @@ pub enum SparseKernel {
     WgmmaBulk,
     /// `sparse_mla_bf16_wgmma_cpa`: wgmma (sm_90a), gathers by cp.async.
     WgmmaCpAsync,
+    /// `sparse_mla_bf16_wgmma_early`: as `WgmmaBulk`, a tile buffer released after each warp's last
+    /// ldmatrix of the tile (not after its last wgmma), so the next gather starts sooner.
+    WgmmaEarly,
 }
 
 impl SparseKernel {
@@ -64,6 +69,7 @@ impl SparseKernel {
             (SparseKernel::Mma, false) => "sparse_mla_bf16",
             (SparseKernel::WgmmaBulk, false) => "sparse_mla_bf16_wgmma",
             (SparseKernel::WgmmaCpAsync, false) => "sparse_mla_bf16_wgmma_cpa",
+            (SparseKernel::WgmmaEarly, false) => "sparse_mla_bf16_wgmma_early",
         }
     }
 
@@ -106,14 +112,29 @@ impl SparseKernel {
 /// The sparse attention kernel for a device and cache precision: wgmma with bulk-copy gathers for a
 /// bf16 cache on compute capability 9.0; `CTXCOST_SPARSE_DECODE=mma` asks for the mma.sync kernel (the
 /// one for the FP8 cache and every other device), `=cpa` for the wgmma kernel with cp.async gathers.
+/// `CTXCOST_SPARSE_VARIANT=early` replaces the default bulk-gather kernel by its early-release variant.
 pub fn sparse_kernel(cc: (i32, i32), fp8: bool) -> SparseKernel {
     if fp8 || cc != (9, 0) {
         return SparseKernel::Mma;
     }
-    match std::env::var("CTXCOST_SPARSE_DECODE").as_deref() {
-        Ok("mma") => SparseKernel::Mma,
-        Ok("cpa") => SparseKernel::WgmmaCpAsync,
-        _ => SparseKernel::WgmmaBulk,
+    let variant = std::env::var("CTXCOST_SPARSE_VARIANT").ok();
+    wgmma_choice(std::env::var("CTXCOST_SPARSE_DECODE").ok().as_deref(), variant.as_deref())
+}
+
+/// The kernel for a bf16 cache on a 9.0 device from the values of `CTXCOST_SPARSE_DECODE` and
+/// `CTXCOST_SPARSE_VARIANT` (unset: `None`).
+fn wgmma_choice(decode: Option<&str>, variant: Option<&str>) -> SparseKernel {
+    match decode {
+        Some("mma") => SparseKernel::Mma,
+        Some("cpa") => SparseKernel::WgmmaCpAsync,
+        _ => match variant {
+            Some("early") => SparseKernel::WgmmaEarly,
+            None | Some("") | Some("default") => SparseKernel::WgmmaBulk,
+            Some(other) => {
+                eprintln!("CTXCOST_SPARSE_VARIANT={other} ignored (early or default)");
+                SparseKernel::WgmmaBulk
+            }
+        },
     }
 }
 
@@ -503,6 +524,9 @@ impl DsaCuda {
         let qg = indexer_queries_per_cta(q);
         let (splits, tiles_per_split) = indexer_splits(dev.sm_count as usize, b, q, l);
         let attn = sparse_kernel(dev.cc, fp8);
+        if attn == SparseKernel::WgmmaEarly {
+            eprintln!("dsa-cuda: sparse attention on {}", attn.entry(fp8));
+        }
         let dims = Dims {
             batch: b,
             heads: h,
@@ -815,7 +839,7 @@ mod tests {
         assert!(text.contains(".target sm_90a"));
         assert!(text.contains("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16"));
         assert!(text.contains("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"));
-        for k in [SparseKernel::Mma, SparseKernel::WgmmaBulk, SparseKernel::WgmmaCpAsync] {
+        for k in [SparseKernel::Mma, SparseKernel::WgmmaBulk, SparseKernel::WgmmaCpAsync, SparseKernel::WgmmaEarly] {
             for fp8 in [false, true] {
                 assert!(text.contains(&format!(".entry {}(", k.entry(fp8))), "{k:?} {fp8}");
             }
@@ -829,6 +853,15 @@ mod tests {
         assert_eq!(sparse_kernel((9, 0), true), SparseKernel::Mma);
         assert_eq!(SparseKernel::WgmmaBulk.smem(true), SPARSE_SMEM_FP8);
         assert_eq!(SparseKernel::Mma.entry(false), "sparse_mla_bf16");
+        // The default on a 9.0 device with a bf16 cache, and the switches.
+        assert_eq!(wgmma_choice(None, None), SparseKernel::WgmmaBulk);
+        assert_eq!(wgmma_choice(None, Some("early")), SparseKernel::WgmmaEarly);
+        assert_eq!(wgmma_choice(None, Some("bogus")), SparseKernel::WgmmaBulk);
+        assert_eq!(wgmma_choice(Some("mma"), Some("early")), SparseKernel::Mma);
+        assert_eq!(wgmma_choice(Some("cpa"), None), SparseKernel::WgmmaCpAsync);
+        assert_eq!(SparseKernel::WgmmaEarly.entry(false), "sparse_mla_bf16_wgmma_early");
+        assert_eq!(SparseKernel::WgmmaEarly.entry(true), "sparse_mla_fp8");
+        assert_eq!(SparseKernel::WgmmaEarly.smem(false), SPARSE_SMEM_BF16_WGMMA);
     }
 
     #[test]
