@@ -400,6 +400,12 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // sequence (finite data) and their scores are masked, as in sparse_mla_bf16.
 // The A fragments are loaded four k-steps ahead in two register sets, and each set is reloaded only
 // after the wgmma group that reads it has completed (wgmma reads register operands asynchronously).
+// Variants (selected by the engine's CTXCOST_SPARSE_VARIANT, not measured yet):
+//   sparse_mla_bf16_wgmma_early  each warp releases a tile buffer right after its last ldmatrix of the
+//                                tile (8 arrivals on the empty barrier), and warpgroup 1 gathers tile j+2
+//                                while its last two value groups are still in flight;
+//   sparse_mla_bf16_wgmma_split  that, with the value product split over the value dims between the
+//                                warpgroups (sparse_mla_wgmma_split_body).
 
 #define SW_ROWB (SM_D * 2)                 // 1152: one bf16 latent row
 #define SW_KBUF (SM_BN * SW_ROWB + 896)    // 74624: a gathered tile (sw_row)
@@ -824,6 +830,341 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 #endif
 }
 
+// D[64 x 64] += A[64 x 16] B[16 x 64], as sw_mma_rs with N = 64 (32 accumulators a thread: columns
+// 8i + 2t + c at d[4i + c] (row g) and d[4i + 2 + c] (row g + 8)).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <int TRANS>
+__device__ __forceinline__ void sw_mma_rs64(float* d, const u32* a, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1), "n"(TRANS));
+}
+#endif
+
+// sparse_mla_bf16_wgmma_split: the value product split over the value dims between the warpgroups.
+// S^T and the softmax stay as in sparse_mla_wgmma_body (warpgroup w: heads 32w..32w+31, all 576 dims),
+// but warpgroup w accumulates O^T[dims 256w..256w+255, all 64 heads] (4 x wgmma m64n64k16 per 16 keys,
+// B = P^T of both warpgroups), so each warpgroup loads half of the tile's V^T by ldmatrix.trans (the CTA
+// reads V^T once per tile instead of twice) and the value wgmma have N = 64. A thread then holds the
+// O^T columns of heads 8i + 2t + c for i = 0..7: its own eight S heads (i = 4w..4w+3) and the matching
+// eight of the other warpgroup, whose running maxima it tracks as well, from the per-warp tile maxima
+// of both warpgroups in `red`. Two CTA barriers a tile:
+//   (1) after the per-warp maxima of tile j are in `red`: every warp has also finished the value product
+//       of tile j-1 (so P^T may be overwritten) and read `red` of tile j-1;
+//   (2) after P^T of tile j is written (and fenced for the async proxy): the value product may start.
+// Tile buffers are released as in the early variant: every warp arrives on the buffer's empty barrier
+// (8 arrivals) after its last ldmatrix of the tile; warpgroup 1 (lanes < 16 of each warp, 16 rows a
+// warp) then waits for the phase and gathers tile j+2 while its last value groups complete.
+// Same shared memory as sparse_mla_wgmma_body (SW_SMEM); all rows by bulk copies.
+__device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
+                                                            const int* __restrict__ idx, u16* __restrict__ out,
+                                                            int H, int L, int q_len, int k, float scale_log2) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ __align__(128) u8 wsmem[];
+    const u32 aQ = smem_u32(wsmem);
+    const u32 aK0 = aQ + SW_Q_BYTES, aK1 = aK0 + SW_KBUF, aP = aK1 + SW_KBUF;
+    float* red = reinterpret_cast<float*>(wsmem + SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES);
+    const u32 bar0 = aP + SW_P_BYTES + SW_RED_BYTES, bar1 = bar0 + 8, bare0 = bar0 + 16, bare1 = bar0 + 24;
+    u8* sP = wsmem + SW_Q_BYTES + 2 * SW_KBUF;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wg = warp >> 2, w4 = warp & 3;
+    const int hb = blockIdx.x, qi = blockIdx.y, b = blockIdx.z;
+    const int p = L - q_len + qi;
+    const int n_valid = min(k, p + 1);
+    const int n_tiles = (n_valid + SM_BN - 1) / SM_BN;
+    const size_t qrow = (size_t)b * q_len + qi;
+    const size_t row0 = qrow * H + (size_t)hb * SM_BM;
+    const int* idx_row = idx + qrow * (size_t)k;
+    const u16* cache_b = cache + (size_t)b * L * SM_D;
+
+    // Gather roles: warp w of warpgroup 1, lane < 16, copies row 16 (w - 4) + lane; thread 128 posts the
+    // expected bytes.
+    const int brow = (warp - 4) * 16 + lane;
+    const bool bulk_lane = wg == 1 && lane < 16;
+    int key_b = 0;
+    auto fetch_keys = [&](int j) {
+        if (bulk_lane) key_b = sw_key(idx_row, j * SM_BN + brow, n_valid, L);
+    };
+    auto gather = [&](int j) {  // tile j (keys fetched) into buffer j & 1
+        const u32 dst = (j & 1) ? aK1 : aK0, bar = (j & 1) ? bar1 : bar0;
+        // A copy may land before the expect-tx: the phase still waits for this arrival.
+        if (tid == 128) sw_mbar_expect_tx(bar, SM_BN * SW_ROWB);
+        if (bulk_lane) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
+    };
+
+    if (tid == 0) {
+        sw_mbar_init(bar0, 1);
+        sw_mbar_init(bar1, 1);
+        sw_mbar_init(bare0, 8);
+        sw_mbar_init(bare1, 8);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    {
+        const int r = warp * 8 + (lane & 7);
+        const u16* qsrc = Q + (row0 + r) * SM_D;
+#pragma unroll
+        for (int m = 0; m < SM_CH / 4; m++) {
+            const int c = m * 4 + (lane >> 3);
+            cp_async16(aQ + sw_off(r, c), qsrc + c * 8, 16u);
+        }
+        cp_async_commit();
+    }
+    fetch_keys(0);
+    gather(0);
+    if (n_tiles > 1) {
+        fetch_keys(1);
+        gather(1);
+    }
+    fetch_keys(2);
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();  // Q in place for the tensor cores
+
+    const float NI = NEG_INF;
+    float o[4][32];  // O^T: [value-dim block mb of this warpgroup's 256][m64n64 fragment]
+#pragma unroll
+    for (int mb = 0; mb < 4; mb++)
+#pragma unroll
+        for (int x = 0; x < 32; x++) o[mb][x] = 0.0f;
+    // Running maxima of the 16 O^T heads 8i + 2t + c at [2i + c] (i = 0..7; this warpgroup's S heads are
+    // i = 4wg..4wg+3), row sums of the eight S heads 32wg + 8i + 2t + c at [2i + c] (i = 0..3).
+    float m_run[16], l_run[8];
+#pragma unroll
+    for (int x = 0; x < 16; x++) m_run[x] = NI;
+#pragma unroll
+    for (int x = 0; x < 8; x++) l_run[x] = 0.0f;
+    const u64 dq = wg_desc(aQ + wg * 512, 1024, 128);  // Q rows 32wg.., K-major
+    const u64 dp = wg_desc(aP, 128, 1024);              // P^T, all 64 heads, MN-major
+    const u32 a_off = sw_row(16 * w4 + (lane & 15)) + (lane >> 4) * 16;
+    // V^T: keys (lane & 7) + 8 (lane >> 4), dims 256wg + 16w4 + 8 ((lane >> 3) & 1) (+ 64 mb).
+    const u32 v_off = sw_row((lane & 7) + ((lane >> 4) << 3)) + (256 * wg + 16 * w4 + ((lane >> 3) & 1) * 8) * 2;
+    const int kr0 = 16 * w4 + g;
+
+    for (int j = 0; j < n_tiles; j++) {
+        const u32 kb = (j & 1) ? aK1 : aK0, bare = (j & 1) ? bare1 : bare0;
+        sw_mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        __syncwarp();
+
+        // S^T = K Q^T for the tile's 64 keys and this warpgroup's 32 heads (as sparse_mla_wgmma_body).
+        float s[16];
+#pragma unroll
+        for (int x = 0; x < 16; x++) s[x] = 0.0f;
+        {
+            u32 fa[2][4][4];
+            const u32 ka = kb + a_off;
+#pragma unroll
+            for (int q = 0; q < 4; q++) ldsm_x4(ka + q * 32, fa[0][q][0], fa[0][q][1], fa[0][q][2], fa[0][q][3]);
+            wg_fence_acc<16>(s);
+#pragma unroll
+            for (int gi = 0; gi < SM_D / 64; gi++) {
+                wg_fence();
+#pragma unroll
+                for (int q = 0; q < 4; q++) sw_mma_rs<0>(s, fa[gi & 1][q], dq + (u64)((gi * 4 + q) * 128));
+                wg_commit();
+                if (gi + 1 < SM_D / 64) {
+                    if (gi >= 1) wg_wait<1>();
+#pragma unroll
+                    for (int q = 0; q < 4; q++)
+                        ldsm_x4(ka + ((gi + 1) * 4 + q) * 32, fa[(gi + 1) & 1][q][0], fa[(gi + 1) & 1][q][1],
+                                fa[(gi + 1) & 1][q][2], fa[(gi + 1) & 1][q][3]);
+                }
+            }
+            wg_wait<0>();
+            wg_fence_acc<16>(s);
+        }
+        if (j * SM_BN + SM_BN > n_valid) {
+            const int e0 = j * SM_BN + kr0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                if (e0 >= n_valid) s[4 * i] = s[4 * i + 1] = NI;
+                if (e0 + 8 >= n_valid) s[4 * i + 2] = s[4 * i + 3] = NI;
+            }
+        }
+        // Per-warp maxima of this warpgroup's heads: this thread's two keys, the 8 lanes of a column.
+        {
+            float cm[8];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) cm[2 * i + c] = fmaxf(s[4 * i + c], s[4 * i + 2 + c]);
+#pragma unroll
+            for (int x = 0; x < 8; x++) {
+                cm[x] = fmaxf(cm[x], __shfl_xor_sync(0xffffffffu, cm[x], 4));
+                cm[x] = fmaxf(cm[x], __shfl_xor_sync(0xffffffffu, cm[x], 8));
+                cm[x] = fmaxf(cm[x], __shfl_xor_sync(0xffffffffu, cm[x], 16));
+            }
+            if (g == 0) {
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    *reinterpret_cast<float2*>(red + wg * 128 + w4 * 32 + 8 * i + 2 * t) =
+                        make_float2(cm[2 * i], cm[2 * i + 1]);
+            }
+        }
+        __syncthreads();  // (1): maxima of both warpgroups in red; every warp done with P^T of tile j-1
+        // Tile maxima of the 16 O^T heads (over the 4 warps of the warpgroup that owns them), new running
+        // maxima and rescale factors; heads 8i + 2t + c belong to warpgroup i >> 2.
+        float alpha[16];
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const float* rw = red + (i >> 2) * 128 + 8 * (i & 3) + 2 * t;
+            float2 mx = *reinterpret_cast<const float2*>(rw);
+#pragma unroll
+            for (int w = 1; w < 4; w++) {
+                const float2 v = *reinterpret_cast<const float2*>(rw + w * 32);
+                mx.x = fmaxf(mx.x, v.x);
+                mx.y = fmaxf(mx.y, v.y);
+            }
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int x = 2 * i + c;
+                const float mn = fmaxf(m_run[x], c ? mx.y : mx.x);  // finite: every tile has a valid key
+                alpha[x] = fast_exp2((m_run[x] - mn) * scale_log2);
+                m_run[x] = mn;
+            }
+        }
+        // P = exp2(S c - m c) as bf16 into P^T for this warpgroup's heads, running sums per thread.
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float pv[2][2];
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int x = 2 * i + c;
+                const float mn = wg ? m_run[8 + x] : m_run[x];
+                const float al = wg ? alpha[8 + x] : alpha[x];
+                const float ms = mn * scale_log2;
+                pv[0][c] = fast_exp2(fmaf(s[4 * i + c], scale_log2, -ms));
+                pv[1][c] = fast_exp2(fmaf(s[4 * i + 2 + c], scale_log2, -ms));
+                l_run[x] = l_run[x] * al + (pv[0][c] + pv[1][c]);
+            }
+            const int hc = 4 * wg + i;
+            *reinterpret_cast<u32*>(sP + sw_off(kr0, hc) + 4 * t) = pack_bf16x2(pv[0][0], pv[0][1]);
+            *reinterpret_cast<u32*>(sP + sw_off(kr0 + 8, hc) + 4 * t) = pack_bf16x2(pv[1][0], pv[1][1]);
+        }
+        bool rescale = false;
+#pragma unroll
+        for (int x = 0; x < 16; x++) rescale |= alpha[x] != 1.0f;
+        if (rescale) {
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++)
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        o[mb][4 * i + c] *= alpha[2 * i + c];
+                        o[mb][4 * i + 2 + c] *= alpha[2 * i + c];
+                    }
+        }
+        fence_proxy_async();
+        __syncthreads();  // (2): P^T of all 64 heads complete and visible to the tensor cores
+
+        // O^T += V^T P^T: value-dim block mb (dims 256wg + 64mb..) x 64 heads, 4 k-steps of 16 keys.
+        {
+            u32 fb[2][4][4];
+            const u32 vb = kb + v_off;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+                ldsm_x4_t(vb + sw_row(16 * kk), fb[0][kk][0], fb[0][kk][1], fb[0][kk][2], fb[0][kk][3]);
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) wg_fence_acc<32>(o[mb]);
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) {
+                wg_fence();
+#pragma unroll
+                for (int kk = 0; kk < 4; kk++) sw_mma_rs64<1>(o[mb], fb[mb & 1][kk], dp + (u64)(kk * 16));
+                wg_commit();
+                if (mb + 1 < 4) {
+                    if (mb >= 1) wg_wait<1>();
+#pragma unroll
+                    for (int kk = 0; kk < 4; kk++)
+                        ldsm_x4_t(vb + sw_row(16 * kk) + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
+                                  fb[(mb + 1) & 1][kk][1], fb[(mb + 1) & 1][kk][2], fb[(mb + 1) & 1][kk][3]);
+                    if (mb + 1 == 3) {
+                        // This warp's last read of the tile buffer (the groups in flight read registers
+                        // and P^T only): release it.
+                        __syncwarp();
+                        if (lane == 0) sw_mbar_arrive(bare);
+                    }
+                }
+            }
+            if (wg == 1 && j + 2 < n_tiles) {
+                // All 8 warps have read the last of buffer j & 1 (empty phase j >> 1): gather tile j+2
+                // into it while the groups of value blocks 2 and 3 complete (their accumulators and A
+                // fragments are not touched before the wg_wait below).
+                sw_mbar_wait(bare, (u32)(j >> 1) & 1u);
+                __syncwarp();
+                gather(j + 2);
+                fetch_keys(j + 3);
+            }
+            wg_wait<0>();
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) wg_fence_acc<32>(o[mb]);
+        }
+    }
+
+    // Row sums of this warpgroup's heads: this thread's partial sums, over the 8 lanes of a column; the
+    // per-warp sums of both warpgroups go to red, and each thread sums the 4 warps of its 16 O^T heads.
+#pragma unroll
+    for (int x = 0; x < 8; x++) {
+        l_run[x] += __shfl_xor_sync(0xffffffffu, l_run[x], 4);
+        l_run[x] += __shfl_xor_sync(0xffffffffu, l_run[x], 8);
+        l_run[x] += __shfl_xor_sync(0xffffffffu, l_run[x], 16);
+    }
+    if (g == 0) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            *reinterpret_cast<float2*>(red + wg * 128 + w4 * 32 + 8 * i + 2 * t) = make_float2(l_run[2 * i], l_run[2 * i + 1]);
+    }
+    __syncthreads();  // sums in red; both warpgroups done with the tiles (buffer 0 free for the output)
+    float inv[16];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float* rw = red + (i >> 2) * 128 + 8 * (i & 3) + 2 * t;
+        float2 sum = make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int w = 0; w < 4; w++) {
+            const float2 v = *reinterpret_cast<const float2*>(rw + w * 32);
+            sum.x += v.x;
+            sum.y += v.y;
+        }
+        inv[2 * i] = 1.0f / sum.x;
+        inv[2 * i + 1] = 1.0f / sum.y;
+    }
+    // Stage the normalised 64 x 512 output (heads as rows) in buffer 0, then write it out in 16-byte pieces.
+    u8* stage = wsmem + SW_Q_BYTES;
+#pragma unroll
+    for (int mb = 0; mb < 4; mb++)
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const int head = 8 * i + 2 * t + c;
+                const int dim = 256 * wg + 64 * mb + 16 * w4 + g;
+                u16* rowp = reinterpret_cast<u16*>(stage + head * SW_OUT_STRIDE);
+                rowp[dim] = f32_to_bf16_rne(o[mb][4 * i + c] * inv[2 * i + c]);
+                rowp[dim + 8] = f32_to_bf16_rne(o[mb][4 * i + 2 + c] * inv[2 * i + c]);
+            }
+    __syncthreads();
+    for (int x = tid; x < SM_BM * (SM_DV / 8); x += SM_THREADS) {
+        const int r = x >> 6, c = x & 63;
+        *reinterpret_cast<uint4*>(out + (row0 + r) * SM_DV + c * 8) =
+            *reinterpret_cast<const uint4*>(stage + r * SW_OUT_STRIDE + c * 16);
+    }
+#else
+    __trap();  // built for a target without wgmma: the engine never launches these entries there
+#endif
+}
+
 // Rows of a tile that sparse_mla_bf16_wgmma gathers by bulk copies (64 or 32; the rest by cp.async).
 #ifndef SW_BULK_ROWS
 #define SW_BULK_ROWS 64
@@ -841,6 +1182,13 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma_early(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                                 u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
     sparse_mla_wgmma_body<SW_BULK_ROWS, true>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+}
+
+// The value product split over the value dims between the warpgroups (see sparse_mla_wgmma_split_body).
+extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
+    sparse_mla_bf16_wgmma_split(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
+                                u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
+    sparse_mla_wgmma_split_body(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
 // As sparse_mla_bf16_wgmma, the tiles gathered by cp.async instead of bulk copies.

@@ -27,7 +27,8 @@ pub enum KernelId {
     /// DSA exact top-k per query row by radix select.
     Topk,
     /// DSA attention: MLA in MQA mode over each query's selected latents (bf16 and FP8 cache on
-    /// mma.sync; the bf16 cache on wgmma (sm_90a) with rows gathered by bulk copies or cp.async).
+    /// mma.sync; the bf16 cache on wgmma (sm_90a) with rows gathered by bulk copies or cp.async, and
+    /// two variants of the bulk-copy kernel: early buffer release, value product split).
     SparseMla,
 }
 
@@ -101,7 +102,14 @@ impl KernelId {
                 "gen_e4m3_pow2",
             ],
             KernelId::Topk => &["topk_radix"],
-            KernelId::SparseMla => &["sparse_mla_bf16", "sparse_mla_fp8", "sparse_mla_bf16_wgmma", "sparse_mla_bf16_wgmma_cpa"],
+            KernelId::SparseMla => &[
+                "sparse_mla_bf16",
+                "sparse_mla_fp8",
+                "sparse_mla_bf16_wgmma",
+                "sparse_mla_bf16_wgmma_cpa",
+                "sparse_mla_bf16_wgmma_early",
+                "sparse_mla_bf16_wgmma_split",
+            ],
         }
     }
 

@@ -15,7 +15,9 @@
 //!    `CTXCOST_SPARSE_DECODE=mma` selects the mma.sync kernel there too (it runs everywhere else and for
 //!    the FP8 cache), `=cpa` the wgmma kernel with cp.async gathers. The switch applies to every phase.
 //!    `CTXCOST_SPARSE_VARIANT=early` runs `sparse_mla_bf16_wgmma_early` in the default's place (tile
-//!    buffers released after the last ldmatrix of a tile, so the next gather starts sooner).
+//!    buffers released after the last ldmatrix of a tile, so the next gather starts sooner), `=split`
+//!    `sparse_mla_bf16_wgmma_split` (that, and the value product split over the value dims between the
+//!    warpgroups: half the V^T ldmatrix traffic, wgmma N = 64).
 //!
 //! `run` times the three with CUDA events recorded between them and reports them as the components
 //! `indexer`, `topk`, `attention`. Inputs are generated on the device from the case seed with the shared
@@ -60,6 +62,9 @@ pub enum SparseKernel {
     /// `sparse_mla_bf16_wgmma_early`: as `WgmmaBulk`, a tile buffer released after each warp's last
     /// ldmatrix of the tile (not after its last wgmma), so the next gather starts sooner.
     WgmmaEarly,
+    /// `sparse_mla_bf16_wgmma_split`: as `WgmmaEarly`, the value product split over the value dims
+    /// between the two warpgroups (each loads half of V^T; wgmma N = 64 over all 64 heads).
+    WgmmaSplit,
 }
 
 impl SparseKernel {
@@ -70,6 +75,7 @@ impl SparseKernel {
             (SparseKernel::WgmmaBulk, false) => "sparse_mla_bf16_wgmma",
             (SparseKernel::WgmmaCpAsync, false) => "sparse_mla_bf16_wgmma_cpa",
             (SparseKernel::WgmmaEarly, false) => "sparse_mla_bf16_wgmma_early",
+            (SparseKernel::WgmmaSplit, false) => "sparse_mla_bf16_wgmma_split",
         }
     }
 
@@ -112,7 +118,8 @@ impl SparseKernel {
 /// The sparse attention kernel for a device and cache precision: wgmma with bulk-copy gathers for a
 /// bf16 cache on compute capability 9.0; `CTXCOST_SPARSE_DECODE=mma` asks for the mma.sync kernel (the
 /// one for the FP8 cache and every other device), `=cpa` for the wgmma kernel with cp.async gathers.
-/// `CTXCOST_SPARSE_VARIANT=early` replaces the default bulk-gather kernel by its early-release variant.
+/// `CTXCOST_SPARSE_VARIANT=early` replaces the default bulk-gather kernel by its early-release variant,
+/// `=split` by the variant that also splits the value product between the warpgroups.
 pub fn sparse_kernel(cc: (i32, i32), fp8: bool) -> SparseKernel {
     if fp8 || cc != (9, 0) {
         return SparseKernel::Mma;
@@ -129,9 +136,10 @@ fn wgmma_choice(decode: Option<&str>, variant: Option<&str>) -> SparseKernel {
         Some("cpa") => SparseKernel::WgmmaCpAsync,
         _ => match variant {
             Some("early") => SparseKernel::WgmmaEarly,
+            Some("split") => SparseKernel::WgmmaSplit,
             None | Some("") | Some("default") => SparseKernel::WgmmaBulk,
             Some(other) => {
-                eprintln!("CTXCOST_SPARSE_VARIANT={other} ignored (early or default)");
+                eprintln!("CTXCOST_SPARSE_VARIANT={other} ignored (early, split or default)");
                 SparseKernel::WgmmaBulk
             }
         },
@@ -524,7 +532,7 @@ impl DsaCuda {
         let qg = indexer_queries_per_cta(q);
         let (splits, tiles_per_split) = indexer_splits(dev.sm_count as usize, b, q, l);
         let attn = sparse_kernel(dev.cc, fp8);
-        if attn == SparseKernel::WgmmaEarly {
+        if matches!(attn, SparseKernel::WgmmaEarly | SparseKernel::WgmmaSplit) {
             eprintln!("dsa-cuda: sparse attention on {}", attn.entry(fp8));
         }
         let dims = Dims {
@@ -838,8 +846,9 @@ mod tests {
         let text = ptx.to_src();
         assert!(text.contains(".target sm_90a"));
         assert!(text.contains("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16"));
+        assert!(text.contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"));
         assert!(text.contains("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"));
-        for k in [SparseKernel::Mma, SparseKernel::WgmmaBulk, SparseKernel::WgmmaCpAsync, SparseKernel::WgmmaEarly] {
+        for k in [SparseKernel::Mma, SparseKernel::WgmmaBulk, SparseKernel::WgmmaCpAsync, SparseKernel::WgmmaEarly, SparseKernel::WgmmaSplit] {
             for fp8 in [false, true] {
                 assert!(text.contains(&format!(".entry {}(", k.entry(fp8))), "{k:?} {fp8}");
             }
@@ -862,6 +871,9 @@ mod tests {
         assert_eq!(SparseKernel::WgmmaEarly.entry(false), "sparse_mla_bf16_wgmma_early");
         assert_eq!(SparseKernel::WgmmaEarly.entry(true), "sparse_mla_fp8");
         assert_eq!(SparseKernel::WgmmaEarly.smem(false), SPARSE_SMEM_BF16_WGMMA);
+        assert_eq!(wgmma_choice(None, Some("split")), SparseKernel::WgmmaSplit);
+        assert_eq!(SparseKernel::WgmmaSplit.entry(false), "sparse_mla_bf16_wgmma_split");
+        assert_eq!(SparseKernel::WgmmaSplit.smem(false), SPARSE_SMEM_BF16_WGMMA);
     }
 
     #[test]
