@@ -532,9 +532,6 @@ impl DsaCuda {
         let qg = indexer_queries_per_cta(q);
         let (splits, tiles_per_split) = indexer_splits(dev.sm_count as usize, b, q, l);
         let attn = sparse_kernel(dev.cc, fp8);
-        if matches!(attn, SparseKernel::WgmmaEarly | SparseKernel::WgmmaSplit) {
-            eprintln!("dsa-cuda: sparse attention on {}", attn.entry(fp8));
-        }
         let dims = Dims {
             batch: b,
             heads: h,
@@ -568,6 +565,16 @@ impl DsaCuda {
         launch::set_smem(&kernels.indexer, indexer_smem(fp8, qg))?;
         launch::set_smem(&kernels.topk, TOPK_SMEM)?;
         launch::set_smem(&kernels.attention, attn.smem(fp8))?;
+        if std::env::var_os("CTXCOST_SPARSE_VARIANT").is_some() {
+            // Which kernel the switch selected, and whether it spills (for comparing the variants).
+            let f = &kernels.attention;
+            eprintln!(
+                "dsa-cuda: sparse attention on {} ({:?} registers, {:?} bytes of local memory a thread)",
+                attn.entry(fp8),
+                f.num_regs().ok(),
+                f.local_size_bytes().ok()
+            );
+        }
 
         let rows = b * q;
         let bufs = if inputs.loaded.is_some() {
