@@ -401,9 +401,10 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // The A fragments are loaded four k-steps ahead in two register sets, and each set is reloaded only
 // after the wgmma group that reads it has completed (wgmma reads register operands asynchronously).
 // Variants (selected by the engine's CTXCOST_SPARSE_VARIANT, not measured yet):
-//   sparse_mla_bf16_wgmma_early  each warp releases a tile buffer right after its last ldmatrix of the
-//                                tile (8 arrivals on the empty barrier), and warpgroup 1 gathers tile j+2
-//                                while its last two value groups are still in flight;
+//   sparse_mla_bf16_wgmma_early  each warp releases a tile buffer once it has issued the wgmma on its last
+//                                ldmatrix fragments of the tile (8 arrivals on the empty barrier), not
+//                                after the last wgmma completes, and warpgroup 1 gathers tile j+2 while
+//                                its last two value groups are still in flight;
 //   sparse_mla_bf16_wgmma_split  that, with the value product split over the value dims between the
 //                                warpgroups (sparse_mla_wgmma_split_body).
 
@@ -519,8 +520,9 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     // rows 16 (w - 4) + lane) waits for it and gathers the next tile into the buffer.
     constexpr bool DEC = SW_DECOUPLE && BULK == SM_BN;
     // Early release (sparse_mla_bf16_wgmma_early; decoupled bulk gathers only, else as the default): every
-    // warp arrives on the buffer's empty barrier (8 arrivals) right after its last ldmatrix of the tile,
-    // and warpgroup 1 gathers tile j+2 while its own last value-product groups are still in flight.
+    // warp arrives on the buffer's empty barrier (8 arrivals) once it has issued the wgmma group on its last
+    // ldmatrix fragments of the tile, and warpgroup 1 gathers tile j+2 while its own last value-product
+    // groups are still in flight.
     constexpr bool ER = EARLY && DEC && SW_DIAG == 0;
     constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = DEC ? 0 : BULK / 8;
     const int brow = DEC ? (warp - 4) * 16 + lane : warp * BPW + lane, crow = BULK + tid / TPR;
@@ -730,13 +732,14 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
                     for (int kk = 0; kk < 4; kk++)
                         ldsm_x4_t(vb + sw_row(16 * kk) + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
                                   fb[(mb + 1) & 1][kk][1], fb[(mb + 1) & 1][kk][2], fb[(mb + 1) & 1][kk][3]);
-                    if (ER && mb + 1 == 7) {
-                        // That was this warp's last read of the tile buffer (the wgmma groups still in
-                        // flight read registers and P^T only): release the buffer.
-                        __syncwarp();
-                        if (lane == 0) sw_mbar_arrive((j & 1) ? bare1 : bare0);
-                    }
                 }
+            }
+            if (ER) {
+                // The fragments of value block 7 were this warp's last read of the tile buffer, and the
+                // wgmma just issued on them has waited for those loads; the groups still in flight read
+                // registers and P^T only. Release the buffer.
+                __syncwarp();
+                if (lane == 0) sw_mbar_arrive((j & 1) ? bare1 : bare0);
             }
             if (ER && wg == 1 && j + 2 < n_tiles) {
                 // Every warp of both warpgroups has read the last of buffer j & 1 (empty phase j >> 1):
@@ -861,8 +864,9 @@ __device__ __forceinline__ void sw_mma_rs64(float* d, const u32* a, u64 db) {
 //       of tile j-1 (so P^T may be overwritten) and read `red` of tile j-1;
 //   (2) after P^T of tile j is written (and fenced for the async proxy): the value product may start.
 // Tile buffers are released as in the early variant: every warp arrives on the buffer's empty barrier
-// (8 arrivals) after its last ldmatrix of the tile; warpgroup 1 (lanes < 16 of each warp, 16 rows a
-// warp) then waits for the phase and gathers tile j+2 while its last value groups complete.
+// (8 arrivals) once it has issued the wgmma on its last ldmatrix fragments of the tile; warpgroup 1
+// (lanes < 16 of each warp, 16 rows a warp) then waits for the phase and gathers tile j+2 while its last
+// value groups complete.
 // Same shared memory as sparse_mla_wgmma_body (SW_SMEM); all rows by bulk copies.
 __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                             const int* __restrict__ idx, u16* __restrict__ out,
@@ -1089,14 +1093,13 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
                     for (int kk = 0; kk < 4; kk++)
                         ldsm_x4_t(vb + sw_row(16 * kk) + (mb + 1) * 128, fb[(mb + 1) & 1][kk][0],
                                   fb[(mb + 1) & 1][kk][1], fb[(mb + 1) & 1][kk][2], fb[(mb + 1) & 1][kk][3]);
-                    if (mb + 1 == 3) {
-                        // This warp's last read of the tile buffer (the groups in flight read registers
-                        // and P^T only): release it.
-                        __syncwarp();
-                        if (lane == 0) sw_mbar_arrive(bare);
-                    }
                 }
             }
+            // The fragments of value block 3 were this warp's last read of the tile buffer, and the wgmma
+            // just issued on them has waited for those loads; the groups still in flight read registers
+            // and P^T only. Release the buffer.
+            __syncwarp();
+            if (lane == 0) sw_mbar_arrive(bare);
             if (wg == 1 && j + 2 < n_tiles) {
                 // All 8 warps have read the last of buffer j & 1 (empty phase j >> 1): gather tile j+2
                 // into it while the groups of value blocks 2 and 3 complete (their accumulators and A
@@ -1123,7 +1126,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
     if (g == 0) {
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            *reinterpret_cast<float2*>(red + wg * 128 + w4 * 32 + 8 * i + 2 * t) = make_float2(l_run[2 * i], l_run[2 * i + 1]);
+            *reinterpret_cast<float2*>(red + wg * 128 + w4 * 32 + 8 * i + 2 * t) =
+                make_float2(l_run[2 * i], l_run[2 * i + 1]);
     }
     __syncthreads();  // sums in red; both warpgroups done with the tiles (buffer 0 free for the output)
     float inv[16];
@@ -1176,8 +1180,9 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_wgmma_body<SW_BULK_ROWS>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
-// As sparse_mla_bf16_wgmma, each warp releasing a tile buffer after its last ldmatrix of the tile instead
-// of after its last wgmma, so the gather of tile j+2 starts before the value product of tile j completes.
+// As sparse_mla_bf16_wgmma, each warp releasing a tile buffer once its last ldmatrix fragments of the tile
+// are in a wgmma instead of after its last wgmma completes, so the gather of tile j+2 starts before the
+// value product of tile j completes.
 extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma_early(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                                 u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {

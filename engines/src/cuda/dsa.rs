@@ -59,8 +59,9 @@ pub enum SparseKernel {
     WgmmaBulk,
     /// `sparse_mla_bf16_wgmma_cpa`: wgmma (sm_90a), gathers by cp.async.
     WgmmaCpAsync,
-    /// `sparse_mla_bf16_wgmma_early`: as `WgmmaBulk`, a tile buffer released after each warp's last
-    /// ldmatrix of the tile (not after its last wgmma), so the next gather starts sooner.
+    /// `sparse_mla_bf16_wgmma_early`: as `WgmmaBulk`, a tile buffer released once each warp has issued
+    /// the wgmma on its last ldmatrix fragments of the tile (not after that wgmma completes), so the next
+    /// gather starts sooner.
     WgmmaEarly,
     /// `sparse_mla_bf16_wgmma_split`: as `WgmmaEarly`, the value product split over the value dims
     /// between the two warpgroups (each loads half of V^T; wgmma N = 64 over all 64 heads).
