@@ -406,7 +406,8 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 //                                after the last wgmma completes, and warpgroup 1 gathers tile j+2 while
 //                                its last two value groups are still in flight;
 //   sparse_mla_bf16_wgmma_split  that, with the value product split over the value dims between the
-//                                warpgroups (sparse_mla_wgmma_split_body).
+//                                warpgroups (sparse_mla_wgmma_split_body);
+//   sparse_mla_bf16_wgmma_split2 that, with S^T split over the 576 dims between the warpgroups as well.
 
 #define SW_ROWB (SM_D * 2)                 // 1152: one bf16 latent row
 #define SW_KBUF (SM_BN * SW_ROWB + 896)    // 74624: a gathered tile (sw_row)
@@ -868,6 +869,18 @@ __device__ __forceinline__ void sw_mma_rs64(float* d, const u32* a, u64 db) {
 // (lanes < 16 of each warp, 16 rows a warp) then waits for the phase and gathers tile j+2 while its last
 // value groups complete.
 // Same shared memory as sparse_mla_wgmma_body (SW_SMEM); all rows by bulk copies.
+//
+// SPLIT_S (sparse_mla_bf16_wgmma_split2) splits S^T as well, over the 576 dims: warpgroup w computes
+// partial S^T[64 keys, all 64 heads] over dims 288w..288w+287 (18 k-steps of wgmma m64n64k16, so each
+// warpgroup loads half of the K tile by ldmatrix), and the partial sums the other warpgroup needs (its 32
+// heads) cross through shared memory, 8 KB each way: warpgroup 0's go to the RoPE dims of the tile's own
+// rows (dims 512..575 of key r, 128 bytes = 32 fp32 heads; only warpgroup 1's S reads them, and nothing
+// reads them after the S^T product), warpgroup 1's to the P^T area (64 keys x 32 heads fp32). Two more CTA
+// barriers a tile: (A) after both S^T products (the RoPE dims and P^T are free: P^T because every warp
+// has also finished the value product of tile j-1), (B) after the partial sums are written. The P^T area
+// is read back before barrier (1) and only written after it. The writes into the tile buffer are fenced
+// for the async proxy before it is released (the next gather into it is a bulk copy).
+template <bool SPLIT_S>
 __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                             const int* __restrict__ idx, u16* __restrict__ out,
                                                             int H, int L, int q_len, int k, float scale_log2) {
@@ -949,6 +962,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
 #pragma unroll
     for (int x = 0; x < 8; x++) l_run[x] = 0.0f;
     const u64 dq = wg_desc(aQ + wg * 512, 1024, 128);  // Q rows 32wg.., K-major
+    const u64 dq64 = wg_desc(aQ, 1024, 128);            // Q, all 64 rows (SPLIT_S)
     const u64 dp = wg_desc(aP, 128, 1024);              // P^T, all 64 heads, MN-major
     const u32 a_off = sw_row(16 * w4 + (lane & 15)) + (lane >> 4) * 16;
     // V^T: keys (lane & 7) + 8 (lane >> 4), dims 256wg + 16w4 + 8 ((lane >> 3) & 1) (+ 64 mb).
@@ -964,7 +978,66 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
         float s[16];
 #pragma unroll
         for (int x = 0; x < 16; x++) s[x] = 0.0f;
-        {
+        if (SPLIT_S) {
+            // Partial S^T over dims 288wg.. for all 64 heads (heads 8i + 2t + c at [4i + c], [4i + 2 + c]).
+            float sp[32];
+#pragma unroll
+            for (int x = 0; x < 32; x++) sp[x] = 0.0f;
+            u32 fa[2][3][4];
+            const u32 ka = kb + a_off + wg * (SM_D / 2) * 2;
+            const int ks0 = wg * (SM_D / 32);  // first k-step (16 dims) of this warpgroup
+#pragma unroll
+            for (int q = 0; q < 3; q++) ldsm_x4(ka + q * 32, fa[0][q][0], fa[0][q][1], fa[0][q][2], fa[0][q][3]);
+            wg_fence_acc<32>(sp);
+#pragma unroll
+            for (int gi = 0; gi < SM_D / 96; gi++) {  // 6 groups of 3 k-steps
+                wg_fence();
+#pragma unroll
+                for (int q = 0; q < 3; q++)
+                    sw_mma_rs64<0>(sp, fa[gi & 1][q], dq64 + (u64)((ks0 + gi * 3 + q) * 128));
+                wg_commit();
+                if (gi + 1 < SM_D / 96) {
+                    if (gi >= 1) wg_wait<1>();
+#pragma unroll
+                    for (int q = 0; q < 3; q++)
+                        ldsm_x4(ka + ((gi + 1) * 3 + q) * 32, fa[(gi + 1) & 1][q][0], fa[(gi + 1) & 1][q][1],
+                                fa[(gi + 1) & 1][q][2], fa[(gi + 1) & 1][q][3]);
+                }
+            }
+            wg_wait<0>();
+            wg_fence_acc<32>(sp);
+            __syncthreads();  // (A): both S^T products done (RoPE dims free), every warp done with P^T of j-1
+            // The other warpgroup's 32 heads: warpgroup 0 sends heads 32..63 (i = 4..7) into the RoPE dims
+            // of rows kr0, kr0 + 8, warpgroup 1 heads 0..31 (i = 0..3) into P^T as fp32 [key][32 heads].
+            const u32 xa0 = kb + sw_row(kr0) + SM_DV * 2, xa1 = kb + sw_row(kr0 + 8) + SM_DV * 2;
+            const u32 xb0 = aP + kr0 * 128, xb1 = aP + (kr0 + 8) * 128;
+            const u32 x0 = wg ? xb0 : xa0, x1 = wg ? xb1 : xa1;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                // The other warpgroup's head block: i (from warpgroup 1) or 4 + i (from warpgroup 0);
+                // selected value by value, so sp stays in registers.
+                float v[4];
+#pragma unroll
+                for (int x = 0; x < 4; x++) v[x] = wg ? sp[4 * i + x] : sp[4 * (4 + i) + x];
+                const u32 off = (u32)(8 * i + 2 * t) * 4;
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(x0 + off), "f"(v[0]), "f"(v[1]) : "memory");
+                asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(x1 + off), "f"(v[2]), "f"(v[3]) : "memory");
+            }
+            fence_proxy_async();  // the RoPE dims are overwritten by the next gather's bulk copies
+            __syncthreads();      // (B): both halves of the partial sums are in
+            // Own heads: this warpgroup's partial plus the other's (warpgroup 0 reads P^T, 1 the RoPE dims).
+            const u32 y0 = wg ? xa0 : xb0, y1 = wg ? xa1 : xb1;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const u32 off = (u32)(8 * i + 2 * t) * 4;
+                float a[4];
+                asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(a[0]), "=f"(a[1]) : "r"(y0 + off) : "memory");
+                asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(a[2]), "=f"(a[3]) : "r"(y1 + off) : "memory");
+                // This warpgroup's head block: 4 + i (warpgroup 1) or i (warpgroup 0).
+#pragma unroll
+                for (int x = 0; x < 4; x++) s[4 * i + x] = (wg ? sp[4 * (4 + i) + x] : sp[4 * i + x]) + a[x];
+            }
+        } else {
             u32 fa[2][4][4];
             const u32 ka = kb + a_off;
 #pragma unroll
@@ -1193,7 +1266,14 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma_split(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                                 u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
-    sparse_mla_wgmma_split_body(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+    sparse_mla_wgmma_split_body<false>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+}
+
+// As sparse_mla_bf16_wgmma_split, S^T split over the 576 dims between the warpgroups as well.
+extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
+    sparse_mla_bf16_wgmma_split2(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
+                                 u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
+    sparse_mla_wgmma_split_body<true>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
 // As sparse_mla_bf16_wgmma, the tiles gathered by cp.async instead of bulk copies.

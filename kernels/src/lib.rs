@@ -28,7 +28,7 @@ pub enum KernelId {
     Topk,
     /// DSA attention: MLA in MQA mode over each query's selected latents (bf16 and FP8 cache on
     /// mma.sync; the bf16 cache on wgmma (sm_90a) with rows gathered by bulk copies or cp.async, and
-    /// two variants of the bulk-copy kernel: early buffer release, value product split).
+    /// variants of the bulk-copy kernel: early buffer release, value product split, S^T split too).
     SparseMla,
 }
 
@@ -109,6 +109,7 @@ impl KernelId {
                 "sparse_mla_bf16_wgmma_cpa",
                 "sparse_mla_bf16_wgmma_early",
                 "sparse_mla_bf16_wgmma_split",
+                "sparse_mla_bf16_wgmma_split2",
             ],
         }
     }

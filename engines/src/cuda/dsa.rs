@@ -17,7 +17,8 @@
 //!    `CTXCOST_SPARSE_VARIANT=early` runs `sparse_mla_bf16_wgmma_early` in the default's place (tile
 //!    buffers released after the last ldmatrix of a tile, so the next gather starts sooner), `=split`
 //!    `sparse_mla_bf16_wgmma_split` (that, and the value product split over the value dims between the
-//!    warpgroups: half the V^T ldmatrix traffic, wgmma N = 64).
+//!    warpgroups: half the V^T ldmatrix traffic, wgmma N = 64), `=split2` `sparse_mla_bf16_wgmma_split2`
+//!    (S^T split over the 576 dims too: half the K ldmatrix traffic, partial sums through shared memory).
 //!
 //! `run` times the three with CUDA events recorded between them and reports them as the components
 //! `indexer`, `topk`, `attention`. Inputs are generated on the device from the case seed with the shared
@@ -66,6 +67,9 @@ pub enum SparseKernel {
     /// `sparse_mla_bf16_wgmma_split`: as `WgmmaEarly`, the value product split over the value dims
     /// between the two warpgroups (each loads half of V^T; wgmma N = 64 over all 64 heads).
     WgmmaSplit,
+    /// `sparse_mla_bf16_wgmma_split2`: as `WgmmaSplit`, S^T split over the 576 dims as well (each
+    /// warpgroup loads half of the K tile; the partial sums cross through shared memory).
+    WgmmaSplit2,
 }
 
 impl SparseKernel {
@@ -77,6 +81,7 @@ impl SparseKernel {
             (SparseKernel::WgmmaCpAsync, false) => "sparse_mla_bf16_wgmma_cpa",
             (SparseKernel::WgmmaEarly, false) => "sparse_mla_bf16_wgmma_early",
             (SparseKernel::WgmmaSplit, false) => "sparse_mla_bf16_wgmma_split",
+            (SparseKernel::WgmmaSplit2, false) => "sparse_mla_bf16_wgmma_split2",
         }
     }
 
@@ -120,7 +125,8 @@ impl SparseKernel {
 /// bf16 cache on compute capability 9.0; `CTXCOST_SPARSE_DECODE=mma` asks for the mma.sync kernel (the
 /// one for the FP8 cache and every other device), `=cpa` for the wgmma kernel with cp.async gathers.
 /// `CTXCOST_SPARSE_VARIANT=early` replaces the default bulk-gather kernel by its early-release variant,
-/// `=split` by the variant that also splits the value product between the warpgroups.
+/// `=split` by the variant that also splits the value product between the warpgroups, `=split2` by the
+/// one that splits S^T as well.
 pub fn sparse_kernel(cc: (i32, i32), fp8: bool) -> SparseKernel {
     if fp8 || cc != (9, 0) {
         return SparseKernel::Mma;
@@ -138,9 +144,10 @@ fn wgmma_choice(decode: Option<&str>, variant: Option<&str>) -> SparseKernel {
         _ => match variant {
             Some("early") => SparseKernel::WgmmaEarly,
             Some("split") => SparseKernel::WgmmaSplit,
+            Some("split2") => SparseKernel::WgmmaSplit2,
             None | Some("") | Some("default") => SparseKernel::WgmmaBulk,
             Some(other) => {
-                eprintln!("CTXCOST_SPARSE_VARIANT={other} ignored (early, split or default)");
+                eprintln!("CTXCOST_SPARSE_VARIANT={other} ignored (early, split, split2 or default)");
                 SparseKernel::WgmmaBulk
             }
         },
@@ -856,7 +863,8 @@ mod tests {
         assert!(text.contains("wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16"));
         assert!(text.contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"));
         assert!(text.contains("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"));
-        for k in [SparseKernel::Mma, SparseKernel::WgmmaBulk, SparseKernel::WgmmaCpAsync, SparseKernel::WgmmaEarly, SparseKernel::WgmmaSplit] {
+        use SparseKernel::*;
+        for k in [Mma, WgmmaBulk, WgmmaCpAsync, WgmmaEarly, WgmmaSplit, WgmmaSplit2] {
             for fp8 in [false, true] {
                 assert!(text.contains(&format!(".entry {}(", k.entry(fp8))), "{k:?} {fp8}");
             }
@@ -882,6 +890,9 @@ mod tests {
         assert_eq!(wgmma_choice(None, Some("split")), SparseKernel::WgmmaSplit);
         assert_eq!(SparseKernel::WgmmaSplit.entry(false), "sparse_mla_bf16_wgmma_split");
         assert_eq!(SparseKernel::WgmmaSplit.smem(false), SPARSE_SMEM_BF16_WGMMA);
+        assert_eq!(wgmma_choice(None, Some("split2")), SparseKernel::WgmmaSplit2);
+        assert_eq!(SparseKernel::WgmmaSplit2.entry(false), "sparse_mla_bf16_wgmma_split2");
+        assert_eq!(SparseKernel::WgmmaSplit2.entry(true), "sparse_mla_fp8");
     }
 
     #[test]
