@@ -160,3 +160,55 @@ __device__ __forceinline__ void wg_fence_acc(float* d) {
     for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 #endif
+
+// ---------------------------------------------------------------- mbarriers, bulk and tensor copies (sm_90)
+//
+// The copy engine's global -> shared transfers and the transaction barriers they complete on. A stage
+// of a pipeline has a `full` barrier (one arrival by the thread that posts the expected bytes, plus the
+// bytes the copies deliver) and an `empty` barrier (one arrival per consumer once it is done reading).
+// sparse_mla.cu and dense_decode.cu carry their own copies of some of these under other names.
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void mb_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes this thread's mbarrier.init visible to the async proxy (the copy engine) and to other threads
+// once a barrier follows.
+__device__ __forceinline__ void mb_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+// One arrival, and `bytes` more expected on the barrier's current phase.
+__device__ __forceinline__ void mb_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mb_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// Waits until the phase of parity `parity` has completed (acquire: the data it covers is visible).
+__device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n.reg .pred p;\nMB_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        "@!p bra MB_WAIT;\n}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+// One contiguous copy (bytes and both addresses multiples of 16), counted on `bar`.
+__device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+// One box of a 3-d tensor map (`map`: the generic address of a __grid_constant__ CUtensorMap) at
+// coordinates (x, y, z), counted on `bar` with the full box size (elements outside the tensor are zeros).
+__device__ __forceinline__ void tma_g2s_3d(u32 dst, const void* map, int x, int y, int z, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];" ::"r"(dst),
+        "l"(map), "r"(x), "r"(y), "r"(z), "r"(bar)
+        : "memory");
+}
+// Shared-memory matrix descriptor of a K-major operand in the 128-byte swizzle layout (rows of 128
+// bytes, 8-row atoms of 1024 bytes at a 1024-aligned base; SBO = 1024, LBO unused for K-major).
+// Within an atom a k-slice is selected by adding its byte offset (< 128) to the start address.
+__device__ __forceinline__ u64 wg_desc_sw128(u32 addr) {
+    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+#endif

@@ -417,6 +417,181 @@ extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
     indexer_wgmma_body<4>(q, qscale, w, k, kscale, scores, q_len, L, Lp, tiles_per_split);
 }
 
+// ---------------------------------------------------------------- FP8 on wgmma, key tiles by TMA (sm_90a)
+//
+// As indexer_wgmma_body, with every key tile brought in by one tensor copy (cp.async.bulk.tensor, the
+// copy engine) and its fp32 scales by one bulk copy, both issued by thread 0 and both counted on the
+// stage's `full` mbarrier; STAGES tiles are in flight from the start. A bulk copy writes bytes linearly,
+// which no no-swizzle (core-matrix) descriptor can describe for 128-byte K-major rows, so the keys come
+// through a tensor map with the 128-byte swizzle (box 128 bytes x 256 keys of one sequence; keys past L
+// are zero-filled) and the key operand's descriptor uses the same swizzle (the layout DeepGEMM-style FP8
+// GEMMs use: a k-step of 32 bytes is a 32-byte advance of the start address inside the 1024-byte atom).
+// The queries keep the no-swizzle layout of indexer_wgmma_body (loaded once by cp.async).
+//
+// Stage reuse: each warp arrives on the stage's `empty` mbarrier (8 arrivals) after its last wgmma on the
+// tile has completed (wgmma.wait_group 0) and its lanes have read the key scales; at the top of tile j,
+// thread 0 waits for the stage tile j-1 used to be empty and refills it with tile j+STAGES-1.
+//
+// Shared memory (base rounded up to 1024 bytes):
+//   key tiles STAGES*32 KB | key scales STAGES*1 KB | Q QG*8 KB | w' QG*256 | full[STAGES], empty[STAGES]
+struct __align__(64) IxTmap {
+    u64 v[16];
+};
+
+template <int QG, int STAGES>
+struct IxTmaSmem {
+    static constexpr int TILE_BYTES = IX_TK * 128;
+    static constexpr int KS_OFF = STAGES * TILE_BYTES;
+    static constexpr int Q_OFF = KS_OFF + STAGES * IX_TK * 4;
+    static constexpr int W_OFF = Q_OFF + QG * IX_HEADS * 128;
+    static constexpr int BAR_OFF = W_OFF + QG * IX_HEADS * 4;
+    static constexpr int TOTAL = BAR_OFF + 2 * STAGES * 8 + 1024;  // + the base alignment slack
+};
+
+template <int QG, int STAGES>
+__device__ __forceinline__ void indexer_tma_body(const IxTmap* tmap, const u8* __restrict__ q,
+                                                 const float* __restrict__ qscale, const float* __restrict__ w,
+                                                 const float* __restrict__ kscale, float* __restrict__ scores,
+                                                 int q_len, int L, int Lp, int tiles_per_split) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    typedef IxTmaSmem<QG, STAGES> S;
+    extern __shared__ __align__(128) u8 smem[];
+    const u32 pad = (0u - smem_u32(smem)) & 1023u;
+    u8* sm = smem + pad;
+    const u32 aK = smem_u32(sm);  // 1024-aligned: the 128-byte swizzle atoms of the key tiles
+    const u32 aKs = aK + S::KS_OFF, aQ = aK + S::Q_OFF;
+    const float* sKs = reinterpret_cast<const float*>(sm + S::KS_OFF);
+    float* sW = reinterpret_cast<float*>(sm + S::W_OFF);
+    const u32 full0 = aK + S::BAR_OFF, empty0 = full0 + STAGES * 8;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wgi = warp >> 2, w4 = warp & 3;
+    const int split = blockIdx.x, b = blockIdx.z;
+    const int i0 = blockIdx.y * QG;
+    const int nq = min(QG, q_len - i0);
+    const int key_end = L - q_len + i0 + nq;
+    const int tile_begin = split * tiles_per_split;
+    const int n_tiles = min(tiles_per_split, (key_end + IX_TK - 1) / IX_TK - tile_begin);
+    if (n_tiles <= 0) return;  // the whole CTA, before any barrier
+
+    const size_t qrow0 = (size_t)b * q_len + i0;
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            mb_init(full0 + 8 * s, 1);
+            mb_init(empty0 + 8 * s, IX_WARPS);
+        }
+        mb_fence_init();
+    }
+    {
+        const u8* src = q + qrow0 * IX_HEADS * 128;
+        for (int c = tid; c < nq * IX_HEADS * 8; c += IX_THREADS) {
+            const int r = c >> 3, ch = c & 7;
+            cp_async16(aQ + (r >> 6) * 8192 + wg_off(r & 63, ch), src + (size_t)r * 128 + ch * 16, 16u);
+        }
+        cp_async_commit();
+        for (int j = tid; j < nq * IX_HEADS; j += IX_THREADS) sW[j] = w[qrow0 * IX_HEADS + j] * qscale[qrow0 * IX_HEADS + j];
+    }
+    const float* kscale_seq = kscale + (size_t)b * Lp;
+    // Tile j into stage st (thread 0 only). Scales: keys key0 .. up to key_end rounded up to 4 (<= Lp, a
+    // multiple of 4, so the size is a multiple of 16 bytes and the read stays inside the sequence's row).
+    auto load_tile = [&](int j, int st) {
+        const int key0 = (tile_begin + j) * IX_TK;
+        const int nks = min(IX_TK, ((key_end + 3) & ~3) - key0);
+        const u32 sbytes = (u32)nks * 4u;
+        const u32 bar = full0 + 8 * st;
+        mb_expect_tx(bar, (u32)S::TILE_BYTES + sbytes);
+        tma_g2s_3d(aK + st * S::TILE_BYTES, tmap, 0, key0, b, bar);
+        bulk_g2s(aKs + st * IX_TK * 4, kscale_seq + key0, sbytes, bar);
+    };
+    __syncthreads();  // the barriers are initialised
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++)
+            if (s < n_tiles) load_tile(s, s);
+    }
+    __syncwarp();
+    cp_async_wait<0>();
+    fence_proxy_async();  // cp.async queries -> wgmma's proxy
+    __syncthreads();      // queries and head weights are in
+
+    for (int j = 0; j < n_tiles; j++) {
+        if (j >= 1 && j + STAGES - 1 < n_tiles) {
+            if (tid == 0) {
+                const int sj = (j - 1) % STAGES;  // the stage of tile j-1, and of tile j+STAGES-1
+                mb_wait(empty0 + 8 * sj, (u32)((j - 1) / STAGES) & 1u);
+                load_tile(j + STAGES - 1, sj);
+            }
+            __syncwarp();
+        }
+        const int st = j % STAGES;
+        mb_wait(full0 + 8 * st, (u32)(j / STAGES) & 1u);
+
+        const int key0 = (tile_begin + j) * IX_TK;
+        const u32 tileA = aK + st * S::TILE_BYTES;
+        for (int qi = 0; qi < nq; qi++) {
+            const int p = L - q_len + i0 + qi;
+#pragma unroll 1
+            for (int mb = 0; mb < 2; mb++) {
+                const int rb = wgi * 128 + mb * 64;
+                if (key0 + rb > p) continue;  // warpgroup-uniform
+                float d[32];
+#pragma unroll
+                for (int i = 0; i < 32; i++) d[i] = 0.0f;
+                wg_fence_acc<32>(d);
+                wg_fence();
+#pragma unroll
+                for (int s = 0; s < 4; s++)
+                    wg_mma_e4m3(d, wg_desc_sw128(tileA + rb * 128 + s * 32), wg_desc(aQ + qi * 8192 + s * 256, 128, 1024), 1);
+                wg_commit();
+                wg_wait0();
+                wg_fence_acc<32>(d);
+                float part0 = 0.0f, part1 = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < 8; nt++) {
+                    const float2 wv = *reinterpret_cast<const float2*>(sW + qi * IX_HEADS + nt * 8 + 2 * t);
+                    part0 = fmaf(wv.x, fmaxf(d[4 * nt + 0], 0.0f), part0);
+                    part0 = fmaf(wv.y, fmaxf(d[4 * nt + 1], 0.0f), part0);
+                    part1 = fmaf(wv.x, fmaxf(d[4 * nt + 2], 0.0f), part1);
+                    part1 = fmaf(wv.y, fmaxf(d[4 * nt + 3], 0.0f), part1);
+                }
+                part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
+                part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
+                part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
+                part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+                if (t == 0) {
+                    float* dst = scores + (qrow0 + qi) * (size_t)Lp;
+                    const int r0 = rb + w4 * 16 + g, r1 = r0 + 8;
+                    if (key0 + r0 <= p) dst[key0 + r0] = part0 * sKs[st * IX_TK + r0];
+                    if (key0 + r1 <= p) dst[key0 + r1] = part1 * sKs[st * IX_TK + r1];
+                }
+            }
+        }
+        __syncwarp();  // every lane's wgmma on the stage has completed and its scale reads are done
+        if (lane == 0) mb_arrive(empty0 + 8 * st);
+    }
+#else
+    __trap();  // built for a target without wgmma: the engine never launches this entry there
+#endif
+}
+
+// Decode entries (one query per CTA). tma3: 3 stages, two CTAs per multiprocessor (2 x 108.3 KB);
+// tma4: 4 stages, one CTA per multiprocessor (141.3 KB).
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 2)
+    indexer_fp8_tma3_q1(const __grid_constant__ IxTmap tmap, const u8* __restrict__ q, const float* __restrict__ qscale,
+                        const float* __restrict__ w, const u8* __restrict__ k, const float* __restrict__ kscale,
+                        float* __restrict__ scores, int q_len, int L, int Lp, int tiles_per_split) {
+    indexer_tma_body<1, 3>(&tmap, q, qscale, w, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
+extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
+    indexer_fp8_tma4_q1(const __grid_constant__ IxTmap tmap, const u8* __restrict__ q, const float* __restrict__ qscale,
+                        const float* __restrict__ w, const u8* __restrict__ k, const float* __restrict__ kscale,
+                        float* __restrict__ scores, int q_len, int L, int Lp, int tiles_per_split) {
+    indexer_tma_body<1, 4>(&tmap, q, qscale, w, kscale, scores, q_len, L, Lp, tiles_per_split);
+}
+
 // ---------------------------------------------------------------- inputs
 
 // Seeded fp32 values (the indexer head weights stay fp32 in every precision).

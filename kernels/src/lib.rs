@@ -22,7 +22,8 @@ pub enum KernelId {
     /// bf16 wgmma variants (sm_90a; cp.async or TMA key tiles, pipelined or not), and the kernel that
     /// merges the splits.
     DenseDecode,
-    /// DSA lightning indexer (bf16 and FP8 e4m3 tensor-core scores) and its input generators.
+    /// DSA lightning indexer (bf16 and FP8 e4m3 tensor-core scores; on sm_90a FP8 wgmma with cp.async key
+    /// tiles, or for decode with TMA key tiles on mbarriers) and its input generators.
     Indexer,
     /// DSA exact top-k per query row by radix select.
     Topk,

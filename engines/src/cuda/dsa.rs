@@ -5,7 +5,10 @@
 //!    (128 e4m3 codes + one power-of-two fp32 scale per key) and one power-of-two scale per (query,
 //!    head): `wgmma` m64n64k32 on sm_90 (the module is compiled for sm_90a), `mma.sync` m16n8k32
 //!    elsewhere (sm_89+) or with `CTXCOST_DSA_INDEXER=mma`. Scores `[B, q, Lp]` fp32, causal (query at
-//!    position `p` gets keys `0..=p`).
+//!    position `p` gets keys `0..=p`). Decode key tiles arrive by cp.async in a 3-stage pipeline
+//!    (`indexer_fp8_wgmma_q1`); `CTXCOST_INDEXER_LOAD=tma` loads each tile with one TMA tensor copy
+//!    (128-byte swizzle) and its scales with one bulk copy, issued by one thread on full/empty mbarriers
+//!    (`indexer_fp8_tma3_q1`: 3 stages, two CTAs per SM), `=tma4` the same with 4 stages (one CTA per SM).
 //! 2. **top-k** (`kernels/topk.cu`): exact radix select per query row (no sort), ties to the smaller
 //!    position, output `[B, q, k]` ascending with `-1` padding.
 //! 3. **attention** (`kernels/sparse_mla.cu`): MLA in MQA mode over each query's selected latents
@@ -187,6 +190,61 @@ pub fn indexer_splits(sm_count: usize, batch: usize, query_len: usize, context: 
     (tiles.div_ceil(per), per)
 }
 
+/// How the FP8 wgmma indexer brings its key tiles into shared memory (decode, one query per CTA;
+/// prefill always uses the cp.async kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexerLoad {
+    /// `indexer_fp8_wgmma_q{1,4}`: cp.async by every thread, 3 stages (the default).
+    CpAsync,
+    /// `indexer_fp8_tma3_q1`: one TMA tensor copy per tile and one bulk copy of its scales, issued by
+    /// one thread, full/empty mbarriers, 3 stages (two CTAs per multiprocessor).
+    Tma3,
+    /// `indexer_fp8_tma4_q1`: as `Tma3` with 4 stages (one CTA per multiprocessor).
+    Tma4,
+}
+
+impl IndexerLoad {
+    /// Stages of the TMA pipelines (`STAGES` of `indexer_tma_body`); `None` for cp.async.
+    pub fn tma_stages(self) -> Option<usize> {
+        match self {
+            IndexerLoad::CpAsync => None,
+            IndexerLoad::Tma3 => Some(3),
+            IndexerLoad::Tma4 => Some(4),
+        }
+    }
+
+    /// Shared-memory bytes of a one-query TMA launch (`IxTmaSmem<1, STAGES>::TOTAL` in indexer.cu): key
+    /// tiles, scales, the query, head weights, 2 x STAGES mbarriers and 1024 bytes to align the base.
+    pub fn tma_smem(stages: usize) -> u32 {
+        (stages * INDEXER_TILE_KEYS * 128 + stages * INDEXER_TILE_KEYS * 4 + 64 * 128 + 64 * 4 + 2 * stages * 8 + 1024) as u32
+    }
+}
+
+/// The key-tile load of the FP8 wgmma indexer: `CTXCOST_INDEXER_LOAD=tma` or `=tma4` for a decode
+/// (one query per CTA) on the wgmma path, cp.async otherwise.
+pub fn indexer_load(wgmma: bool, qg: usize) -> IndexerLoad {
+    indexer_load_choice(wgmma, qg, std::env::var("CTXCOST_INDEXER_LOAD").ok().as_deref())
+}
+
+fn indexer_load_choice(wgmma: bool, qg: usize, var: Option<&str>) -> IndexerLoad {
+    if !wgmma || qg != 1 {
+        return IndexerLoad::CpAsync;
+    }
+    match var {
+        Some("tma") | Some("tma3") => IndexerLoad::Tma3,
+        Some("tma4") => IndexerLoad::Tma4,
+        _ => IndexerLoad::CpAsync,
+    }
+}
+
+/// Shared-memory bytes of the indexer launch a case runs.
+fn indexer_launch_smem(fp8: bool, qg: usize, load: IndexerLoad) -> u32 {
+    match load.tma_stages() {
+        Some(stages) => IndexerLoad::tma_smem(stages),
+        None => indexer_smem(fp8, qg),
+    }
+}
+
 /// Whether the FP8 indexer runs on wgmma (native FP8 tensor cores; `indexer.cu` compiled for sm_90a):
 /// on compute capability 9.0 unless `CTXCOST_DSA_INDEXER=mma` asks for the mma.sync kernels (on sm_90
 /// their e4m3 path is lowered to f16 tensor-core ops, so FP8 runs at the bf16 rate there).
@@ -283,6 +341,8 @@ struct Dims {
     attn: SparseKernel,
     /// Queries per indexer CTA.
     qg: usize,
+    /// Key-tile load of the indexer.
+    ix_load: IndexerLoad,
     splits: usize,
     tiles_per_split: usize,
     scale_log2: f32,
@@ -302,6 +362,8 @@ struct Buffers {
     index_k: IndexBuf,
     /// FP8: one scale per key, stride `lp` per sequence; bf16: one unused element.
     index_ks: CudaSlice<f32>,
+    /// The keys' tensor map (TMA indexer entries only).
+    ix_map: Option<launch::TensorMap>,
     scores: CudaSlice<f32>,
     sel: CudaSlice<i32>,
     mqa_q: CudaSlice<u16>,
@@ -410,10 +472,15 @@ fn launch_indexer(dev: &Device, f: &CudaFunction, d: &Dims, bufs: &mut Buffers) 
     let cfg = LaunchConfig {
         grid_dim: (d.splits as u32, q.div_ceil(d.qg) as u32, b as u32),
         block_dim: (256, 1, 1),
-        shared_mem_bytes: indexer_smem(d.fp8, d.qg),
+        shared_mem_bytes: indexer_launch_smem(d.fp8, d.qg, d.ix_load),
     };
+    check(d.ix_load.tma_stages().is_some() == bufs.ix_map.is_some(), "the TMA indexer takes the keys' tensor map, the others none")?;
+    check(d.ix_load == IndexerLoad::CpAsync || (d.fp8 && d.qg == 1), "the TMA indexer is the FP8 one-query (decode) kernel")?;
     let (qi, li, lpi, ti) = (q as i32, l as i32, d.lp as i32, d.tiles_per_split as i32);
     let mut lb = dev.stream.launch_builder(f);
+    if let Some(m) = &bufs.ix_map {
+        lb.arg(m);
+    }
     push_index_buf(&mut lb, &bufs.index_q);
     lb.arg(&bufs.index_qs).arg(&bufs.index_w);
     push_index_buf(&mut lb, &bufs.index_k);
@@ -426,6 +493,9 @@ fn launch_indexer(dev: &Device, f: &CudaFunction, d: &Dims, bufs: &mut Buffers) 
     // 256 threads and indexer_smem() bytes of dynamic shared memory are what the kernel is built for
     // (the limit was raised by set_smem when the function was loaded); qg matches the entry point; the
     // wgmma entries are only chosen when the module was compiled for sm_90a on a 9.0 device.
+    // indexer_fp8_tma{3,4}_q1 take the same arguments after the keys' tensor map (by value), made by
+    // indexer_key_tensor_map over these B x L keys (zeros past L; the kernel reads key scales up to the
+    // query's position rounded up to 4, <= Lp).
     unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching the DSA indexer", e)).map(|_| ())
 }
 
@@ -542,6 +612,8 @@ impl DsaCuda {
         let qg = indexer_queries_per_cta(q);
         let (splits, tiles_per_split) = indexer_splits(dev.sm_count as usize, b, q, l);
         let attn = sparse_kernel(dev.cc, fp8);
+        let wgmma = fp8 && use_wgmma_indexer(dev.cc);
+        let ix_load = indexer_load(wgmma, qg);
         let dims = Dims {
             batch: b,
             heads: h,
@@ -552,15 +624,19 @@ impl DsaCuda {
             fp8,
             attn,
             qg,
+            ix_load,
             splits,
             tiles_per_split,
             scale_log2: (s.softmax_scale() * std::f64::consts::LOG2_E) as f32,
         };
 
-        let wgmma = fp8 && use_wgmma_indexer(dev.cc);
         let ix_opts: &[&str] = if wgmma { &["--gpu-architecture=sm_90a"] } else { &[] };
         let indexer_entry = match (fp8, qg, wgmma) {
-            (true, 1, true) => "indexer_fp8_wgmma_q1",
+            (true, 1, true) => match ix_load {
+                IndexerLoad::CpAsync => "indexer_fp8_wgmma_q1",
+                IndexerLoad::Tma3 => "indexer_fp8_tma3_q1",
+                IndexerLoad::Tma4 => "indexer_fp8_tma4_q1",
+            },
             (true, _, true) => "indexer_fp8_wgmma_q4",
             (true, 1, false) => "indexer_fp8_q1",
             (true, _, false) => "indexer_fp8_q4",
@@ -572,7 +648,16 @@ impl DsaCuda {
             topk: dev.function(KernelId::Topk, "topk_radix", &[])?,
             attention: dev.function(KernelId::SparseMla, attn.entry(fp8), &attn.options())?,
         };
-        launch::set_smem(&kernels.indexer, indexer_smem(fp8, qg))?;
+        launch::set_smem(&kernels.indexer, indexer_launch_smem(fp8, qg, ix_load))?;
+        if std::env::var_os("CTXCOST_INDEXER_LOAD").is_some() {
+            let f = &kernels.indexer;
+            eprintln!(
+                "dsa-cuda: indexer on {indexer_entry} ({:?} registers, {:?} bytes of local memory a thread, {} bytes of shared memory)",
+                f.num_regs().ok(),
+                f.local_size_bytes().ok(),
+                indexer_launch_smem(fp8, qg, ix_load)
+            );
+        }
         launch::set_smem(&kernels.topk, TOPK_SMEM)?;
         launch::set_smem(&kernels.attention, attn.smem(fp8))?;
         if std::env::var_os("CTXCOST_SPARSE_VARIANT").is_some() {
@@ -622,7 +707,7 @@ impl DsaCuda {
             let scores = launch::alloc::<f32>(&dev, rows * lp, "indexer scores")?;
             let sel = launch::alloc::<i32>(&dev, rows * dims.k, "top-k selection")?;
             let out = launch::alloc::<u16>(&dev, rows * h * 512, "attention output")?;
-            Buffers { index_q, index_qs, index_w, index_k, index_ks, scores, sel, mqa_q, cache, out }
+            Buffers { index_q, index_qs, index_w, index_k, index_ks, ix_map: None, scores, sel, mqa_q, cache, out }
         } else {
             let seed = inputs.seed;
             let g16 = dev.function(KernelId::Generate, "gen_bf16", &[])?;
@@ -664,9 +749,15 @@ impl DsaCuda {
             let scores = launch::alloc::<f32>(&dev, rows * lp, "indexer scores")?;
             let sel = launch::alloc::<i32>(&dev, rows * dims.k, "top-k selection")?;
             let out = launch::alloc::<u16>(&dev, rows * h * 512, "attention output")?;
-            Buffers { index_q, index_qs, index_w, index_k, index_ks, scores, sel, mqa_q, cache, out }
+            Buffers { index_q, index_qs, index_w, index_k, index_ks, ix_map: None, scores, sel, mqa_q, cache, out }
         };
         let mut bufs = bufs;
+        if ix_load != IndexerLoad::CpAsync {
+            let IndexBuf::Fp8(keys) = &bufs.index_k else {
+                return Err(EngineError::State("the TMA indexer needs FP8 keys".into()));
+            };
+            bufs.ix_map = Some(launch::indexer_key_tensor_map(&dev, keys, b, l)?);
+        }
         // Poison: NaN scores, selections of 0x7F7F7F7F (out of range) and NaN outputs, so anything
         // a kernel fails to write shows in verification.
         launch::fill_bytes(&dev, &mut bufs.scores, 0xFF)?;
@@ -709,7 +800,8 @@ impl Engine for DsaCuda {
             ));
         }
         let fp8 = case.precision == Precision::Fp8;
-        let smem = indexer_smem(fp8, indexer_queries_per_cta(case.query_len))
+        let qg = indexer_queries_per_cta(case.query_len);
+        let smem = indexer_launch_smem(fp8, qg, indexer_load(fp8 && use_wgmma_indexer(dev.cc), qg))
             .max(TOPK_SMEM)
             .max(sparse_kernel(dev.cc, fp8).smem(fp8));
         if smem as usize > dev.max_smem_optin {
@@ -816,6 +908,11 @@ mod tests {
         }
         // Two FP8 decode CTAs per multiprocessor (228 KiB, 1 KiB reserved per block).
         assert!(2 * (indexer_smem(true, 1) as usize + 1024) <= 233_472);
+        // TMA indexer: 3 stages still fit two CTAs per multiprocessor, 4 stages one.
+        assert_eq!(IndexerLoad::tma_smem(3), 110_896);
+        assert_eq!(IndexerLoad::tma_smem(4), 144_704);
+        assert!(2 * (IndexerLoad::tma_smem(3) as usize + 1024) <= 233_472);
+        assert!((IndexerLoad::tma_smem(4) as usize) <= optin);
         assert!((SPARSE_SMEM_BF16 as usize) <= optin && (SPARSE_SMEM_FP8 as usize) <= optin && (TOPK_SMEM as usize) <= optin);
         assert!((SPARSE_SMEM_BF16_WGMMA as usize) <= optin);
         assert_eq!(SPARSE_SMEM_BF16_WGMMA, 232_224);
@@ -845,7 +942,9 @@ mod tests {
         let text = ptx.to_src();
         assert!(text.contains(".target sm_90a"));
         assert!(text.contains("wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3"));
-        for e in ["indexer_fp8_wgmma_q1", "indexer_fp8_wgmma_q4", "gen_e4m3_pow2", "gen_f32"] {
+        assert!(text.contains("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes"));
+        assert!(text.contains("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"));
+        for e in ["indexer_fp8_wgmma_q1", "indexer_fp8_wgmma_q4", "indexer_fp8_tma3_q1", "indexer_fp8_tma4_q1", "gen_e4m3_pow2", "gen_f32"] {
             assert!(text.contains(&format!(".entry {e}(")), "{e}");
         }
     }
@@ -871,6 +970,20 @@ mod tests {
                 assert!(text.contains(&format!(".entry {}(", k.entry(fp8))), "{k:?} {fp8}");
             }
         }
+    }
+
+    #[test]
+    fn indexer_load_choice_keeps_the_default() {
+        use IndexerLoad::*;
+        assert_eq!(indexer_load_choice(true, 1, None), CpAsync);
+        assert_eq!(indexer_load_choice(true, 1, Some("cpasync")), CpAsync);
+        assert_eq!(indexer_load_choice(true, 1, Some("tma")), Tma3);
+        assert_eq!(indexer_load_choice(true, 1, Some("tma4")), Tma4);
+        // Prefill (four queries per CTA) and the mma.sync path ignore the switch.
+        assert_eq!(indexer_load_choice(true, 4, Some("tma")), CpAsync);
+        assert_eq!(indexer_load_choice(false, 1, Some("tma")), CpAsync);
+        assert_eq!(indexer_launch_smem(true, 1, CpAsync), indexer_smem(true, 1));
+        assert_eq!(indexer_launch_smem(true, 1, Tma4), IndexerLoad::tma_smem(4));
     }
 
     #[test]

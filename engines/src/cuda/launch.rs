@@ -237,6 +237,48 @@ pub fn latent_tensor_map(dev: &Device, cache: &CudaSlice<u16>, rows: usize) -> R
     Ok(TensorMap(map.opaque))
 }
 
+/// The tensor map of the FP8 indexer keys `[batch, context, 128]` (e4m3 codes, one byte each): boxes
+/// of 128 bytes x 256 keys of one sequence, 128-byte swizzle, zeros past the sequence's last key (what
+/// `indexer_fp8_tma{3,4}_q1` expect).
+pub fn indexer_key_tensor_map(dev: &Device, keys: &CudaSlice<u8>, batch: usize, context: usize) -> Result<TensorMap, EngineError> {
+    use cudarc::driver::sys;
+    check(
+        batch > 0 && context > 0 && keys.len() >= batch * context * 128 && context < (1usize << 31) && batch < (1usize << 31),
+        "tensor map: indexer keys too small or too many",
+    )?;
+    let (ptr, _sync) = keys.device_ptr(&dev.stream);
+    let dims: [u64; 3] = [128, context as u64, batch as u64];
+    let strides: [u64; 2] = [128, context as u64 * 128];
+    let boxes: [u32; 3] = [128, 256, 1];
+    let elem_strides: [u32; 3] = [1, 1, 1];
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    // SAFETY: `map` is a writable CUtensorMap; the dimension, box and element-stride arrays hold rank
+    // (3) entries, the strides rank - 1; the address is a live allocation of at least
+    // batch * context * 128 bytes (checked above), 256-byte aligned by the allocator (TMA needs 16), the
+    // strides are multiples of 16, the inner box is 128 bytes (the 128-byte swizzle's limit) and no box
+    // dimension exceeds 256. The map only records the address.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            3,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(EngineError::backend("cuTensorMapEncodeTiled (indexer keys)", CudaError(format!("{r:?}"))));
+    }
+    Ok(TensorMap(map.opaque))
+}
+
 /// Allow a kernel to use `bytes` of dynamic shared memory.
 pub fn set_smem(f: &CudaFunction, bytes: u32) -> Result<(), EngineError> {
     f.set_attribute(
