@@ -318,8 +318,13 @@ pub struct EndpointBlock {
 impl EndpointBlock {
     /// The case key suffix that distinguishes endpoint cases beyond [`crate::Case::key`].
     pub fn key_suffix(&self) -> String {
-        format!("|api={}|out={}|load={}", self.api, self.max_tokens, self.load.key())
+        key_suffix(&self.api, self.max_tokens, &self.load)
     }
+}
+
+/// The case key suffix of an endpoint case: API, output length and load.
+pub fn key_suffix(api: &str, max_tokens: usize, load: &Load) -> String {
+    format!("|api={api}|out={max_tokens}|load={}", load.key())
 }
 
 /// The primary metric of a phase for one request: TTFT for prefill, TPOT for decode.

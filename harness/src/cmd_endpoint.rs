@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ctxcost_core::endpoint::{self, EndpointBlock, Load, Slo};
-use ctxcost_core::record::{Memory, Rates, Record, Status, SCHEMA_VERSION};
+use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
 use ctxcost_core::stats::{self, ratio_ci};
 use ctxcost_core::units::{format_tokens, parse_contexts};
 use ctxcost_core::{analytic, Case, ModelShape, Phase, Precision};
@@ -362,14 +362,14 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
     Ok(Plan { sides, settings, cases, shape, out, report_dir })
 }
 
-/// The record of one side of one case.
-fn record(plan: &Plan, case: &CaseSpec, block: EndpointBlock, started_at: String) -> Record {
+/// The case of one side (`label`) of an endpoint case.
+fn case_of(plan: &Plan, case: &CaseSpec, label: &str) -> Case {
     let batch = match case.load {
         Load::Closed { concurrency } => concurrency,
         Load::Open { .. } => 1,
     };
-    let c = Case {
-        engine: format!("http-{}", block.label),
+    Case {
+        engine: format!("http-{label}"),
         shape: plan.shape.clone(),
         phase: case.phase,
         context: case.context,
@@ -377,7 +377,18 @@ fn record(plan: &Plan, case: &CaseSpec, block: EndpointBlock, started_at: String
         query_len: 1,
         precision: Precision::Bf16,
         seed: plan.settings.seed,
-    };
+    }
+}
+
+/// The record key of one side of an endpoint case.
+fn key_of(plan: &Plan, case: &CaseSpec, label: &str, api: Api) -> String {
+    format!("{}{}", case_of(plan, case, label).key(), endpoint::key_suffix(api.as_str(), case.max_tokens, &case.load))
+}
+
+/// The record of one side of one case; `machine` is the tool and environment captured once
+/// per run.
+fn record(plan: &Plan, machine: &(Tool, Environment), case: &CaseSpec, block: EndpointBlock, started_at: String) -> Record {
+    let c = case_of(plan, case, &block.label);
     let samples = http::primary_samples(case.phase, &block.requests);
     let m = &block.metrics;
     let (status, reason) = if samples.is_empty() {
@@ -390,8 +401,8 @@ fn record(plan: &Plan, case: &CaseSpec, block: EndpointBlock, started_at: String
     };
     Record {
         schema_version: SCHEMA_VERSION,
-        tool: envinfo::tool(),
-        env: envinfo::capture(),
+        tool: machine.0.clone(),
+        env: machine.1.clone(),
         key: format!("{}{}", c.key(), block.key_suffix()),
         engine: c.engine.clone(),
         status,
@@ -420,9 +431,9 @@ pub fn run(a: EndpointArgs) -> Result<ExitCode> {
 
 async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     let plan = plan(&a).await?;
-    if plan.out.exists() && !a.resume && !a.force {
-        bail!("--out {} already exists: pass --resume to continue it, --force to overwrite it, or choose another --out", plan.out.display());
-    }
+    // Before the calibration requests; `open_output` comes after them, so a failed calibration
+    // leaves no file behind.
+    recordio::check_output(&plan.out, a.resume, a.force)?;
     let labels: Vec<String> = plan.sides.iter().map(|s| s.label.clone()).collect();
     for s in &plan.sides {
         eprintln!("side {}: {} model {} ({} API)", s.label, http::client::public_url(&s.url), s.model, s.api.as_str());
@@ -433,13 +444,14 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
         eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
     }
     let (mut writer, done) = recordio::open_output(&plan.out, a.resume, a.force)?;
+    let machine = (envinfo::tool(), envinfo::capture());
     let started = Instant::now();
     let mut failed_cases = 0;
     let todo: Vec<(usize, &CaseSpec)> = plan
         .cases
         .iter()
         .enumerate()
-        .filter(|(_, c)| !labels.iter().all(|l| done.contains(&probe_key(&plan, c, l))))
+        .filter(|(_, c)| !plan.sides.iter().all(|s| done.contains(&key_of(&plan, c, &s.label, s.api))))
         .collect();
     if todo.len() < plan.cases.len() {
         eprintln!("resuming: {} of {} cases already recorded", plan.cases.len() - todo.len(), plan.cases.len());
@@ -469,7 +481,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
         ticker.abort();
         bar.set_position(base + per_case as u64);
         for b in blocks {
-            let r = record(&plan, case, b, started_at.clone());
+            let r = record(&plan, &machine, case, b, started_at.clone());
             if r.status != Status::Ok {
                 failed_cases += 1;
             }
@@ -487,29 +499,6 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
         crate::runner::write_report(&plan.out, dir);
     }
     Ok(if failed_cases > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
-/// The key a side's record of a case will have (for --resume).
-fn probe_key(plan: &Plan, case: &CaseSpec, label: &str) -> String {
-    let side = plan.sides.iter().position(|s| s.label == label).unwrap_or(0);
-    let s = &plan.sides[side];
-    let block = EndpointBlock {
-        side: String::new(),
-        label: label.to_string(),
-        url: String::new(),
-        model: String::new(),
-        api: s.api.as_str().to_string(),
-        load: case.load.clone(),
-        target_prompt_tokens: case.context,
-        prompt_fit: String::new(),
-        max_tokens: case.max_tokens,
-        slo: Slo::default(),
-        requests: vec![],
-        metrics: Default::default(),
-        cache: Default::default(),
-        cost: Default::default(),
-    };
-    record(plan, case, block, String::new()).key
 }
 
 fn med(s: &Option<stats::Summary>) -> f64 {

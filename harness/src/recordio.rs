@@ -29,19 +29,26 @@ impl RecordWriter {
     }
 }
 
+/// Refuse an output path that cannot be used as asked (a folder; an existing file without
+/// `resume` or `force`), before any work or file is made.
+pub fn check_output(path: &Path, resume: bool, force: bool) -> Result<()> {
+    if path.is_dir() {
+        bail!("--out {} is a folder: give a file name such as {}/run.jsonl", path.display(), path.display());
+    }
+    if path.exists() && !resume && !force {
+        bail!("--out {} already exists: pass --resume to continue it, --force to overwrite it, or choose another --out", path.display());
+    }
+    Ok(())
+}
+
 /// Open the output for a run. Without `resume` an existing file is refused (or truncated
 /// with `force`); with `resume` the keys of its complete records are returned.
 pub fn open_output(path: &Path, resume: bool, force: bool) -> Result<(RecordWriter, HashSet<String>)> {
+    check_output(path, resume, force)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create folder {} (choose a writable path)", path.display(), dir.display()))?;
     }
     let exists = path.exists();
-    if exists && path.is_dir() {
-        bail!("--out {} is a folder: give a file name such as {}/run.jsonl", path.display(), path.display());
-    }
-    if exists && !resume && !force {
-        bail!("--out {} already exists: pass --resume to continue it, --force to overwrite it, or choose another --out", path.display());
-    }
     let mut done = HashSet::new();
     if exists && resume {
         let keep = scan_complete(path, &mut done)?;

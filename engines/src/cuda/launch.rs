@@ -199,27 +199,30 @@ pub struct TensorMap(pub [u64; 16]);
 // parameter as a 64-byte aligned struct of 16 u64 (TmaDesc) and only hand its address to TMA.
 unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
 
-/// The tensor map of a bf16 latent cache seen as a `[rows, 576]` matrix: boxes of 64 rows x 64
-/// dims (128 bytes), 128-byte swizzle, zeros past the last row (what the wgmma decode kernels
-/// expect).
-pub fn latent_tensor_map(dev: &Device, cache: &CudaSlice<u16>, rows: usize) -> Result<TensorMap, EngineError> {
+/// Encode a tiled tensor map with 128-byte swizzle, 256-byte L2 promotion and zero fill past the
+/// tensor's edges. `dims`, `boxes` have one entry per dimension (innermost first), `strides` one fewer
+/// (bytes). The caller has checked that `ptr` is a live allocation covering `dims` and that strides are
+/// multiples of 16 and boxes within TMA's limits.
+fn encode_tiled<const R: usize>(
+    ptr: u64,
+    dtype: cudarc::driver::sys::CUtensorMapDataType,
+    dims: [u64; R],
+    strides: &[u64],
+    boxes: [u32; R],
+    what: &str,
+) -> Result<TensorMap, EngineError> {
     use cudarc::driver::sys;
-    check(cache.len() >= rows * 576 && rows > 0 && rows < (1usize << 32), "tensor map: cache too small or too many rows")?;
-    let (ptr, _sync) = cache.device_ptr(&dev.stream);
-    let dims: [u64; 2] = [576, rows as u64];
-    let strides: [u64; 1] = [576 * 2];
-    let boxes: [u32; 2] = [64, 64];
-    let elem_strides: [u32; 2] = [1, 1];
+    check(strides.len() + 1 == R, "tensor map: one stride fewer than dimensions")?;
+    let elem_strides = [1u32; R];
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: `map` is a writable CUtensorMap; the dimension, stride, box and element-stride
-    // arrays hold rank (2) entries (strides rank - 1); the address is a live allocation of at
-    // least rows * 1152 bytes (checked above), 256-byte aligned by the allocator (TMA needs 16),
-    // and the row stride 1152 is a multiple of 16. The map only records the address.
+    // SAFETY: `map` is a writable CUtensorMap; `dims`, `boxes` and `elem_strides` hold R entries and
+    // `strides` R - 1 (checked above); the address and extents were checked by the caller. The map only
+    // records the address.
     let r = unsafe {
         sys::cuTensorMapEncodeTiled(
             &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            2,
+            dtype,
+            R as u32,
             ptr as *mut std::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
@@ -232,51 +235,37 @@ pub fn latent_tensor_map(dev: &Device, cache: &CudaSlice<u16>, rows: usize) -> R
         )
     };
     if r != sys::CUresult::CUDA_SUCCESS {
-        return Err(EngineError::backend("cuTensorMapEncodeTiled (latent cache)", CudaError(format!("{r:?}"))));
+        return Err(EngineError::backend(format!("cuTensorMapEncodeTiled ({what})"), CudaError(format!("{r:?}"))));
     }
     Ok(TensorMap(map.opaque))
+}
+
+/// The tensor map of a bf16 latent cache seen as a `[rows, 576]` matrix: boxes of 64 rows x 64
+/// dims (128 bytes), 128-byte swizzle, zeros past the last row (what the wgmma decode kernels
+/// expect).
+pub fn latent_tensor_map(dev: &Device, cache: &CudaSlice<u16>, rows: usize) -> Result<TensorMap, EngineError> {
+    // The allocation holds at least rows * 1152 bytes, 256-byte aligned by the allocator (TMA
+    // needs 16); the row stride 1152 is a multiple of 16.
+    check(cache.len() >= rows * 576 && rows > 0 && rows < (1usize << 32), "tensor map: cache too small or too many rows")?;
+    let (ptr, _sync) = cache.device_ptr(&dev.stream);
+    let bf16 = cudarc::driver::sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    encode_tiled(ptr, bf16, [576, rows as u64], &[576 * 2], [64, 64], "latent cache")
 }
 
 /// The tensor map of the FP8 indexer keys `[batch, context, 128]` (e4m3 codes, one byte each): boxes
 /// of 128 bytes x 256 keys of one sequence, 128-byte swizzle, zeros past the sequence's last key (what
 /// `indexer_fp8_tma{3,4}_q1` expect).
 pub fn indexer_key_tensor_map(dev: &Device, keys: &CudaSlice<u8>, batch: usize, context: usize) -> Result<TensorMap, EngineError> {
-    use cudarc::driver::sys;
+    // The allocation holds at least batch * context * 128 bytes, 256-byte aligned; the strides are
+    // multiples of 16, the inner box is 128 bytes (the 128-byte swizzle's limit), no box dimension
+    // exceeds 256.
     check(
         batch > 0 && context > 0 && keys.len() >= batch * context * 128 && context < (1usize << 31) && batch < (1usize << 31),
         "tensor map: indexer keys too small or too many",
     )?;
     let (ptr, _sync) = keys.device_ptr(&dev.stream);
-    let dims: [u64; 3] = [128, context as u64, batch as u64];
-    let strides: [u64; 2] = [128, context as u64 * 128];
-    let boxes: [u32; 3] = [128, 256, 1];
-    let elem_strides: [u32; 3] = [1, 1, 1];
-    let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    // SAFETY: `map` is a writable CUtensorMap; the dimension, box and element-stride arrays hold rank
-    // (3) entries, the strides rank - 1; the address is a live allocation of at least
-    // batch * context * 128 bytes (checked above), 256-byte aligned by the allocator (TMA needs 16), the
-    // strides are multiples of 16, the inner box is 128 bytes (the 128-byte swizzle's limit) and no box
-    // dimension exceeds 256. The map only records the address.
-    let r = unsafe {
-        sys::cuTensorMapEncodeTiled(
-            &mut map,
-            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-            3,
-            ptr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            elem_strides.as_ptr(),
-            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    };
-    if r != sys::CUresult::CUDA_SUCCESS {
-        return Err(EngineError::backend("cuTensorMapEncodeTiled (indexer keys)", CudaError(format!("{r:?}"))));
-    }
-    Ok(TensorMap(map.opaque))
+    let u8t = cudarc::driver::sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8;
+    encode_tiled(ptr, u8t, [128, context as u64, batch as u64], &[128, context as u64 * 128], [128, 256, 1], "indexer keys")
 }
 
 /// Allow a kernel to use `bytes` of dynamic shared memory.
