@@ -1,8 +1,8 @@
 //! End-to-end tests of `ctxcost compare`, through the built binary.
 //!
 //! - Real runs: a small decode sweep of `dense-cpu` and `dsa-cpu` is measured once as the
-//!   baseline; compared with itself every case is `unchanged` (exit 0); a second run with a
-//!   planted 2x slowdown of `dsa-cpu` (`CTXCOST_TEST_SLOWDOWN`, honoured by the runner) makes
+//!   baseline; compared with itself every case is `unchanged` (exit 0); a fresh baseline and a run with a
+//!   planted 3x slowdown of `dsa-cpu` (`CTXCOST_TEST_SLOWDOWN`, honoured by the runner) makes
 //!   every `dsa-cpu` case `regressed` and the exit status 1.
 //! - Synthetic records (written as JSONL from `Record` values): exit status 2 on bad input,
 //!   `--fail-on-missing`, Markdown and JSON outputs, folder and pattern arguments.
@@ -53,6 +53,11 @@ static RUN_LOCK: Mutex<()> = Mutex::new(());
 /// Measure the test sweep into `out`, with an optional planted slowdown.
 fn measure(dir: &Path, out: &str, slowdown: Option<&str>) -> PathBuf {
     let _guard = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    measure_locked(dir, out, slowdown)
+}
+
+/// [`measure`] for a caller that already holds `RUN_LOCK`.
+fn measure_locked(dir: &Path, out: &str, slowdown: Option<&str>) -> PathBuf {
     let sweep = dir.join("sweep.toml");
     std::fs::write(&sweep, SWEEP).unwrap();
     let out = dir.join(out);
@@ -102,15 +107,48 @@ fn identical_record_sets_are_unchanged() {
     assert!(stdout.lines().last().unwrap().starts_with("OK: 4 compared, 0 regressed"), "{stdout}");
 }
 
-#[test]
-fn planted_2x_slowdown_is_reported_as_regressed() {
-    let base = baseline();
-    let dir = scratch("slowdown");
-    let slow = measure(&dir, "slow.jsonl", Some("dsa-cpu=2.0"));
+/// One attempt of the planted-slowdown check: a fresh baseline and a slowed run measured back
+/// to back under one lock, then compared. `Err` carries what was seen when the comparison did
+/// not flag every slowed case (load on a shared machine can move a whole run by 2x or more).
+fn planted_attempt(dir: &Path, factor: &str) -> Result<(Output, PathBuf, PathBuf), String> {
+    let (base, slow) = {
+        let _guard = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        (measure_locked(dir, "base.jsonl", None), measure_locked(dir, "slow.jsonl", Some(factor)))
+    };
     let out_json = dir.join("cmp.json");
     let out_md = dir.join("cmp.md");
     let o = compare(&[base.as_os_str(), slow.as_os_str(), "--json".as_ref(), out_json.as_os_str(), "--markdown".as_ref(), out_md.as_os_str()]);
-    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let v = json(&out_json);
+    let all_dsa_regressed = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["case"]["engine"] == "dsa-cpu")
+        .all(|c| c["verdict"] == "regressed");
+    if o.status.code() == Some(1) && all_dsa_regressed {
+        Ok((o, out_json, out_md))
+    } else {
+        Err(show(&o))
+    }
+}
+
+#[test]
+fn planted_slowdown_is_reported_as_regressed() {
+    let dir = scratch("slowdown");
+    // A 3x planted slowdown; up to three attempts, each with its own fresh baseline, so one
+    // burst of load on the machine cannot hide it. A comparison that never flags it fails.
+    let factor = "dsa-cpu=3.0";
+    let mut seen = Vec::new();
+    let (o, out_json, out_md) = loop {
+        match planted_attempt(&dir, factor) {
+            Ok(found) => break found,
+            Err(e) if seen.len() < 2 => seen.push(e),
+            Err(e) => {
+                seen.push(e);
+                panic!("the planted slowdown was not flagged in 3 attempts:\n{}", seen.join("\n=====\n"));
+            }
+        }
+    };
     let v = json(&out_json);
     assert_eq!(v["counts"]["compared"], 4, "{}", show(&o));
     let mut dsa = 0;
@@ -119,8 +157,8 @@ fn planted_2x_slowdown_is_reported_as_regressed() {
             dsa += 1;
             assert_eq!(c["verdict"], "regressed", "{}", show(&o));
             let ratio = c["ratio"].as_f64().unwrap();
-            // At least well above 1: load on a shared machine moves whole runs, and a planted
-            // sleep can overshoot under load, so no upper bound.
+            // Well above 1: load moves whole runs, and a planted sleep can overshoot under
+            // load, so no upper bound.
             assert!(ratio > 1.25, "ratio {ratio}: {}", show(&o));
         }
     }
@@ -131,9 +169,9 @@ fn planted_2x_slowdown_is_reported_as_regressed() {
     assert!(md.contains("## ctxcost compare: regression") && md.contains("| **regressed** | dsa-cpu |"), "{md}");
     // The planted slowdown is written into every record it affected, so such records cannot
     // pass for real measurements.
-    for line in std::fs::read_to_string(&slow).unwrap().lines() {
+    for line in std::fs::read_to_string(dir.join("slow.jsonl")).unwrap().lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(r["env"]["settings"]["CTXCOST_TEST_SLOWDOWN"], "dsa-cpu=2.0", "{line}");
+        assert_eq!(r["env"]["settings"]["CTXCOST_TEST_SLOWDOWN"], factor, "{line}");
     }
 }
 
