@@ -166,7 +166,12 @@ __device__ __forceinline__ void wg_fence_acc(float* d) {
 // The copy engine's global -> shared transfers and the transaction barriers they complete on. A stage
 // of a pipeline has a `full` barrier (one arrival by the thread that posts the expected bytes, plus the
 // bytes the copies deliver) and an `empty` barrier (one arrival per consumer once it is done reading).
-// sparse_mla.cu and dense_decode.cu carry their own copies of some of these under other names.
+
+// A tensor map (CUtensorMap, made on the host by cuTensorMapEncodeTiled), passed to a kernel by value
+// as a __grid_constant__ parameter.
+struct __align__(64) TensorMap {
+    u64 v[16];
+};
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void mb_init(u32 bar, u32 count) {
@@ -196,6 +201,13 @@ __device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u3
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
                  "l"(src), "r"(bytes), "r"(bar)
                  : "memory");
+}
+// One box of a 2-d tensor map at coordinates (x, y), counted on `bar` with the full box size.
+__device__ __forceinline__ void tma_g2s_2d(u32 dst, const void* map, int x, int y, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+        "l"(map), "r"(x), "r"(y), "r"(bar)
+        : "memory");
 }
 // One box of a 3-d tensor map (`map`: the generic address of a __grid_constant__ CUtensorMap) at
 // coordinates (x, y, z), counted on `bar` with the full box size (elements outside the tensor are zeros).

@@ -381,11 +381,6 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 #define DW_V_SBO 1024
 #endif
 
-// A tensor map (CUtensorMap, made on the host by cuTensorMapEncodeTiled), passed by value.
-struct __align__(64) TmaDesc {
-    u64 v[16];
-};
-
 // Byte offset of (row r, 16-byte chunk c) in a 64-row core-matrix tile.
 __device__ __forceinline__ u32 dw_off(int r, int c) { return (u32)(((c << 3) + (r >> 3)) * 128 + ((r & 7) << 4)); }
 
@@ -450,33 +445,6 @@ __device__ __forceinline__ void dw_mma_pv(float* d, u64 da, u64 db) {
           "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
         : "l"(da), "l"(db), "r"(1));
 }
-
-// TMA (bulk tensor copy) helpers: the key tile arrives as 9 boxes of 64 rows x 64 dims, each
-// written by the copy engine in the 128-byte-swizzled K-major layout (8 KB per box) and counted
-// on the buffer's mbarrier.
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    asm volatile(
-        "{\n.reg .pred p;\nDW_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@!p bra DW_WAIT;\n}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
-__device__ __forceinline__ void tma_load_2d(u32 dst, const TmaDesc* map, int x, int y, u32 bar) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
-        "l"(map), "r"(x), "r"(y), "r"(bar)
-        : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
 #endif
 
 // The 128-byte-swizzle variant's V descriptor strides (MN-major: LBO between 64-dim blocks, SBO
@@ -490,14 +458,15 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
 #define DW_SW128 (1ull << 62)
 
 // TMA: key tiles by the copy engine (tensor map over the cache as [B*L rows, 576] bf16, box 64 x 64,
-// 128-byte swizzle), else cp.async into dw_off tiles. DIAG (timing experiments only, wrong results):
-// 1 skips the math, 2 skips every key load after the first tile.
+// 128-byte swizzle: a tile is 9 boxes of 8 KB counted on the buffer's mbarrier), else cp.async into
+// dw_off tiles. DIAG (timing experiments only, wrong results): 1 skips the math, 2 skips every key
+// load after the first tile.
 template <bool TMA, int DIAG>
 __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                         u16* __restrict__ out, float* __restrict__ ws_o,
                                                         float2* __restrict__ ws_ml, int H, int L, int q_len,
                                                         int n_splits, int tiles_per_split, float scale_log2,
-                                                        const TmaDesc* tmap) {
+                                                        const TensorMap* tmap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(128) u8 dsmem[];
     // 1024-byte aligned base (the swizzled tiles need it; DW_SMEM_TMA reserves the slack).
@@ -534,14 +503,14 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
     // Tile j into buffer j & 1 (TMA: thread 0 only).
     auto issue_tma = [&](int j) {
         const u32 bar = (j & 1) ? bar1 : bar0, dst = (j & 1) ? aK1 : aK0;
-        mbar_expect_tx(bar, DW_TILE_BYTES);
+        mb_expect_tx(bar, DW_TILE_BYTES);
 #pragma unroll
-        for (int c = 0; c < DC_D / 64; c++) tma_load_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, bar);
+        for (int c = 0; c < DC_D / 64; c++) tma_g2s_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, bar);
     };
     if (TMA) {
         if (tid == 0) {
-            mbar_init(bar0, 1);
-            mbar_init(bar1, 1);
+            mb_init(bar0, 1);
+            mb_init(bar1, 1);
             asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
             fence_proxy_async();
         }
@@ -575,7 +544,7 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
             __syncthreads();  // Q in place; both warpgroups are done with tile j-1 and P
             if (tid == 0 && j + 1 < n_tiles && (DIAG != 2 || j == 0)) issue_tma(j + 1);
             __syncwarp();
-            if (DIAG != 2 || j < 2) mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+            if (DIAG != 2 || j < 2) mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
             __syncwarp();  // the lanes leave the wait together (wgmma instructions follow, .aligned)
         } else {
             cp_async_wait<0>();
@@ -729,7 +698,7 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 
 // As dense_decode_bf16_wgmma, with the key tiles brought in by the copy engine through `tmap`.
 extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
-    dense_decode_bf16_wgmma_tma(const __grid_constant__ TmaDesc tmap, const u16* __restrict__ Q,
+    dense_decode_bf16_wgmma_tma(const __grid_constant__ TensorMap tmap, const u16* __restrict__ Q,
                                 const u16* __restrict__ cache, u16* __restrict__ out, float* __restrict__ ws_o,
                                 float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits, int tiles_per_split,
                                 float scale_log2) {
@@ -760,7 +729,7 @@ __device__ __forceinline__ void dw_issue_s(float* s, u64 dq, u32 aK, int wg) {
 __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restrict__ Q, u16* __restrict__ out,
                                                            float* __restrict__ ws_o, float2* __restrict__ ws_ml, int H,
                                                            int L, int q_len, int n_splits, int tiles_per_split,
-                                                           float scale_log2, const TmaDesc* tmap) {
+                                                           float scale_log2, const TensorMap* tmap) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     extern __shared__ __align__(128) u8 dsmem[];
     const u32 raw = smem_u32(dsmem);
@@ -792,10 +761,10 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     const int n_tiles = (key_end - key_begin + DC_BN - 1) / DC_BN;
 
     if (tid == 0) {
-        mbar_init(full0, 1);
-        mbar_init(full1, 1);
-        mbar_init(empty0, DC_THREADS);
-        mbar_init(empty1, DC_THREADS);
+        mb_init(full0, 1);
+        mb_init(full1, 1);
+        mb_init(empty0, DC_THREADS);
+        mb_init(empty1, DC_THREADS);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         fence_proxy_async();
     }
@@ -804,9 +773,9 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     // Tile j into buffer j & 1 (thread 0; the buffer is free).
     auto issue_tile = [&](int j) {
         const u32 full = (j & 1) ? full1 : full0, dst = (j & 1) ? aK1 : aK0;
-        mbar_expect_tx(full, DW_TILE_BYTES);
+        mb_expect_tx(full, DW_TILE_BYTES);
 #pragma unroll
-        for (int c = 0; c < DC_D / 64; c++) tma_load_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, full);
+        for (int c = 0; c < DC_D / 64; c++) tma_g2s_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, full);
     };
     if (tid == 0) {
         issue_tile(0);
@@ -827,7 +796,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();  // Q in place
-    mbar_wait(full0, 0);
+    mb_wait(full0, 0);
     __syncwarp();
     dw_issue_s(s, dq, aK0, wg);
     wg_wait<0>();
@@ -904,7 +873,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
             wg_commit();
         }
         if (j + 1 < n_tiles) {
-            mbar_wait((j & 1) ? full0 : full1, (u32)((j + 1) >> 1) & 1u);
+            mb_wait((j & 1) ? full0 : full1, (u32)((j + 1) >> 1) & 1u);
             __syncwarp();
             dw_issue_s(s, dq, (j & 1) ? aK0 : aK1, wg);
             wg_wait<1>();  // PV(j) done (groups complete in order)
@@ -912,9 +881,9 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
             wg_wait<0>();
         }
         wg_fence_acc<DC_DV / 4>(o);
-        mbar_arrive((j & 1) ? empty1 : empty0);  // this thread's reads of tile j are over
+        mb_arrive((j & 1) ? empty1 : empty0);  // this thread's reads of tile j are over
         if (tid == 0 && j + 2 < n_tiles) {
-            mbar_wait((j & 1) ? empty1 : empty0, (u32)(j >> 1) & 1u);  // every thread's are
+            mb_wait((j & 1) ? empty1 : empty0, (u32)(j >> 1) & 1u);  // every thread's are
             issue_tile(j + 2);
         }
         __syncwarp();
@@ -963,7 +932,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
 
 // As dense_decode_bf16_wgmma_tma, with PV(j) and S(j+1) issued back to back.
 extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
-    dense_decode_bf16_wgmma_pipe(const __grid_constant__ TmaDesc tmap, const u16* __restrict__ Q,
+    dense_decode_bf16_wgmma_pipe(const __grid_constant__ TensorMap tmap, const u16* __restrict__ Q,
                                const u16* __restrict__ cache, u16* __restrict__ out, float* __restrict__ ws_o,
                                float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits, int tiles_per_split,
                                float scale_log2) {

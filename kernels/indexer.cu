@@ -434,10 +434,6 @@ extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
 //
 // Shared memory (base rounded up to 1024 bytes):
 //   key tiles STAGES*32 KB | key scales STAGES*1 KB | Q QG*8 KB | w' QG*256 | full[STAGES], empty[STAGES]
-struct __align__(64) IxTmap {
-    u64 v[16];
-};
-
 template <int QG, int STAGES>
 struct IxTmaSmem {
     static constexpr int TILE_BYTES = IX_TK * 128;
@@ -449,7 +445,7 @@ struct IxTmaSmem {
 };
 
 template <int QG, int STAGES>
-__device__ __forceinline__ void indexer_tma_body(const IxTmap* tmap, const u8* __restrict__ q,
+__device__ __forceinline__ void indexer_tma_body(const TensorMap* tmap, const u8* __restrict__ q,
                                                  const float* __restrict__ qscale, const float* __restrict__ w,
                                                  const float* __restrict__ kscale, float* __restrict__ scores,
                                                  int q_len, int L, int Lp, int tiles_per_split) {
@@ -579,14 +575,14 @@ __device__ __forceinline__ void indexer_tma_body(const IxTmap* tmap, const u8* _
 // Decode entries (one query per CTA). tma3: 3 stages, two CTAs per multiprocessor (2 x 108.3 KB);
 // tma4: 4 stages, one CTA per multiprocessor (141.3 KB).
 extern "C" __global__ void __launch_bounds__(IX_THREADS, 2)
-    indexer_fp8_tma3_q1(const __grid_constant__ IxTmap tmap, const u8* __restrict__ q, const float* __restrict__ qscale,
+    indexer_fp8_tma3_q1(const __grid_constant__ TensorMap tmap, const u8* __restrict__ q, const float* __restrict__ qscale,
                         const float* __restrict__ w, const u8* __restrict__ k, const float* __restrict__ kscale,
                         float* __restrict__ scores, int q_len, int L, int Lp, int tiles_per_split) {
     indexer_tma_body<1, 3>(&tmap, q, qscale, w, kscale, scores, q_len, L, Lp, tiles_per_split);
 }
 
 extern "C" __global__ void __launch_bounds__(IX_THREADS, 1)
-    indexer_fp8_tma4_q1(const __grid_constant__ IxTmap tmap, const u8* __restrict__ q, const float* __restrict__ qscale,
+    indexer_fp8_tma4_q1(const __grid_constant__ TensorMap tmap, const u8* __restrict__ q, const float* __restrict__ qscale,
                         const float* __restrict__ w, const u8* __restrict__ k, const float* __restrict__ kscale,
                         float* __restrict__ scores, int q_len, int L, int Lp, int tiles_per_split) {
     indexer_tma_body<1, 4>(&tmap, q, qscale, w, kscale, scores, q_len, L, Lp, tiles_per_split);

@@ -433,30 +433,6 @@ __device__ __forceinline__ int sw_key(const int* idx_row, int e, int n_valid, in
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void sw_mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void sw_mbar_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void sw_mbar_wait(u32 bar, u32 parity) {
-    asm volatile(
-        "{\n.reg .pred p;\nSW_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@!p bra SW_WAIT;\n}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
-// One contiguous global -> shared copy by the copy engine, counted on `bar` (bytes and both addresses
-// multiples of 16).
-__device__ __forceinline__ void sw_bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(bar)
-                 : "memory");
-}
-__device__ __forceinline__ void sw_mbar_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
 // The mbarrier receives one arrival once this thread's earlier cp.async copies have landed.
 __device__ __forceinline__ void sw_cp_async_arrive(u32 bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
@@ -537,8 +513,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
         const u32 dst = (j & 1) ? aK1 : aK0, bar = (j & 1) ? bar1 : bar0;
         if (BULK) {
             // A copy may land before the expect-tx: the phase still waits for this arrival.
-            if (tid == (DEC ? 128 : 0)) sw_mbar_expect_tx(bar, BULK * SW_ROWB);
-            if (bulk_lane) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
+            if (tid == (DEC ? 128 : 0)) mb_expect_tx(bar, BULK * SW_ROWB);
+            if (bulk_lane) bulk_g2s(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
         }
         if (CPR) {
             const u16* src = cache_b + (size_t)key_a * SM_D;
@@ -553,10 +529,10 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     };
 
     if (tid == 0) {
-        sw_mbar_init(bar0, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
-        sw_mbar_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
-        sw_mbar_init(bare0, ER ? 8 : 4);
-        sw_mbar_init(bare1, ER ? 8 : 4);
+        mb_init(bar0, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
+        mb_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
+        mb_init(bare0, ER ? 8 : 4);
+        mb_init(bare1, ER ? 8 : 4);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -605,7 +581,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 
     for (int j = 0; j < n_tiles; j++) {
         const u32 kb = (j & 1) ? aK1 : aK0;
-        if (SW_DIAG != 2 || j < 2) sw_mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        if (SW_DIAG != 2 || j < 2) mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
         __syncwarp();
         if (SW_DIAG != 1) {
 
@@ -740,13 +716,13 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
                 // wgmma just issued on them has waited for those loads; the groups still in flight read
                 // registers and P^T only. Release the buffer.
                 __syncwarp();
-                if (lane == 0) sw_mbar_arrive((j & 1) ? bare1 : bare0);
+                if (lane == 0) mb_arrive((j & 1) ? bare1 : bare0);
             }
             if (ER && wg == 1 && j + 2 < n_tiles) {
                 // Every warp of both warpgroups has read the last of buffer j & 1 (empty phase j >> 1):
                 // gather tile j+2 into it while the groups of value blocks 6 and 7 complete. The
                 // accumulators and A fragments in flight are not touched until the wg_wait below.
-                sw_mbar_wait((j & 1) ? bare1 : bare0, (u32)(j >> 1) & 1u);
+                mb_wait((j & 1) ? bare1 : bare0, (u32)(j >> 1) & 1u);
                 __syncwarp();
                 gather(j + 2);
                 fetch_keys(j + 3);
@@ -762,11 +738,11 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
             const u32 bare = (j & 1) ? bare1 : bare0;
             if (wg == 0) {
                 __syncwarp();
-                if (lane == 0) sw_mbar_arrive(bare);
+                if (lane == 0) mb_arrive(bare);
             } else {
                 sw_wg_bar(1);  // warpgroup 1 is done with buffer j & 1
                 if (j + 2 < n_tiles && SW_DIAG != 2) {
-                    sw_mbar_wait(bare, (u32)(j >> 1) & 1u);  // and so is warpgroup 0
+                    mb_wait(bare, (u32)(j >> 1) & 1u);  // and so is warpgroup 0
                     __syncwarp();
                     gather(j + 2);
                     fetch_keys(j + 3);
@@ -915,15 +891,15 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
     auto gather = [&](int j) {  // tile j (keys fetched) into buffer j & 1
         const u32 dst = (j & 1) ? aK1 : aK0, bar = (j & 1) ? bar1 : bar0;
         // A copy may land before the expect-tx: the phase still waits for this arrival.
-        if (tid == 128) sw_mbar_expect_tx(bar, SM_BN * SW_ROWB);
-        if (bulk_lane) sw_bulk_copy(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
+        if (tid == 128) mb_expect_tx(bar, SM_BN * SW_ROWB);
+        if (bulk_lane) bulk_g2s(dst + sw_row(brow), cache_b + (size_t)key_b * SM_D, SW_ROWB, bar);
     };
 
     if (tid == 0) {
-        sw_mbar_init(bar0, 1);
-        sw_mbar_init(bar1, 1);
-        sw_mbar_init(bare0, 8);
-        sw_mbar_init(bare1, 8);
+        mb_init(bar0, 1);
+        mb_init(bar1, 1);
+        mb_init(bare0, 8);
+        mb_init(bare1, 8);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -971,7 +947,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
 
     for (int j = 0; j < n_tiles; j++) {
         const u32 kb = (j & 1) ? aK1 : aK0, bare = (j & 1) ? bare1 : bare0;
-        sw_mbar_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
         __syncwarp();
 
         // S^T = K Q^T for the tile's 64 keys and this warpgroup's 32 heads (as sparse_mla_wgmma_body).
@@ -1172,12 +1148,12 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
             // just issued on them has waited for those loads; the groups still in flight read registers
             // and P^T only. Release the buffer.
             __syncwarp();
-            if (lane == 0) sw_mbar_arrive(bare);
+            if (lane == 0) mb_arrive(bare);
             if (wg == 1 && j + 2 < n_tiles) {
                 // All 8 warps have read the last of buffer j & 1 (empty phase j >> 1): gather tile j+2
                 // into it while the groups of value blocks 2 and 3 complete (their accumulators and A
                 // fragments are not touched before the wg_wait below).
-                sw_mbar_wait(bare, (u32)(j >> 1) & 1u);
+                mb_wait(bare, (u32)(j >> 1) & 1u);
                 __syncwarp();
                 gather(j + 2);
                 fetch_keys(j + 3);

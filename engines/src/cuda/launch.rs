@@ -196,7 +196,7 @@ impl DecodeKernel {
 pub struct TensorMap(pub [u64; 16]);
 
 // SAFETY: plain 128-byte data with CUtensorMap's size and alignment; the kernels declare the
-// parameter as a 64-byte aligned struct of 16 u64 (TmaDesc) and only hand its address to TMA.
+// parameter as a 64-byte aligned struct of 16 u64 (TensorMap in common.cuh) and only hand its address to TMA.
 unsafe impl cudarc::driver::DeviceRepr for TensorMap {}
 
 /// Encode a tiled tensor map with 128-byte swizzle, 256-byte L2 promotion and zero fill past the
