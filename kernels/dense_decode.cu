@@ -457,6 +457,47 @@ __device__ __forceinline__ void dw_mma_pv(float* d, u64 da, u64 db) {
 #endif
 #define DW_SW128 (1ull << 62)
 
+// The end of a wgmma decode CTA: the row sums of both warpgroups combined, then the output rows
+// normalised (one split) or the unnormalised split partials and (m, l) written for the combine kernel.
+__device__ __forceinline__ void dw_finish(const float* o, float m0, float m1, float l0, float l1, float* red_sum,
+                                          u16* __restrict__ out, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                                          size_t row0, int lr0, int lr1, int wg, int t, int n_splits, int split) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (t == 0) {
+        red_sum[wg * DC_BM + lr0] = l0;
+        red_sum[wg * DC_BM + lr1] = l1;
+    }
+    __syncthreads();
+    l0 = red_sum[lr0] + red_sum[DC_BM + lr0];
+    l1 = red_sum[lr1] + red_sum[DC_BM + lr1];
+
+    if (n_splits == 1) {
+        const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+        u16* o0 = out + (row0 + lr0) * DC_DV + wg * 256 + 2 * t;
+        u16* o1 = out + (row0 + lr1) * DC_DV + wg * 256 + 2 * t;
+    #pragma unroll
+        for (int i = 0; i < DC_DV / 16; i++) {
+            *reinterpret_cast<u32*>(o0 + i * 8) = pack_bf16x2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
+            *reinterpret_cast<u32*>(o1 + i * 8) = pack_bf16x2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
+        }
+    } else {
+        float* w0 = ws_o + ((row0 + lr0) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
+        float* w1 = ws_o + ((row0 + lr1) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
+    #pragma unroll
+        for (int i = 0; i < DC_DV / 16; i++) {
+            *reinterpret_cast<float2*>(w0 + i * 8) = make_float2(o[4 * i], o[4 * i + 1]);
+            *reinterpret_cast<float2*>(w1 + i * 8) = make_float2(o[4 * i + 2], o[4 * i + 3]);
+        }
+        if (wg == 0 && t == 0) {
+            ws_ml[(row0 + lr0) * n_splits + split] = make_float2(m0, l0);
+            ws_ml[(row0 + lr1) * n_splits + split] = make_float2(m1, l1);
+        }
+    }
+}
+
 // TMA: key tiles by the copy engine (tensor map over the cache as [B*L rows, 576] bf16, box 64 x 64,
 // 128-byte swizzle: a tile is 9 boxes of 8 KB counted on the buffer's mbarrier), else cp.async into
 // dw_off tiles. DIAG (timing experiments only, wrong results): 1 skips the math, 2 skips every key
@@ -511,7 +552,7 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
         if (tid == 0) {
             mb_init(bar0, 1);
             mb_init(bar1, 1);
-            asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+            mb_fence_init();
             fence_proxy_async();
         }
         __syncthreads();
@@ -645,40 +686,7 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
             wg_fence_acc<DC_DV / 4>(o);
         }
     }
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (t == 0) {
-        red_sum[wg * DC_BM + lr0] = l0;
-        red_sum[wg * DC_BM + lr1] = l1;
-    }
-    __syncthreads();
-    l0 = red_sum[lr0] + red_sum[DC_BM + lr0];
-    l1 = red_sum[lr1] + red_sum[DC_BM + lr1];
-
-    if (n_splits == 1) {
-        const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-        u16* o0 = out + (row0 + lr0) * DC_DV + wg * 256 + 2 * t;
-        u16* o1 = out + (row0 + lr1) * DC_DV + wg * 256 + 2 * t;
-#pragma unroll
-        for (int i = 0; i < DC_DV / 16; i++) {
-            *reinterpret_cast<u32*>(o0 + i * 8) = pack_bf16x2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
-            *reinterpret_cast<u32*>(o1 + i * 8) = pack_bf16x2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-        }
-    } else {
-        float* w0 = ws_o + ((row0 + lr0) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
-        float* w1 = ws_o + ((row0 + lr1) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
-#pragma unroll
-        for (int i = 0; i < DC_DV / 16; i++) {
-            *reinterpret_cast<float2*>(w0 + i * 8) = make_float2(o[4 * i], o[4 * i + 1]);
-            *reinterpret_cast<float2*>(w1 + i * 8) = make_float2(o[4 * i + 2], o[4 * i + 3]);
-        }
-        if (wg == 0 && t == 0) {
-            ws_ml[(row0 + lr0) * n_splits + split] = make_float2(m0, l0);
-            ws_ml[(row0 + lr1) * n_splits + split] = make_float2(m1, l1);
-        }
-    }
+    dw_finish(o, m0, m1, l0, l1, red_sum, out, ws_o, ws_ml, row0, lr0, lr1, wg, t, n_splits, split);
 #else
     __trap();  // built for a target without wgmma: the engine never launches these entries there
 #endif
@@ -765,7 +773,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
         mb_init(full1, 1);
         mb_init(empty0, DC_THREADS);
         mb_init(empty1, DC_THREADS);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mb_fence_init();
         fence_proxy_async();
     }
     __syncthreads();
@@ -891,40 +899,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
         wg_fence_acc<16>(s);
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (t == 0) {
-        red_sum[wg * DC_BM + lr0] = l0;
-        red_sum[wg * DC_BM + lr1] = l1;
-    }
-    __syncthreads();
-    l0 = red_sum[lr0] + red_sum[DC_BM + lr0];
-    l1 = red_sum[lr1] + red_sum[DC_BM + lr1];
-
-    if (n_splits == 1) {
-        const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-        u16* o0 = out + (row0 + lr0) * DC_DV + wg * 256 + 2 * t;
-        u16* o1 = out + (row0 + lr1) * DC_DV + wg * 256 + 2 * t;
-#pragma unroll
-        for (int i = 0; i < DC_DV / 16; i++) {
-            *reinterpret_cast<u32*>(o0 + i * 8) = pack_bf16x2(o[4 * i] * inv0, o[4 * i + 1] * inv0);
-            *reinterpret_cast<u32*>(o1 + i * 8) = pack_bf16x2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-        }
-    } else {
-        float* w0 = ws_o + ((row0 + lr0) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
-        float* w1 = ws_o + ((row0 + lr1) * n_splits + split) * DC_DV + wg * 256 + 2 * t;
-#pragma unroll
-        for (int i = 0; i < DC_DV / 16; i++) {
-            *reinterpret_cast<float2*>(w0 + i * 8) = make_float2(o[4 * i], o[4 * i + 1]);
-            *reinterpret_cast<float2*>(w1 + i * 8) = make_float2(o[4 * i + 2], o[4 * i + 3]);
-        }
-        if (wg == 0 && t == 0) {
-            ws_ml[(row0 + lr0) * n_splits + split] = make_float2(m0, l0);
-            ws_ml[(row0 + lr1) * n_splits + split] = make_float2(m1, l1);
-        }
-    }
+    dw_finish(o, m0, m1, l0, l1, red_sum, out, ws_o, ws_ml, row0, lr0, lr1, wg, t, n_splits, split);
 #else
     __trap();
 #endif
