@@ -103,7 +103,7 @@ typedef CUresult (*EncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, v
                                 CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 
 // The cache as a [B*L, 576] bf16 matrix, boxes of 64 rows x 64 dims, 128-byte swizzle.
-static TmaDesc cache_map(const u16* cache, size_t rows) {
+static TensorMap cache_map(const u16* cache, size_t rows) {
     static EncodeTiled enc = nullptr;
     if (!enc) {
         cudaDriverEntryPointQueryResult q;
@@ -123,7 +123,7 @@ static TmaDesc cache_map(const u16* cache, size_t rows) {
         printf("cuTensorMapEncodeTiled failed: %d\n", (int)r);
         exit(2);
     }
-    TmaDesc d;
+    TensorMap d;
     memcpy(&d, &m, sizeof(d));
     return d;
 }
@@ -174,7 +174,7 @@ static void run_case(int B, int L, int q, int nref, int iters, u64 seed) {
     CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_new));
     CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma_tma, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_tma));
     CK(cudaFuncSetAttribute(dense_decode_bf16_wgmma_pipe, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_tma));
-    const TmaDesc tmap = cache_map(dC, (size_t)B * L);
+    const TensorMap tmap = cache_map(dC, (size_t)B * L);
     dim3 grid(q * H / 64, sp.n, B);
     auto launch = [&](int which) {
         if (which == 0)

@@ -83,15 +83,6 @@ pub struct RunArgs {
     /// DSA top-k (keys kept per query).
     #[arg(long)]
     pub top_k: Option<usize>,
-    /// Output JSONL file [default: runs/<sweep>-<UTC time>.jsonl].
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Continue an existing output file: cases already recorded are skipped.
-    #[arg(long)]
-    pub resume: bool,
-    /// Overwrite an existing output file.
-    #[arg(long, conflicts_with = "resume")]
-    pub force: bool,
     /// Seed of the generated inputs.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -113,12 +104,38 @@ pub struct RunArgs {
     /// Skip verification against the reference (not recommended: results are unchecked).
     #[arg(long)]
     pub no_verify: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Where a run's records and report go (the same flags for `run` and `endpoint`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct OutputArgs {
+    /// Output JSONL file [default: runs/<sweep name, or `endpoint`>-<UTC time>.jsonl].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Continue an existing output file: cases it already records are skipped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Overwrite an existing output file.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     /// Do not write the report at the end.
     #[arg(long)]
     pub no_report: bool,
     /// Report folder [default: the output file's name without .jsonl, plus `-report`].
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// The output file (`--out`, else `runs/<name>-<UTC time>.jsonl`) and the report folder
+    /// (none with `--no-report`; the report sits beside the records it is made from).
+    pub fn paths(&self, name: &str) -> (PathBuf, Option<PathBuf>) {
+        let out = self.out.clone().unwrap_or_else(|| default_out(name));
+        let report_dir = (!self.no_report).then(|| self.report_dir.clone().unwrap_or_else(|| default_report_dir(&out)));
+        (out, report_dir)
+    }
 }
 
 /// A validated run.
@@ -216,10 +233,8 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         ctxcost_workloads::tensors::load(&t.to_string_lossy())?;
     }
     check_memory(&sweep)?;
-    let out = a.out.clone().unwrap_or_else(|| default_out(&sweep.name));
-    // The report sits beside the records it is made from.
-    let report_dir = if a.no_report { None } else { Some(a.report_dir.clone().unwrap_or_else(|| default_report_dir(&out))) };
-    Ok(Plan { sweep, out, resume: a.resume, force: a.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir })
+    let (out, report_dir) = a.output.paths(&sweep.name);
+    Ok(Plan { sweep, out, resume: a.output.resume, force: a.output.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir })
 }
 
 fn default_out(name: &str) -> PathBuf {

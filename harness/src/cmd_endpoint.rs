@@ -135,21 +135,8 @@ pub struct EndpointArgs {
     /// Seed of the prompts' filler text, nonces and arrival times.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output JSONL file [default: runs/endpoint-<UTC time>.jsonl].
-    #[arg(long, value_name = "FILE")]
-    pub out: Option<PathBuf>,
-    /// Continue an existing output file: cases recorded for every side are skipped.
-    #[arg(long)]
-    pub resume: bool,
-    /// Overwrite an existing output file.
-    #[arg(long, conflicts_with = "resume")]
-    pub force: bool,
-    /// Do not write the report at the end.
-    #[arg(long)]
-    pub no_report: bool,
-    /// Report folder [default: the output file's name without .jsonl, plus `-report`].
-    #[arg(long, value_name = "DIR")]
-    pub report_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: crate::cli::OutputArgs,
 }
 
 /// Arguments of `ctxcost serve-mock`.
@@ -346,8 +333,7 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
             }
         }
     }
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/endpoint-{}.jsonl", envinfo::utc_compact())));
-    let report_dir = (!a.no_report).then(|| a.report_dir.clone().unwrap_or_else(|| crate::cli::default_report_dir(&out)));
+    let (out, report_dir) = a.output.paths("endpoint");
     let settings = RunSettings {
         requests: a.requests,
         max_duration: Duration::from_secs_f64(a.max_seconds),
@@ -433,7 +419,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     let plan = plan(&a).await?;
     // Before the calibration requests; `open_output` comes after them, so a failed calibration
     // leaves no file behind.
-    recordio::check_output(&plan.out, a.resume, a.force)?;
+    recordio::check_output(&plan.out, a.output.resume, a.output.force)?;
     let labels: Vec<String> = plan.sides.iter().map(|s| s.label.clone()).collect();
     for s in &plan.sides {
         eprintln!("side {}: {} model {} ({} API)", s.label, http::client::public_url(&s.url), s.model, s.api.as_str());
@@ -443,7 +429,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     for c in bench.calibrate(max_ctx).await.map_err(|e| anyhow!(e))? {
         eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
     }
-    let (mut writer, done) = recordio::open_output(&plan.out, a.resume, a.force)?;
+    let (mut writer, done) = recordio::open_output(&plan.out, a.output.resume, a.output.force)?;
     let machine = (envinfo::tool(), envinfo::capture());
     let started = Instant::now();
     let mut failed_cases = 0;
