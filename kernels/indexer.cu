@@ -284,6 +284,58 @@ __device__ __forceinline__ void wg_mma_e4m3(float* d, u64 da, u64 db, int scale_
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(da), "l"(db), "r"(scale_d));
 }
+
+// The scores of one key tile (stage `st`, first key `key0`) for the CTA's queries: each warpgroup
+// scores its 128 keys of the tile as two 64-key blocks (FP8 wgmma m64n64k32 over the 64 heads), then
+// applies ReLU, the head weights and the key scales; keys after a query's position are not written.
+// SW128: the tile is in the 128-byte swizzle layout (TMA), else in 8-row core-matrix blocks (cp.async).
+template <bool SW128>
+__device__ __forceinline__ void ix_wg_score_tile(u32 tileA, u32 aQ, const float* sW, const float* sKs,
+                                                 float* __restrict__ scores, int st, int key0, int nq, int L,
+                                                 int q_len, int i0, size_t qrow0, int Lp, int wgi, int w4, int g,
+                                                 int t) {
+    for (int qi = 0; qi < nq; qi++) {
+        const int p = L - q_len + i0 + qi;
+#pragma unroll 1
+        for (int mb = 0; mb < 2; mb++) {
+            const int rb = wgi * 128 + mb * 64;  // first tile row of this warpgroup's 64-key block
+            if (key0 + rb > p) continue;         // warpgroup-uniform
+            float d[32];
+#pragma unroll
+            for (int i = 0; i < 32; i++) d[i] = 0.0f;
+            wg_fence_acc<32>(d);
+            wg_fence();
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                const u64 da = SW128 ? wg_desc_sw128(tileA + rb * 128 + s * 32)
+                                     : wg_desc(tileA + (rb >> 3) * 1024 + s * 256, 128, 1024);
+                wg_mma_e4m3(d, da, wg_desc(aQ + qi * 8192 + s * 256, 128, 1024), 1);
+            }
+            wg_commit();
+            wg_wait0();
+            wg_fence_acc<32>(d);
+            float part0 = 0.0f, part1 = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                const float2 wv = *reinterpret_cast<const float2*>(sW + qi * IX_HEADS + nt * 8 + 2 * t);
+                part0 = fmaf(wv.x, fmaxf(d[4 * nt + 0], 0.0f), part0);
+                part0 = fmaf(wv.y, fmaxf(d[4 * nt + 1], 0.0f), part0);
+                part1 = fmaf(wv.x, fmaxf(d[4 * nt + 2], 0.0f), part1);
+                part1 = fmaf(wv.y, fmaxf(d[4 * nt + 3], 0.0f), part1);
+            }
+            part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
+            part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
+            part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
+            part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+            if (t == 0) {
+                float* dst = scores + (qrow0 + qi) * (size_t)Lp;
+                const int r0 = rb + w4 * 16 + g, r1 = r0 + 8;
+                if (key0 + r0 <= p) dst[key0 + r0] = part0 * sKs[st * IX_TK + r0];
+                if (key0 + r1 <= p) dst[key0 + r1] = part1 * sKs[st * IX_TK + r1];
+            }
+        }
+    }
+}
 #endif
 
 template <int QG>
@@ -357,45 +409,7 @@ __device__ __forceinline__ void indexer_wgmma_body(const u8* __restrict__ q, con
         const int st = j % STAGES;
         const int key0 = (tile_begin + j) * IX_TK;
         const u32 tileA = aK + st * S::TILE_BYTES;
-        for (int qi = 0; qi < nq; qi++) {
-            const int p = L - q_len + i0 + qi;
-#pragma unroll 1
-            for (int mb = 0; mb < 2; mb++) {
-                const int rb = wgi * 128 + mb * 64;  // first tile row of this warpgroup's 64-key block
-                if (key0 + rb > p) continue;         // warpgroup-uniform
-                float d[32];
-#pragma unroll
-                for (int i = 0; i < 32; i++) d[i] = 0.0f;
-                wg_fence_acc<32>(d);
-                wg_fence();
-#pragma unroll
-                for (int s = 0; s < 4; s++)
-                    wg_mma_e4m3(d, wg_desc(tileA + (rb >> 3) * 1024 + s * 256, 128, 1024),
-                                wg_desc(aQ + qi * 8192 + s * 256, 128, 1024), 1);
-                wg_commit();
-                wg_wait0();
-                wg_fence_acc<32>(d);
-                float part0 = 0.0f, part1 = 0.0f;
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    const float2 wv = *reinterpret_cast<const float2*>(sW + qi * IX_HEADS + nt * 8 + 2 * t);
-                    part0 = fmaf(wv.x, fmaxf(d[4 * nt + 0], 0.0f), part0);
-                    part0 = fmaf(wv.y, fmaxf(d[4 * nt + 1], 0.0f), part0);
-                    part1 = fmaf(wv.x, fmaxf(d[4 * nt + 2], 0.0f), part1);
-                    part1 = fmaf(wv.y, fmaxf(d[4 * nt + 3], 0.0f), part1);
-                }
-                part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
-                part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
-                part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
-                part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
-                if (t == 0) {
-                    float* dst = scores + (qrow0 + qi) * (size_t)Lp;
-                    const int r0 = rb + w4 * 16 + g, r1 = r0 + 8;
-                    if (key0 + r0 <= p) dst[key0 + r0] = part0 * sKs[st * IX_TK + r0];
-                    if (key0 + r1 <= p) dst[key0 + r1] = part1 * sKs[st * IX_TK + r1];
-                }
-            }
-        }
+        ix_wg_score_tile<false>(tileA, aQ, sW, sKs, scores, st, key0, nq, L, q_len, i0, qrow0, Lp, wgi, w4, g, t);
     }
     cp_async_wait<0>();
 #else
@@ -526,44 +540,7 @@ __device__ __forceinline__ void indexer_tma_body(const TensorMap* tmap, const u8
 
         const int key0 = (tile_begin + j) * IX_TK;
         const u32 tileA = aK + st * S::TILE_BYTES;
-        for (int qi = 0; qi < nq; qi++) {
-            const int p = L - q_len + i0 + qi;
-#pragma unroll 1
-            for (int mb = 0; mb < 2; mb++) {
-                const int rb = wgi * 128 + mb * 64;
-                if (key0 + rb > p) continue;  // warpgroup-uniform
-                float d[32];
-#pragma unroll
-                for (int i = 0; i < 32; i++) d[i] = 0.0f;
-                wg_fence_acc<32>(d);
-                wg_fence();
-#pragma unroll
-                for (int s = 0; s < 4; s++)
-                    wg_mma_e4m3(d, wg_desc_sw128(tileA + rb * 128 + s * 32), wg_desc(aQ + qi * 8192 + s * 256, 128, 1024), 1);
-                wg_commit();
-                wg_wait0();
-                wg_fence_acc<32>(d);
-                float part0 = 0.0f, part1 = 0.0f;
-#pragma unroll
-                for (int nt = 0; nt < 8; nt++) {
-                    const float2 wv = *reinterpret_cast<const float2*>(sW + qi * IX_HEADS + nt * 8 + 2 * t);
-                    part0 = fmaf(wv.x, fmaxf(d[4 * nt + 0], 0.0f), part0);
-                    part0 = fmaf(wv.y, fmaxf(d[4 * nt + 1], 0.0f), part0);
-                    part1 = fmaf(wv.x, fmaxf(d[4 * nt + 2], 0.0f), part1);
-                    part1 = fmaf(wv.y, fmaxf(d[4 * nt + 3], 0.0f), part1);
-                }
-                part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
-                part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
-                part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
-                part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
-                if (t == 0) {
-                    float* dst = scores + (qrow0 + qi) * (size_t)Lp;
-                    const int r0 = rb + w4 * 16 + g, r1 = r0 + 8;
-                    if (key0 + r0 <= p) dst[key0 + r0] = part0 * sKs[st * IX_TK + r0];
-                    if (key0 + r1 <= p) dst[key0 + r1] = part1 * sKs[st * IX_TK + r1];
-                }
-            }
-        }
+        ix_wg_score_tile<true>(tileA, aQ, sW, sKs, scores, st, key0, nq, L, q_len, i0, qrow0, Lp, wgi, w4, g, t);
         __syncwarp();  // every lane's wgmma on the stage has completed and its scale reads are done
         if (lane == 0) mb_arrive(empty0 + 8 * st);
     }
