@@ -110,8 +110,9 @@ pub struct RunArgs {
 
 /// Where a run's records and report go (the same flags for `run` and `endpoint`).
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Output")]
 pub struct OutputArgs {
-    /// Output JSONL file [default: runs/<sweep name, or `endpoint`>-<UTC time>.jsonl].
+    /// Output JSONL file [default: runs/<sweep name>-<UTC time>.jsonl; endpoint runs: runs/endpoint-<UTC time>.jsonl].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Continue an existing output file: cases it already records are skipped.
