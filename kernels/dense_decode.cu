@@ -457,6 +457,71 @@ __device__ __forceinline__ void dw_mma_pv(float* d, u64 da, u64 db) {
 #endif
 #define DW_SW128 (1ull << 62)
 
+// Online softmax of one 64-key tile for a wgmma decode CTA: masks keys at or past `key_end`, takes
+// the row maxima over both warpgroups (one CTA barrier), rescales the running sums and O, and writes
+// P (bf16) into `sP` for the value product. s: this thread's 16 scores (rows lr0, lr1; keys
+// 32wg + 8i + 2t, +1 of the tile).
+__device__ __forceinline__ void dw_softmax_tile(float* s, float* o, float& m0, float& m1, float& l0, float& l1,
+                                                float* red_max, u8* sP, int tile_key, int key_end, int wg, int t,
+                                                int lr0, int lr1, float scale_log2) {
+    const int kbase = tile_key + wg * 32 + 2 * t;
+    if (tile_key + DC_BN > key_end) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int key = kbase + 8 * i;
+            if (key >= key_end) s[4 * i] = s[4 * i + 2] = NEG_INF;
+            if (key + 1 >= key_end) s[4 * i + 1] = s[4 * i + 3] = NEG_INF;
+        }
+    }
+    float mx0 = NEG_INF, mx1 = NEG_INF;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        mx0 = fmaxf(mx0, fmaxf(s[4 * i], s[4 * i + 1]));
+        mx1 = fmaxf(mx1, fmaxf(s[4 * i + 2], s[4 * i + 3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    if (t == 0) {
+        red_max[wg * DC_BM + lr0] = mx0;
+        red_max[wg * DC_BM + lr1] = mx1;
+    }
+    __syncthreads();  // every warpgroup's maxima in red_max
+    mx0 = fmaxf(red_max[lr0], red_max[DC_BM + lr0]);
+    mx1 = fmaxf(red_max[lr1], red_max[DC_BM + lr1]);
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: every tile has a visible key
+    const float alpha0 = fast_exp2((m0 - mn0) * scale_log2);
+    const float alpha1 = fast_exp2((m1 - mn1) * scale_log2);
+    m0 = mn0;
+    m1 = mn1;
+    const float ms0 = mn0 * scale_log2, ms1 = mn1 * scale_log2;
+    float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const float p0 = fast_exp2(fmaf(s[4 * i], scale_log2, -ms0));
+        const float p1 = fast_exp2(fmaf(s[4 * i + 1], scale_log2, -ms0));
+        const float p2 = fast_exp2(fmaf(s[4 * i + 2], scale_log2, -ms1));
+        const float p3 = fast_exp2(fmaf(s[4 * i + 3], scale_log2, -ms1));
+        rs0 += p0 + p1;
+        rs1 += p2 + p3;
+        const int kc = wg * 4 + i;  // 8-key chunk of the tile
+        *reinterpret_cast<u32*>(sP + dw_off(lr0, kc) + 4 * t) = pack_bf16x2(p0, p1);
+        *reinterpret_cast<u32*>(sP + dw_off(lr1, kc) + 4 * t) = pack_bf16x2(p2, p3);
+    }
+    l0 = l0 * alpha0 + rs0;
+    l1 = l1 * alpha1 + rs1;
+    if (alpha0 != 1.0f || alpha1 != 1.0f) {
+#pragma unroll
+        for (int i = 0; i < DC_DV / 16; i++) {
+            o[4 * i] *= alpha0;
+            o[4 * i + 1] *= alpha0;
+            o[4 * i + 2] *= alpha1;
+            o[4 * i + 3] *= alpha1;
+        }
+    }
+}
+
 // The end of a wgmma decode CTA: the row sums of both warpgroups combined, then the output rows
 // normalised (one split) or the unnormalised split partials and (m, l) written for the combine kernel.
 __device__ __forceinline__ void dw_finish(const float* o, float m0, float m1, float l0, float l1, float* red_sum,
@@ -614,62 +679,7 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
             wg_wait<0>();
             wg_fence_acc<16>(s);
         }
-        const int kbase = tile_key + wg * 32 + 2 * t;
-        if (tile_key + DC_BN > key_end) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int key = kbase + 8 * i;
-                if (key >= key_end) s[4 * i] = s[4 * i + 2] = NEG_INF;
-                if (key + 1 >= key_end) s[4 * i + 1] = s[4 * i + 3] = NEG_INF;
-            }
-        }
-        float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            mx0 = fmaxf(mx0, fmaxf(s[4 * i], s[4 * i + 1]));
-            mx1 = fmaxf(mx1, fmaxf(s[4 * i + 2], s[4 * i + 3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        if (t == 0) {
-            red_max[wg * DC_BM + lr0] = mx0;
-            red_max[wg * DC_BM + lr1] = mx1;
-        }
-        __syncthreads();
-        mx0 = fmaxf(red_max[lr0], red_max[DC_BM + lr0]);
-        mx1 = fmaxf(red_max[lr1], red_max[DC_BM + lr1]);
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);  // finite: every tile has a visible key
-        const float alpha0 = fast_exp2((m0 - mn0) * scale_log2);
-        const float alpha1 = fast_exp2((m1 - mn1) * scale_log2);
-        m0 = mn0;
-        m1 = mn1;
-        const float ms0 = mn0 * scale_log2, ms1 = mn1 * scale_log2;
-        float rs0 = 0.0f, rs1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float p0 = fast_exp2(fmaf(s[4 * i], scale_log2, -ms0));
-            const float p1 = fast_exp2(fmaf(s[4 * i + 1], scale_log2, -ms0));
-            const float p2 = fast_exp2(fmaf(s[4 * i + 2], scale_log2, -ms1));
-            const float p3 = fast_exp2(fmaf(s[4 * i + 3], scale_log2, -ms1));
-            rs0 += p0 + p1;
-            rs1 += p2 + p3;
-            const int kc = wg * 4 + i;  // 8-key chunk of the tile
-            *reinterpret_cast<u32*>(sP + dw_off(lr0, kc) + 4 * t) = pack_bf16x2(p0, p1);
-            *reinterpret_cast<u32*>(sP + dw_off(lr1, kc) + 4 * t) = pack_bf16x2(p2, p3);
-        }
-        l0 = l0 * alpha0 + rs0;
-        l1 = l1 * alpha1 + rs1;
-        if (alpha0 != 1.0f || alpha1 != 1.0f) {
-#pragma unroll
-            for (int i = 0; i < DC_DV / 16; i++) {
-                o[4 * i] *= alpha0;
-                o[4 * i + 1] *= alpha0;
-                o[4 * i + 2] *= alpha1;
-                o[4 * i + 3] *= alpha1;
-            }
-        }
+        dw_softmax_tile(s, o, m0, m1, l0, l1, red_max, sP, tile_key, key_end, wg, t, lr0, lr1, scale_log2);
         fence_proxy_async();
         __syncthreads();  // P complete and visible to the tensor cores
 
@@ -813,62 +823,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     for (int j = 0; j < n_tiles; j++) {
         const int tile_key = key_begin + j * DC_BN;
         const u32 aK = (j & 1) ? aK1 : aK0;
-        const int kbase = tile_key + wg * 32 + 2 * t;
-        if (tile_key + DC_BN > key_end) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int key = kbase + 8 * i;
-                if (key >= key_end) s[4 * i] = s[4 * i + 2] = NEG_INF;
-                if (key + 1 >= key_end) s[4 * i + 1] = s[4 * i + 3] = NEG_INF;
-            }
-        }
-        float mx0 = NEG_INF, mx1 = NEG_INF;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            mx0 = fmaxf(mx0, fmaxf(s[4 * i], s[4 * i + 1]));
-            mx1 = fmaxf(mx1, fmaxf(s[4 * i + 2], s[4 * i + 3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        if (t == 0) {
-            red_max[wg * DC_BM + lr0] = mx0;
-            red_max[wg * DC_BM + lr1] = mx1;
-        }
-        __syncthreads();  // maxima in; both warpgroups are done with P(j-1) (their PV(j-1) completed)
-        mx0 = fmaxf(red_max[lr0], red_max[DC_BM + lr0]);
-        mx1 = fmaxf(red_max[lr1], red_max[DC_BM + lr1]);
-        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-        const float alpha0 = fast_exp2((m0 - mn0) * scale_log2);
-        const float alpha1 = fast_exp2((m1 - mn1) * scale_log2);
-        m0 = mn0;
-        m1 = mn1;
-        const float ms0 = mn0 * scale_log2, ms1 = mn1 * scale_log2;
-        float rs0 = 0.0f, rs1 = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float p0 = fast_exp2(fmaf(s[4 * i], scale_log2, -ms0));
-            const float p1 = fast_exp2(fmaf(s[4 * i + 1], scale_log2, -ms0));
-            const float p2 = fast_exp2(fmaf(s[4 * i + 2], scale_log2, -ms1));
-            const float p3 = fast_exp2(fmaf(s[4 * i + 3], scale_log2, -ms1));
-            rs0 += p0 + p1;
-            rs1 += p2 + p3;
-            const int kc = wg * 4 + i;
-            *reinterpret_cast<u32*>(sP + dw_off(lr0, kc) + 4 * t) = pack_bf16x2(p0, p1);
-            *reinterpret_cast<u32*>(sP + dw_off(lr1, kc) + 4 * t) = pack_bf16x2(p2, p3);
-        }
-        l0 = l0 * alpha0 + rs0;
-        l1 = l1 * alpha1 + rs1;
-        if (alpha0 != 1.0f || alpha1 != 1.0f) {
-#pragma unroll
-            for (int i = 0; i < DC_DV / 16; i++) {
-                o[4 * i] *= alpha0;
-                o[4 * i + 1] *= alpha0;
-                o[4 * i + 2] *= alpha1;
-                o[4 * i + 3] *= alpha1;
-            }
-        }
+        dw_softmax_tile(s, o, m0, m1, l0, l1, red_max, sP, tile_key, key_end, wg, t, lr0, lr1, scale_log2);
         fence_proxy_async();
         __syncthreads();  // P complete and visible to the tensor cores; red_max free
 
