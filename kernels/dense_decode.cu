@@ -823,6 +823,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     for (int j = 0; j < n_tiles; j++) {
         const int tile_key = key_begin + j * DC_BN;
         const u32 aK = (j & 1) ? aK1 : aK0;
+        // Its barrier also means both warpgroups are done with P(j-1): their PV(j-1) has completed.
         dw_softmax_tile(s, o, m0, m1, l0, l1, red_max, sP, tile_key, key_end, wg, t, lr0, lr1, scale_log2);
         fence_proxy_async();
         __syncthreads();  // P complete and visible to the tensor cores; red_max free
