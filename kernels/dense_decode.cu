@@ -102,6 +102,15 @@ __device__ __forceinline__ void dc_dequant_tile(u16* sK, const u8* stage, int ti
     }
 }
 
+// The partial of a split with no visible key (only possible when q_len > 1): O = 0, m = -inf, l = 0,
+// so the combine kernel gives it no weight.
+__device__ __forceinline__ void dc_write_empty_split(float* __restrict__ ws_o, float2* __restrict__ ws_ml, size_t row0,
+                                                     int n_splits, int split, int tid) {
+    for (int i = tid; i < DC_BM * DC_DV; i += DC_THREADS)
+        ws_o[((row0 + i / DC_DV) * n_splits + split) * DC_DV + (i % DC_DV)] = 0.0f;
+    if (tid < DC_BM) ws_ml[(row0 + tid) * n_splits + split] = make_float2(NEG_INF, 0.0f);
+}
+
 template <bool FP8>
 __device__ __forceinline__ void dense_decode_body(const u16* __restrict__ Q, const u8* __restrict__ cache,
                                                   u16* __restrict__ out, float* __restrict__ ws_o,
@@ -130,9 +139,7 @@ __device__ __forceinline__ void dense_decode_body(const u16* __restrict__ Q, con
 
     if (key_begin >= key_end) {
         // No visible key in this split (only possible when q_len > 1): an empty partial.
-        for (int i = tid; i < DC_BM * DC_DV; i += DC_THREADS)
-            ws_o[((row0 + i / DC_DV) * n_splits + split) * DC_DV + (i % DC_DV)] = 0.0f;
-        if (tid < DC_BM) ws_ml[(row0 + tid) * n_splits + split] = make_float2(NEG_INF, 0.0f);
+        dc_write_empty_split(ws_o, ws_ml, row0, n_splits, split, tid);
         return;
     }
     const int n_tiles = (key_end - key_begin + DC_BN - 1) / DC_BN;
@@ -522,6 +529,16 @@ __device__ __forceinline__ void dw_softmax_tile(float* s, float* o, float& m0, f
     }
 }
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Tile j of a split (cache rows grow0 + 64j.., all 576 dims) into `dst` by TMA, counted on `bar`:
+// 9 boxes of 64 x 64 in the 128-byte swizzle layout (one thread issues it).
+__device__ __forceinline__ void dw_issue_tile(u32 bar, u32 dst, const TensorMap* tmap, int grow0, int j) {
+    mb_expect_tx(bar, DW_TILE_BYTES);
+#pragma unroll
+    for (int c = 0; c < DC_D / 64; c++) tma_g2s_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, bar);
+}
+#endif
+
 // The end of a wgmma decode CTA: the row sums of both warpgroups combined, then the output rows
 // normalised (one split) or the unnormalised split partials and (m, l) written for the combine kernel.
 __device__ __forceinline__ void dw_finish(const float* o, float m0, float m1, float l0, float l1, float* red_sum,
@@ -597,9 +614,7 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
     const size_t row0 = (size_t)b * rows_per_seq + (size_t)rb * DC_BM;
 
     if (key_begin >= key_end) {
-        for (int i = tid; i < DC_BM * DC_DV; i += DC_THREADS)
-            ws_o[((row0 + i / DC_DV) * n_splits + split) * DC_DV + (i % DC_DV)] = 0.0f;
-        if (tid < DC_BM) ws_ml[(row0 + tid) * n_splits + split] = make_float2(NEG_INF, 0.0f);
+        dc_write_empty_split(ws_o, ws_ml, row0, n_splits, split, tid);
         return;
     }
     const int n_tiles = (key_end - key_begin + DC_BN - 1) / DC_BN;
@@ -607,12 +622,7 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
     const int grow0 = b * L + key_begin;  // tensor-map row of the split's first key
 
     // Tile j into buffer j & 1 (TMA: thread 0 only).
-    auto issue_tma = [&](int j) {
-        const u32 bar = (j & 1) ? bar1 : bar0, dst = (j & 1) ? aK1 : aK0;
-        mb_expect_tx(bar, DW_TILE_BYTES);
-#pragma unroll
-        for (int c = 0; c < DC_D / 64; c++) tma_g2s_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, bar);
-    };
+    auto issue_tma = [&](int j) { dw_issue_tile((j & 1) ? bar1 : bar0, (j & 1) ? aK1 : aK0, tmap, grow0, j); };
     if (TMA) {
         if (tid == 0) {
             mb_init(bar0, 1);
@@ -771,9 +781,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     const size_t row0 = (size_t)b * rows_per_seq + (size_t)rb * DC_BM;
 
     if (key_begin >= key_end) {
-        for (int i = tid; i < DC_BM * DC_DV; i += DC_THREADS)
-            ws_o[((row0 + i / DC_DV) * n_splits + split) * DC_DV + (i % DC_DV)] = 0.0f;
-        if (tid < DC_BM) ws_ml[(row0 + tid) * n_splits + split] = make_float2(NEG_INF, 0.0f);
+        dc_write_empty_split(ws_o, ws_ml, row0, n_splits, split, tid);
         return;
     }
     const int n_tiles = (key_end - key_begin + DC_BN - 1) / DC_BN;
@@ -789,12 +797,7 @@ __device__ __forceinline__ void dense_decode_wgmma_pipe_body(const u16* __restri
     __syncthreads();
     const int grow0 = b * L + key_begin;  // tensor-map row of the split's first key
     // Tile j into buffer j & 1 (thread 0; the buffer is free).
-    auto issue_tile = [&](int j) {
-        const u32 full = (j & 1) ? full1 : full0, dst = (j & 1) ? aK1 : aK0;
-        mb_expect_tx(full, DW_TILE_BYTES);
-#pragma unroll
-        for (int c = 0; c < DC_D / 64; c++) tma_g2s_2d(dst + c * 8192, tmap, c * 64, grow0 + j * DC_BN, full);
-    };
+    auto issue_tile = [&](int j) { dw_issue_tile((j & 1) ? full1 : full0, (j & 1) ? aK1 : aK0, tmap, grow0, j); };
     if (tid == 0) {
         issue_tile(0);
         if (n_tiles > 1) issue_tile(1);
