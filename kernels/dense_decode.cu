@@ -138,7 +138,6 @@ __device__ __forceinline__ void dense_decode_body(const u16* __restrict__ Q, con
     const size_t row0 = (size_t)b * rows_per_seq + (size_t)rb * DC_BM;  // global row of local row 0
 
     if (key_begin >= key_end) {
-        // No visible key in this split (only possible when q_len > 1): an empty partial.
         dc_write_empty_split(ws_o, ws_ml, row0, n_splits, split, tid);
         return;
     }

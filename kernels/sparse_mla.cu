@@ -533,7 +533,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
         mb_init(bar1, (BULK ? 1 : 0) + (CPR ? SM_THREADS : 0));
         mb_init(bare0, ER ? 8 : 4);
         mb_init(bare1, ER ? 8 : 4);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mb_fence_init();
     }
     __syncthreads();
     // Q (64 x 576) into the core-matrix layout: warp w copies rows 8w..8w+7, 64 bytes of a row per step.
@@ -900,7 +900,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
         mb_init(bar1, 1);
         mb_init(bare0, 8);
         mb_init(bare1, 8);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mb_fence_init();
     }
     __syncthreads();
     {
