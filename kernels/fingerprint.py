@@ -30,7 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SM90A = "--gpu-architecture=sm_90a"
 SM90 = "--gpu-architecture=sm_90"
 
-# (file, option sets): the sets engines/src/cuda compiles each source with.
+# (file, option sets): the sets engines/src/cuda compiles each source with (kept by hand: an option
+# set added there, a new -D switch or prefill tile, belongs here too).
 BUILDS = [
     ("generate.cu", [[SM90]]),
     ("dense_prefill.cu", [[SM90, "-DPF_WARPS=8", "-DPF_BN=128", "-DPF_MIN_BLOCKS=1"],
