@@ -9,7 +9,8 @@
 # Environment: CTXCOST_BIN (a built binary; otherwise `cargo run --release --`),
 # CTXCOST_OUT_DIR (default target/ci; runs go to OUT_DIR/noise-NAME/run-N.jsonl),
 # NOISE_REUSE=1 (reuse run files already there instead of measuring),
-# NOISE_THRESHOLDS (default "0.05 0.10 0.20 0.30 0.50 0.75 1.00").
+# NOISE_THRESHOLDS (default "0.05 0.10 0.20 0.30 0.50 0.75 1.00"),
+# NOISE_MODE=abba (study the gate's same-machine rounds instead of pairs; below).
 #
 # Columns of the result, per threshold:
 #   cases     case comparisons (ordered pairs x cases)
@@ -19,6 +20,11 @@
 #   triples   (baseline b, run c, re-run d), all distinct; confirmed: one case regressed in
 #             both (b, c) and (b, d) (what ci/ci-gate.sh, which re-measures once before
 #             failing, would see)
+#
+# NOISE_MODE=abba models ci/ci-gate.sh with a built baseline: every 4 consecutive runs
+# i..i+3 form a round, runs i and i+3 pooled as the baseline and i+1, i+2 pooled as the
+# current side (and, the code being the same, the other way round as well); confirmed: rounds
+# i and i+4 (the gate's re-measuring round) flag one case alike.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -43,6 +49,55 @@ regressed_cases() {
   "${CTXCOST[@]}" compare --threshold "$1" "$2" "$3" 2>/dev/null | awk '$1 ~ /^(regressed|broken)/ { print $2, $3, $4, $5, $6, $7, $8 }' | sort || true
 }
 rate() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }'; }
+
+if [[ "${NOISE_MODE:-pairs}" == abba ]]; then
+  ((runs >= 8)) || { echo "error: NOISE_MODE=abba needs at least 8 runs" >&2; exit 2; }
+  # Round i, direction o: the two sides as folders of copies of the runs.
+  for ((i = 1; i + 3 <= runs; i++)); do
+    for o in fwd rev; do
+      r="$dir/abba/$i-$o"
+      rm -rf "$r"
+      mkdir -p "$r/base" "$r/current"
+      # fwd: base = runs i, i+3; current = i+1, i+2. rev: the other way round.
+      if [[ $o == fwd ]]; then outer=base inner=current; else outer=current inner=base; fi
+      cp "$dir/run-$i.jsonl" "$r/$outer/a.jsonl"
+      cp "$dir/run-$((i + 3)).jsonl" "$r/$outer/b.jsonl"
+      cp "$dir/run-$((i + 1)).jsonl" "$r/$inner/a.jsonl"
+      cp "$dir/run-$((i + 2)).jsonl" "$r/$inner/b.jsonl"
+    done
+  done
+  printf '%-9s %7s %6s %7s %6s %6s %7s %8s %10s %7s\n' threshold cases false rate rounds alarm rate pairs confirmed rate
+  for t in $thresholds; do
+    declare -A hits=()
+    cases=0 false=0 rounds=0 alarms=0
+    for ((i = 1; i + 3 <= runs; i++)); do
+      for o in fwd rev; do
+        r="$dir/abba/$i-$o"
+        line=$("${CTXCOST[@]}" compare --quiet --threshold "$t" "$r/base" "$r/current" 2>/dev/null | tail -n 1) || true
+        read -r n k < <(sed -E 's/^[A-Z]+: ([0-9]+) compared, ([0-9]+) regressed.*/\1 \2/' <<<"$line")
+        cases=$((cases + n)) false=$((false + k)) rounds=$((rounds + 1))
+        if ((k > 0)); then
+          alarms=$((alarms + 1))
+          hits[$i,$o]=$(regressed_cases "$t" "$r/base" "$r/current")
+        fi
+      done
+    done
+    confirmed=0 pairs=0
+    for ((i = 1; i + 7 <= runs; i++)); do
+      for o in fwd rev; do
+        pairs=$((pairs + 1))
+        if [[ -n "${hits[$i,$o]:-}" && -n "${hits[$((i + 4)),$o]:-}" ]] &&
+          [[ -n "$(comm -12 <(echo "${hits[$i,$o]}") <(echo "${hits[$((i + 4)),$o]}"))" ]]; then
+          confirmed=$((confirmed + 1))
+        fi
+      done
+    done
+    unset hits
+    printf '%-9s %7d %6d %7s %6d %6d %7s %8d %10d %7s\n' "$t" "$cases" "$false" "$(rate "$false" "$cases")" \
+      "$rounds" "$alarms" "$(rate "$alarms" "$rounds")" "$pairs" "$confirmed" "$(rate "$confirmed" "$pairs")"
+  done
+  exit 0
+fi
 
 printf '%-9s %7s %6s %7s %6s %6s %7s %8s %10s %7s\n' threshold cases false rate pairs alarm rate triples confirmed rate
 for t in $thresholds; do

@@ -29,13 +29,8 @@ current="$out_dir/$name-current.jsonl"
 baseline_conf "$name"
 ctxcost_cmd "$BASE_PROFILE" || exit 2
 if [[ -n "$BASE_THREADS" ]]; then export RAYON_NUM_THREADS="$BASE_THREADS"; fi
-sweep_args "$name"
 echo "== measuring sweep '$name' ($BASE_PROFILE profile, RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-all}) -> $current" >&2
-if ! "${CTXCOST[@]}" run "${SWEEP_ARGS[@]}" --out "$current" --force --no-report >"$out_dir/$name-run.log" 2>&1; then
-  cat "$out_dir/$name-run.log" >&2
-  echo "error: the sweep failed (log above)" >&2
-  exit 2
-fi
+measure_sweep "$name" "$current" "${CTXCOST[@]}" || exit 2
 
 echo "== comparing with $baseline" >&2
 set +e

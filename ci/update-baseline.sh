@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Record (or re-record) the baseline of a named sweep: ci/baselines/NAME.jsonl, and
-# ci/baselines/NAME.conf saying how it was measured (cargo profile, RAYON_NUM_THREADS).
+# ci/baselines/NAME.conf saying how it was measured (cargo profile, RAYON_NUM_THREADS) and
+# which commit's code it measured (HEAD; ci-gate.sh builds that commit to measure it again).
 #
 #   ci/update-baseline.sh [NAME] [--runs K] [--from FILE]
 #
@@ -22,7 +23,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --from) from="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) name="$1"; shift ;;
   esac
 done
@@ -50,9 +51,14 @@ if ! grep -q '"status":"ok"' "$tmp"; then
   exit 2
 fi
 mv "$tmp" "$baseline"
+commit=$(git -C "$REPO_DIR" rev-parse HEAD 2>/dev/null || true)
+if [[ -n "$commit" ]] && [[ -n "$(git -C "$REPO_DIR" status --porcelain --untracked-files=no -- ':!ci/baselines' 2>/dev/null)" ]]; then
+  echo "warning: the tree has uncommitted changes; the conf names HEAD ($commit), which may not be the code just measured" >&2
+fi
 {
   echo "# How ci/baselines/$name.jsonl was measured (read by ci/regress.sh)."
   echo "profile=$profile"
   echo "threads=${RAYON_NUM_THREADS:-}"
+  echo "commit=$commit"
 } >"$CI_DIR/baselines/$name.conf"
 echo "baseline written: $baseline ($(wc -l <"$baseline") records, $profile profile, RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-all})" >&2
