@@ -56,7 +56,7 @@ if [[ -n "$commit" ]] && [[ -n "$(git -C "$REPO_DIR" status --porcelain --untrac
   echo "warning: the tree has uncommitted changes; the conf names HEAD ($commit), which may not be the code just measured" >&2
 fi
 {
-  echo "# How ci/baselines/$name.jsonl was measured (read by ci/regress.sh)."
+  echo "# How ci/baselines/$name.jsonl was measured (read by ci/regress.sh and ci/ci-gate.sh)."
   echo "profile=$profile"
   echo "threads=${RAYON_NUM_THREADS:-}"
   echo "commit=$commit"
