@@ -200,14 +200,18 @@ pub enum Load {
     Closed { concurrency: usize },
     /// Open loop: Poisson arrivals at `rate_rps`, send times drawn ahead of the run.
     Open { rate_rps: f64 },
+    /// Closed loop over the sides of an A/B run in turn: one queue A0, B0, A1, B1, ... with
+    /// `concurrency` requests in flight in all (at 1 the sides never overlap).
+    Alternate { concurrency: usize },
 }
 
 impl Load {
-    /// Short form used in case keys: `c4`, `r2.5`.
+    /// Short form used in case keys: `c4`, `r2.5`, `alt1`.
     pub fn key(&self) -> String {
         match self {
             Load::Closed { concurrency } => format!("c{concurrency}"),
             Load::Open { rate_rps } => format!("r{rate_rps}"),
+            Load::Alternate { concurrency } => format!("alt{concurrency}"),
         }
     }
 }
@@ -230,7 +234,8 @@ pub struct EndpointMetrics {
     /// How late sends were against the schedule (open loop: queueing in the client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_lag_ms: Option<Summary>,
-    /// From the first send to the last end (s).
+    /// From the first send to the last end (s). Under [`Load::Alternate`], where the side waits
+    /// while the other side's requests run, only the time it had a request in flight.
     pub duration_s: f64,
     pub request_rate_rps: f64,
     pub output_tokens_per_s: f64,
@@ -344,14 +349,33 @@ pub fn primary_name(phase: crate::Phase) -> &'static str {
 }
 
 /// Values of `f` for the requests both sides completed, paired by prompt index: (a, b).
-/// Request `i` of both sides of an A/B run carried the same prompt and went out together.
+/// Request `i` of both sides of an A/B run carried the same prompt and went out together (one
+/// after the other under [`Load::Alternate`]).
 pub fn paired(a: &EndpointBlock, b: &EndpointBlock, f: &dyn Fn(&RequestLog) -> Option<f64>) -> (Vec<f64>, Vec<f64>) {
     let bmap: BTreeMap<usize, f64> = b.requests.iter().filter_map(|r| f(r).map(|v| (r.index, v))).collect();
     a.requests.iter().filter_map(|r| Some((f(r)?, *bmap.get(&r.index)?))).unzip()
 }
 
-/// Derive the metrics of a set of requests.
-pub fn metrics(requests: &[RequestLog], slo: &Slo) -> EndpointMetrics {
+/// Time covered by at least one of the intervals `[sent, end]` (ms).
+fn busy_ms(requests: &[RequestLog]) -> f64 {
+    let mut iv: Vec<(f64, f64)> = requests.iter().map(|r| (r.sent_ms, r.end_ms.max(r.sent_ms))).collect();
+    iv.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut total, mut cur): (f64, Option<(f64, f64)>) = (0.0, None);
+    for (s, e) in iv {
+        cur = match cur {
+            Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
+            Some((cs, ce)) => {
+                total += ce - cs;
+                Some((s, e))
+            }
+            None => Some((s, e)),
+        };
+    }
+    total + cur.map_or(0.0, |(s, e)| e - s)
+}
+
+/// Derive the metrics of a set of requests made under `load`.
+pub fn metrics(requests: &[RequestLog], slo: &Slo, load: &Load) -> EndpointMetrics {
     let ok: Vec<&RequestLog> = requests.iter().filter(|r| r.ok).collect();
     let collect = |f: &dyn Fn(&RequestLog) -> Option<f64>| ok.iter().filter_map(|r| f(r)).collect::<Vec<f64>>();
     let ttft = collect(&|r| r.ttft_ms());
@@ -361,7 +385,11 @@ pub fn metrics(requests: &[RequestLog], slo: &Slo) -> EndpointMetrics {
     let lag: Vec<f64> = requests.iter().map(|r| r.send_lag_ms()).collect();
     let start = requests.iter().map(|r| r.sent_ms).fold(f64::INFINITY, f64::min);
     let end = requests.iter().map(|r| r.end_ms).fold(f64::NEG_INFINITY, f64::max);
-    let duration_s = if end > start { (end - start) / 1000.0 } else { 0.0 };
+    let duration_s = match load {
+        Load::Alternate { .. } => busy_ms(requests) / 1000.0,
+        _ if end > start => (end - start) / 1000.0,
+        _ => 0.0,
+    };
     let prompt_tokens_total: u64 = ok.iter().filter_map(|r| r.prompt_tokens).sum();
     let output_tokens_total: u64 = ok.iter().filter_map(|r| r.output_tokens()).sum();
     let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
@@ -449,6 +477,8 @@ pub fn cost(
 mod tests {
     use super::*;
 
+    const CLOSED: Load = Load::Closed { concurrency: 1 };
+
     fn req(index: usize, sent: f64, chunks: &[f64], end: f64, n: Option<u64>) -> RequestLog {
         RequestLog {
             index,
@@ -486,13 +516,13 @@ mod tests {
         bad.faults.push(Fault { kind: FaultKind::Server, http_status: Some(503), detail: "x".into(), at_ms: 30.0 });
         let good = req(0, 0.0, &[100.0, 110.0], 120.0, Some(2));
         assert_eq!(bad.ttft_ms(), None);
-        let m = metrics(&[good, bad], &Slo::default());
+        let m = metrics(&[good, bad], &Slo::default(), &CLOSED);
         assert_eq!((m.requests, m.ok, m.failed), (2, 1, 1));
         assert_eq!(m.faults.get("server"), Some(&1));
         assert_eq!(m.ttft_ms.unwrap().median, 100.0);
         assert!(m.tpot_ms.is_some() && m.itl_ms.is_some());
         // A record with no metric must survive JSON (no NaN).
-        let none = metrics(&[], &Slo::default());
+        let none = metrics(&[], &Slo::default(), &CLOSED);
         assert!(none.ttft_ms.is_none());
         let back: EndpointMetrics = serde_json::from_str(&serde_json::to_string(&none).unwrap()).unwrap();
         assert_eq!(back, none);
@@ -509,7 +539,7 @@ mod tests {
         let slo = Slo { ttft_ms: Some(100.0), tpot_ms: Some(15.0), e2e_ms: None };
         assert!(slo.met(&fast));
         assert!(!slo.met(&slow_first));
-        let m = metrics(&[fast, slow_first], &slo);
+        let m = metrics(&[fast, slow_first], &slo, &CLOSED);
         assert_eq!(m.slo_attainment, Some(0.5));
         assert!((m.goodput_rps.unwrap() - 1.0 / 0.42).abs() < 1e-9);
     }
@@ -521,11 +551,27 @@ mod tests {
         assert!((c.fraction - 0.1).abs() < 1e-12 && c.flagged);
         assert!(!cache_check(&[a.clone()], 0.2).flagged);
         let p = ApiPricing { source: "t".into(), usd_per_m_input_hit: 1.0, usd_per_m_input_miss: 10.0, usd_per_m_output: 100.0 };
-        let m = metrics(&[a.clone()], &Slo::default());
+        let m = metrics(&[a.clone()], &Slo::default(), &CLOSED);
         let k = cost(&[a], &m, Some(p), Some(3.6), Some(2));
         // 10 hit + 90 miss + 2 out.
         assert!((k.api_usd_per_request.unwrap() - (10.0 + 900.0 + 200.0) / 1e6).abs() < 1e-15);
         // 2 GPUs at $3.6/h = $0.002/s; 2 tokens in 1 s -> $1000 per million output tokens.
         assert!((k.gpu_usd_per_m_output.unwrap() - 1000.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn alternate_load_counts_only_busy_time() {
+        // Two requests of one side, 0..100 and 250..300 ms, and the other side's turn between.
+        let (a, b) = (req(0, 0.0, &[50.0, 100.0], 100.0, Some(2)), req(1, 250.0, &[280.0, 300.0], 300.0, Some(2)));
+        let closed = metrics(&[a.clone(), b.clone()], &Slo::default(), &CLOSED);
+        assert!((closed.duration_s - 0.3).abs() < 1e-12);
+        let alt = metrics(&[a.clone(), b.clone()], &Slo::default(), &Load::Alternate { concurrency: 1 });
+        assert!((alt.duration_s - 0.15).abs() < 1e-12);
+        assert!((alt.output_tokens_per_s - 4.0 / 0.15).abs() < 1e-9);
+        // Overlapping requests count once: 0..100 and 40..160 -> 160 ms.
+        let c = req(2, 40.0, &[100.0], 160.0, Some(1));
+        assert!((busy_ms(&[a, c, b]) - 210.0).abs() < 1e-12);
+        assert_eq!(busy_ms(&[]), 0.0);
+        assert_eq!(Load::Alternate { concurrency: 2 }.key(), "alt2");
     }
 }

@@ -53,7 +53,7 @@ async fn measured_ttft_and_tpot_match_injected_delays() {
         seed: 1,
     };
     let logs = run_case(&[ep], bodies, &spec, Arc::new(AtomicUsize::new(0))).await;
-    let m = ctxcost_core::endpoint::metrics(&logs[0], &Slo::default());
+    let m = ctxcost_core::endpoint::metrics(&logs[0], &Slo::default(), &spec.load);
     assert_eq!((m.ok, m.failed), (8, 0));
     assert_eq!(m.output_tokens_total, 8 * 20);
     // Tolerance: the client sees the server's delays plus loopback and scheduling latency,
@@ -115,7 +115,7 @@ async fn every_fault_is_recorded_and_the_run_completes() {
     assert_eq!(kinds(6), vec![FaultKind::RateLimited; 3]);
     assert!(!r[6].ok);
     assert!(r[7].ok && r[8].ok);
-    let m = ctxcost_core::endpoint::metrics(r, &Slo::default());
+    let m = ctxcost_core::endpoint::metrics(r, &Slo::default(), &spec.load);
     assert_eq!((m.ok, m.failed), (4, 5));
     let count = |k: &str| m.faults.get(k).copied().unwrap_or(0);
     assert_eq!(
@@ -248,6 +248,46 @@ async fn open_loop_sends_on_schedule_however_slow_the_server() {
     }
     // Requests overlap: a request went out before the previous one had answered.
     assert!(r.windows(2).filter(|w| w[1].sent_ms < w[0].end_ms).count() >= 5);
-    let m = ctxcost_core::endpoint::metrics(r, &Slo::default());
+    let m = ctxcost_core::endpoint::metrics(r, &Slo::default(), &spec.load);
     assert!(m.ttft_ms.unwrap().median >= 299.0);
+}
+
+/// Request logs of both sides as (side, log), in order of actual send.
+fn by_send_time(logs: &[Vec<ctxcost_core::endpoint::RequestLog>]) -> Vec<(usize, ctxcost_core::endpoint::RequestLog)> {
+    let mut all: Vec<_> = logs.iter().enumerate().flat_map(|(s, v)| v.iter().map(move |r| (s, r.clone()))).collect();
+    all.sort_by(|x, y| x.1.sent_ms.total_cmp(&y.1.sent_ms));
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alternate_order_takes_the_sides_in_turn_and_together_overlaps_them() {
+    let cfg = MockConfig { ttft_ms: 30.0, tpot_ms: 4.0, ..Default::default() };
+    let a = MockServer::start("127.0.0.1:0", cfg.clone()).await.unwrap();
+    let b = MockServer::start("127.0.0.1:0", cfg).await.unwrap();
+    let eps: Vec<Arc<Endpoint>> = [&a, &b]
+        .iter()
+        .map(|s| Arc::new(Endpoint::new("m", &s.url(), "mock", Api::Chat, None, true).unwrap()))
+        .collect();
+    let n = 5;
+    let bodies = || (0..2).map(|s| (0..n).map(|i| body(&format!("[{s}-{i}] a b c"), 4)).collect()).collect();
+    let spec = |load| LoadSpec { load, requests: n, max_duration: Duration::from_secs(60), limits: RequestLimits::default(), seed: 1 };
+
+    // Alternate at concurrency 1: A0, B0, A1, B1, ...; each request sent only after the one
+    // before it (either side) ended.
+    let logs = run_case(&eps, bodies(), &spec(Load::Alternate { concurrency: 1 }), Arc::new(AtomicUsize::new(0))).await;
+    assert!(logs.iter().all(|v| v.len() == n && v.iter().all(|r| r.ok)));
+    let order = by_send_time(&logs);
+    let seq: Vec<(usize, usize)> = order.iter().map(|(s, r)| (*s, r.index)).collect();
+    let want: Vec<(usize, usize)> = (0..n).flat_map(|i| [(0, i), (1, i)]).collect();
+    assert_eq!(seq, want);
+    for w in order.windows(2) {
+        assert!(w[1].1.sent_ms >= w[0].1.end_ms, "overlap: {:?} then {:?}", (w[0].0, w[0].1.index), (w[1].0, w[1].1.index));
+    }
+
+    // Together at concurrency 1 per side: request i of A and of B are in flight at once.
+    let logs = run_case(&eps, bodies(), &spec(Load::Closed { concurrency: 1 }), Arc::new(AtomicUsize::new(0))).await;
+    for i in 0..n {
+        let (ra, rb) = (&logs[0][i], &logs[1][i]);
+        assert!(ra.sent_ms < rb.end_ms && rb.sent_ms < ra.end_ms, "request {i}: A {:?} B {:?}", (ra.sent_ms, ra.end_ms), (rb.sent_ms, rb.end_ms));
+    }
 }

@@ -50,7 +50,8 @@ pub struct EndpointArgs {
     /// Base URL of the endpoint (side A), ending in /v1, e.g. http://gpu-host:8000/v1.
     #[arg(long = "a", visible_alias = "url", value_name = "URL")]
     pub a: String,
-    /// Base URL of side B for an A/B run (requests are interleaved over the same prompts).
+    /// Base URL of side B for an A/B run (both sides get the same prompts, request by request;
+    /// see --ab-order).
     #[arg(long = "b", value_name = "URL")]
     pub b: Option<String>,
     /// Label of side A [default: its model name].
@@ -95,6 +96,12 @@ pub struct EndpointArgs {
     /// Open loop: Poisson arrivals at this many requests per second per side, comma-separated.
     #[arg(long, value_name = "LIST")]
     pub rate: Option<String>,
+    /// A/B runs: `together` sends request i to both sides at once (each side its own closed or
+    /// open loop); `alternate` takes the sides in turn from one queue A0, B0, A1, B1, ... with
+    /// --concurrency requests in flight in all (closed loop only; at 1 the sides never overlap:
+    /// for deployments that share GPUs or a link).
+    #[arg(long, default_value = "together", value_name = "ORDER")]
+    pub ab_order: String,
     /// Requests per side per case.
     #[arg(long, default_value_t = 16)]
     pub requests: usize,
@@ -230,7 +237,25 @@ fn parse_loads(a: &EndpointArgs) -> Result<Vec<Load>> {
     if loads.is_empty() {
         bail!("give at least one load (--concurrency or --rate)");
     }
-    Ok(loads)
+    match a.ab_order.as_str() {
+        "together" => Ok(loads),
+        "alternate" => {
+            if a.b.is_none() {
+                bail!("--ab-order alternate takes the two sides of an A/B run in turn: give --b as well");
+            }
+            if a.rate.is_some() {
+                bail!("--ab-order alternate is a closed loop: use --concurrency, not --rate");
+            }
+            Ok(loads
+                .into_iter()
+                .map(|l| match l {
+                    Load::Closed { concurrency } => Load::Alternate { concurrency },
+                    other => other,
+                })
+                .collect())
+        }
+        other => bail!("--ab-order `{other}`: use together or alternate"),
+    }
 }
 
 /// A label usable in an engine id.
@@ -351,7 +376,7 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
 /// The case of one side (`label`) of an endpoint case.
 fn case_of(plan: &Plan, case: &CaseSpec, label: &str) -> Case {
     let batch = match case.load {
-        Load::Closed { concurrency } => concurrency,
+        Load::Closed { concurrency } | Load::Alternate { concurrency } => concurrency,
         Load::Open { .. } => 1,
     };
     Case {

@@ -100,6 +100,9 @@ fn bad_input_is_one_error_before_any_request() {
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--a-price", "gpt"], "--a-price"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--key-env", "CTXCOST_SURELY_UNSET_VAR"], "CTXCOST_SURELY_UNSET_VAR"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--b-label", "x"], "--b URL"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--ab-order", "alternate"], "give --b"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--b", "http://127.0.0.1:9/v1", "--b-model", "m", "--ab-order", "alternate", "--rate", "2"], "closed loop"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--ab-order", "sideways"], "together or alternate"),
     ] {
         let o = Command::new(BIN).arg("endpoint").args(&args).arg("--out").arg(&out).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);

@@ -4,8 +4,8 @@
 //!
 //! A/B pairs are the records of one run with sides `a` and `b` at the same phase, prompt
 //! length, output length and load, measured on the same machine. Requests are paired by
-//! prompt index (request `i` of both sides carried the same text and went out together), so
-//! the ratio of medians gets a paired bootstrap CI.
+//! prompt index (request `i` of both sides carried the same text and went out together, or
+//! one after the other under `alt` loads), so the ratio of medians gets a paired bootstrap CI.
 
 use std::collections::BTreeMap;
 

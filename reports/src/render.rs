@@ -64,13 +64,15 @@ fn endpoint_section(r: &Report, b: &mut Vec<Block>) {
     b.push(Block::P(
         "Measured from the client (ctxcost endpoint), per request: TTFT = actual send to the first chunk with generated text; E2E = actual send to the end of the stream; \
 TPOT = (E2E - TTFT) / (N - 1) with N the server's usage.completion_tokens; ITL = gaps between text chunks (vLLM's definitions). Prefill cases send max_tokens = 1 and are compared on TTFT; \
-decode cases on TPOT. Every prompt starts with a unique nonce; prompt lengths are the server's usage.prompt_tokens."
+decode cases on TPOT. Every prompt starts with a unique nonce; prompt lengths are the server's usage.prompt_tokens. \
+Load: cN = closed loop, N requests in flight per side; rR = open loop, Poisson arrivals at R requests/s per side; altN = the two sides of an A/B run in turn from one queue, N requests in flight in all \
+(throughput then counts only the time a side had a request in flight)."
             .into(),
     ));
     if !e.ab.is_empty() {
         b.push(Block::H3("B / A".into()));
         b.push(Block::P(
-            "Ratio of medians with a paired bootstrap 95% CI (2000 resamples): request i of both sides carried the same prompt text and went out together; only requests both sides completed are paired. \
+            "Ratio of medians with a paired bootstrap 95% CI (2000 resamples): request i of both sides carried the same prompt text and went out together (loads c, r) or one after the other (load alt); only requests both sides completed are paired. \
 Cost ratios: API list price per request, and GPU cost per million tokens from measured throughput (prefill: prompt and output tokens; decode: output tokens), where prices were given."
                 .into(),
         ));

@@ -5,6 +5,11 @@
 //!   with its own loop over the same prompts in the same order, so request `i` of A and of B
 //!   go out at about the same time with the same text (only the nonce differs): the sides
 //!   are measured over one time window, and slow drift of the client or network hits both.
+//! - **Alternating closed loop** (`Load::Alternate { concurrency }`): for A/B runs whose sides
+//!   share hardware (or a link), where requests sent together would slow each other: one
+//!   queue A0, B0, A1, B1, ... and `concurrency` requests in flight over both sides. At 1 the
+//!   sides take turns and never overlap; request `i` of A and of B still go out one request
+//!   apart, so slow drift hits both alike.
 //! - **Open loop** (`Load::Open { rate_rps }`): Poisson arrivals. All send times are drawn
 //!   before the case starts (seeded) and every request is scheduled at its time regardless of
 //!   how earlier ones are doing, so a slow server shows up as queueing (TTFT) instead of
@@ -91,6 +96,28 @@ pub async fn run_case(sides: &[Arc<Endpoint>], bodies: Vec<Vec<Arc<Vec<u8>>>>, s
             for (s, d) in dispatchers.into_iter().enumerate() {
                 for h in d.await.expect("dispatcher task") {
                     handles.push((s, h));
+                }
+            }
+        }
+        Load::Alternate { concurrency } => {
+            let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+            'queue: for i in 0..n {
+                for (s, ep) in sides.iter().enumerate() {
+                    let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                    let now = Instant::now();
+                    if now >= stop_at {
+                        break 'queue;
+                    }
+                    let (ep, body, limits, progress) = (ep.clone(), bodies[s][i].clone(), spec.limits, progress.clone());
+                    handles.push((
+                        s,
+                        tokio::spawn(async move {
+                            let log = send(ep, body, i, t0, now, limits).await;
+                            drop(permit);
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            log
+                        }),
+                    ));
                 }
             }
         }

@@ -215,16 +215,22 @@ impl Bench {
             // Warm-up prompts use nonces outside the measured range.
             warm.push((0..st.warmup as u64).map(|i| mk(1 << 32 | i)).collect::<Vec<_>>());
         }
-        // Warm-up: sequential per side, sides at once, not recorded.
+        // Warm-up, not recorded: sequential per side; the sides at once, or one after the other
+        // when the load takes them in turn.
         let mut ws = Vec::new();
         for (s, w) in warm.into_iter().enumerate() {
             let (ep, limits) = (self.sides[s].ep.clone(), st.limits);
-            ws.push(tokio::spawn(async move {
+            let warm_side = async move {
                 for b in w {
                     let t0 = tokio::time::Instant::now();
                     client::send(ep.clone(), b, 0, t0, t0, limits).await;
                 }
-            }));
+            };
+            if matches!(case.load, Load::Alternate { .. }) {
+                warm_side.await;
+            } else {
+                ws.push(tokio::spawn(warm_side));
+            }
         }
         for w in ws {
             let _ = w.await;
@@ -244,7 +250,7 @@ impl Bench {
     fn block(&self, s: usize, case: &CaseSpec, requests: Vec<RequestLog>) -> EndpointBlock {
         let side = &self.sides[s];
         let st = &self.settings;
-        let metrics = endpoint::metrics(&requests, &st.slo);
+        let metrics = endpoint::metrics(&requests, &st.slo, &case.load);
         let cache = endpoint::cache_check(&requests, st.cache_threshold);
         let cost = endpoint::cost(&requests, &metrics, side.spec.price.clone(), st.usd_per_gpu_hour, st.gpus);
         EndpointBlock {
