@@ -50,6 +50,28 @@ regressed_cases() {
 }
 rate() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f%%", 100 * a / b; else print "-" }'; }
 
+# Compare BASE with CURRENT at threshold $t: add to the tallies `cases`, `false` and `alarms`,
+# and keep the regressed cases in hits[KEY].
+tally() {
+  local key="$1" base="$2" current="$3" line n k
+  line=$("${CTXCOST[@]}" compare --quiet --threshold "$t" "$base" "$current" 2>/dev/null | tail -n 1) || true
+  read -r n k < <(sed -E 's/^[A-Z]+: ([0-9]+) compared, ([0-9]+) regressed.*/\1 \2/' <<<"$line")
+  cases=$((cases + n)) false=$((false + k))
+  if ((k > 0)); then
+    alarms=$((alarms + 1))
+    hits[$key]=$(regressed_cases "$t" "$base" "$current")
+  fi
+}
+# Whether the comparisons KEY1 and KEY2 flagged a case in common.
+confirms() {
+  [[ -n "${hits[$1]:-}" && -n "${hits[$2]:-}" ]] && [[ -n "$(comm -12 <(echo "${hits[$1]}") <(echo "${hits[$2]}"))" ]]
+}
+# One line of the result: threshold, case tallies, comparison tallies, confirmation tallies.
+result_row() {
+  printf '%-9s %7d %6d %7s %6d %6d %7s %8d %10d %7s\n' "$t" "$cases" "$false" "$(rate "$false" "$cases")" \
+    "$1" "$alarms" "$(rate "$alarms" "$1")" "$2" "$3" "$(rate "$3" "$2")"
+}
+
 if [[ "${NOISE_MODE:-pairs}" == abba ]]; then
   ((runs >= 8)) || { echo "error: NOISE_MODE=abba needs at least 8 runs" >&2; exit 2; }
   # Round i, direction o: the two sides as folders of copies of the runs.
@@ -72,29 +94,19 @@ if [[ "${NOISE_MODE:-pairs}" == abba ]]; then
     cases=0 false=0 rounds=0 alarms=0
     for ((i = 1; i + 3 <= runs; i++)); do
       for o in fwd rev; do
-        r="$dir/abba/$i-$o"
-        line=$("${CTXCOST[@]}" compare --quiet --threshold "$t" "$r/base" "$r/current" 2>/dev/null | tail -n 1) || true
-        read -r n k < <(sed -E 's/^[A-Z]+: ([0-9]+) compared, ([0-9]+) regressed.*/\1 \2/' <<<"$line")
-        cases=$((cases + n)) false=$((false + k)) rounds=$((rounds + 1))
-        if ((k > 0)); then
-          alarms=$((alarms + 1))
-          hits[$i,$o]=$(regressed_cases "$t" "$r/base" "$r/current")
-        fi
+        tally "$i,$o" "$dir/abba/$i-$o/base" "$dir/abba/$i-$o/current"
+        rounds=$((rounds + 1))
       done
     done
     confirmed=0 pairs=0
     for ((i = 1; i + 7 <= runs; i++)); do
       for o in fwd rev; do
         pairs=$((pairs + 1))
-        if [[ -n "${hits[$i,$o]:-}" && -n "${hits[$((i + 4)),$o]:-}" ]] &&
-          [[ -n "$(comm -12 <(echo "${hits[$i,$o]}") <(echo "${hits[$((i + 4)),$o]}"))" ]]; then
-          confirmed=$((confirmed + 1))
-        fi
+        if confirms "$i,$o" "$((i + 4)),$o"; then confirmed=$((confirmed + 1)); fi
       done
     done
     unset hits
-    printf '%-9s %7d %6d %7s %6d %6d %7s %8d %10d %7s\n' "$t" "$cases" "$false" "$(rate "$false" "$cases")" \
-      "$rounds" "$alarms" "$(rate "$alarms" "$rounds")" "$pairs" "$confirmed" "$(rate "$confirmed" "$pairs")"
+    result_row "$rounds" "$pairs" "$confirmed"
   done
   exit 0
 fi
@@ -106,13 +118,8 @@ for t in $thresholds; do
   for ((b = 1; b <= runs; b++)); do
     for ((c = 1; c <= runs; c++)); do
       ((b == c)) && continue
-      line=$("${CTXCOST[@]}" compare --quiet --threshold "$t" "$dir/run-$b.jsonl" "$dir/run-$c.jsonl" 2>/dev/null | tail -n 1) || true
-      read -r n r < <(sed -E 's/^[A-Z]+: ([0-9]+) compared, ([0-9]+) regressed.*/\1 \2/' <<<"$line")
-      cases=$((cases + n)) false=$((false + r)) pairs=$((pairs + 1))
-      if ((r > 0)); then
-        alarms=$((alarms + 1))
-        hits[$b,$c]=$(regressed_cases "$t" "$dir/run-$b.jsonl" "$dir/run-$c.jsonl")
-      fi
+      tally "$b,$c" "$dir/run-$b.jsonl" "$dir/run-$c.jsonl"
+      pairs=$((pairs + 1))
     done
   done
   # Confirmation: of the triples (baseline b, run c, re-run d), all distinct, those where one
@@ -125,14 +132,10 @@ for t in $thresholds; do
       for ((d = 1; d <= runs; d++)); do
         ((d == b || d == c)) && continue
         triples=$((triples + 1))
-        if [[ -n "${hits[$b,$c]:-}" && -n "${hits[$b,$d]:-}" ]] &&
-          [[ -n "$(comm -12 <(echo "${hits[$b,$c]}") <(echo "${hits[$b,$d]}"))" ]]; then
-          confirmed=$((confirmed + 1))
-        fi
+        if confirms "$b,$c" "$b,$d"; then confirmed=$((confirmed + 1)); fi
       done
     done
   done
   unset hits
-  printf '%-9s %7d %6d %7s %6d %6d %7s %8d %10d %7s\n' "$t" "$cases" "$false" "$(rate "$false" "$cases")" \
-    "$pairs" "$alarms" "$(rate "$alarms" "$pairs")" "$triples" "$confirmed" "$(rate "$confirmed" "$triples")"
+  result_row "$pairs" "$triples" "$confirmed"
 done
