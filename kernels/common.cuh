@@ -104,6 +104,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
     return y;
 }
 
+// Sum, and maximum, of x over the four lanes of an MMA quad (lanes that differ in bits 0 and 1 of
+// the lane id hold the same accumulator rows).
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
 // 16-byte global -> shared copy; `bytes` = 0 writes zeros instead (rows past the end).
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src, u32 bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));

@@ -230,10 +230,8 @@ __device__ __forceinline__ void dense_decode_body(const u16* __restrict__ Q, con
             mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
             mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         if (t == 0) {
             red_max[ni * DC_BM + lr0] = mx0;
             red_max[ni * DC_BM + lr1] = mx1;
@@ -294,10 +292,8 @@ __device__ __forceinline__ void dense_decode_body(const u16* __restrict__ Q, con
     }
 
     // Row sums over the quad, then over the two key halves.
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     if (t == 0) {
         red_sum[ni * DC_BM + lr0] = l0;
         red_sum[ni * DC_BM + lr1] = l1;
@@ -485,10 +481,8 @@ __device__ __forceinline__ void dw_softmax_tile(float* s, float* o, float& m0, f
         mx0 = fmaxf(mx0, fmaxf(s[4 * i], s[4 * i + 1]));
         mx1 = fmaxf(mx1, fmaxf(s[4 * i + 2], s[4 * i + 3]));
     }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    mx0 = quad_max(mx0);
+    mx1 = quad_max(mx1);
     if (t == 0) {
         red_max[wg * DC_BM + lr0] = mx0;
         red_max[wg * DC_BM + lr1] = mx1;
@@ -543,10 +537,8 @@ __device__ __forceinline__ void dw_issue_tile(u32 bar, u32 dst, const TensorMap*
 __device__ __forceinline__ void dw_finish(const float* o, float m0, float m1, float l0, float l1, float* red_sum,
                                           u16* __restrict__ out, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                                           size_t row0, int lr0, int lr1, int wg, int t, int n_splits, int split) {
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     if (t == 0) {
         red_sum[wg * DC_BM + lr0] = l0;
         red_sum[wg * DC_BM + lr1] = l1;

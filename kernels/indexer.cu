@@ -208,8 +208,7 @@ __device__ __forceinline__ void indexer_body(const u8* __restrict__ q, const flo
             for (int mt = 0; mt < IX_MT; mt++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    part[mt][h] += __shfl_xor_sync(0xffffffffu, part[mt][h], 1);
-                    part[mt][h] += __shfl_xor_sync(0xffffffffu, part[mt][h], 2);
+                    part[mt][h] = quad_sum(part[mt][h]);
                 }
             if (t == 0) {
                 float* dst = scores + (qrow0 + qi) * (size_t)Lp;
@@ -323,10 +322,8 @@ __device__ __forceinline__ void ix_wg_score_tile(u32 tileA, u32 aQ, const float*
                 part1 = fmaf(wv.x, fmaxf(d[4 * nt + 2], 0.0f), part1);
                 part1 = fmaf(wv.y, fmaxf(d[4 * nt + 3], 0.0f), part1);
             }
-            part0 += __shfl_xor_sync(0xffffffffu, part0, 1);
-            part0 += __shfl_xor_sync(0xffffffffu, part0, 2);
-            part1 += __shfl_xor_sync(0xffffffffu, part1, 1);
-            part1 += __shfl_xor_sync(0xffffffffu, part1, 2);
+            part0 = quad_sum(part0);
+            part1 = quad_sum(part1);
             if (t == 0) {
                 float* dst = scores + (qrow0 + qi) * (size_t)Lp;
                 const int r0 = rb + w4 * 16 + g, r1 = r0 + 8;

@@ -245,10 +245,8 @@ __device__ __forceinline__ void sparse_mla_body(const u16* __restrict__ Q, const
             mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
             mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
         }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
         if (t == 0) {
             red_max[ni * SM_BM + lr0] = mx0;
             red_max[ni * SM_BM + lr1] = mx1;
@@ -334,10 +332,8 @@ __device__ __forceinline__ void sparse_mla_body(const u16* __restrict__ Q, const
     }
 
     // Row sums: over the quad, then over the two key halves.
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
     if (t == 0) {
         red_sum[ni * SM_BM + lr0] = l0;
         red_sum[ni * SM_BM + lr1] = l1;
