@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use ctxcost_core::endpoint::{Load, RequestLog};
 use ctxcost_core::inputs::splitmix64;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::client::{send, Endpoint, RequestLimits};
@@ -59,36 +60,56 @@ pub fn poisson_schedule(n: usize, rate: f64, seed: u64) -> Vec<f64> {
 /// Progress: requests finished so far (all sides).
 pub type Progress = Arc<AtomicUsize>;
 
+/// What every request task of a case shares.
+#[derive(Clone)]
+struct Requests {
+    t0: Instant,
+    limits: RequestLimits,
+    progress: Progress,
+}
+
+impl Requests {
+    /// Send request `i` as a task, meant for `at` (it waits until then if that is later); the
+    /// closed loop's permit, if any, is held until the request ends.
+    fn spawn(&self, ep: &Arc<Endpoint>, body: &Arc<Vec<u8>>, i: usize, at: Instant, permit: Option<OwnedSemaphorePermit>) -> JoinHandle<RequestLog> {
+        let (this, ep, body) = (self.clone(), ep.clone(), body.clone());
+        tokio::spawn(async move {
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
+            let log = send(ep, body, i, this.t0, at, this.limits).await;
+            drop(permit);
+            this.progress.fetch_add(1, Ordering::Relaxed);
+            log
+        })
+    }
+}
+
 /// Run one case. `bodies[side][i]` is the JSON body of request `i` of that side. Returns the
 /// logs per side, ordered by request index.
 pub async fn run_case(sides: &[Arc<Endpoint>], bodies: Vec<Vec<Arc<Vec<u8>>>>, spec: &LoadSpec, progress: Progress) -> Vec<Vec<RequestLog>> {
     let n = spec.requests.min(bodies.iter().map(Vec::len).min().unwrap_or(0));
     let t0 = Instant::now();
     let stop_at = t0 + spec.max_duration;
-    let mut handles: Vec<(usize, tokio::task::JoinHandle<RequestLog>)> = Vec::new();
+    let req = Requests { t0, limits: spec.limits, progress };
+    let mut handles: Vec<(usize, JoinHandle<RequestLog>)> = Vec::new();
     match spec.load {
         Load::Closed { concurrency } => {
             // One dispatcher per side, all running at once: each side keeps its own
             // `concurrency` requests in flight over the same prompt order.
             let mut dispatchers = Vec::new();
             for (s, ep) in sides.iter().enumerate() {
-                let (ep, side_bodies, limits, progress) = (ep.clone(), bodies[s].clone(), spec.limits, progress.clone());
+                let (ep, side_bodies, req) = (ep.clone(), bodies[s].clone(), req.clone());
                 dispatchers.push(tokio::spawn(async move {
                     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
                     let mut hs = Vec::new();
-                    for (i, body) in side_bodies.into_iter().enumerate().take(n) {
+                    for (i, body) in side_bodies.iter().enumerate().take(n) {
                         let permit = sem.clone().acquire_owned().await.expect("semaphore open");
                         let now = Instant::now();
                         if now >= stop_at {
                             break;
                         }
-                        let (ep, progress) = (ep.clone(), progress.clone());
-                        hs.push(tokio::spawn(async move {
-                            let log = send(ep, body, i, t0, now, limits).await;
-                            drop(permit);
-                            progress.fetch_add(1, Ordering::Relaxed);
-                            log
-                        }));
+                        hs.push(req.spawn(&ep, body, i, now, Some(permit)));
                     }
                     hs
                 }));
@@ -108,16 +129,7 @@ pub async fn run_case(sides: &[Arc<Endpoint>], bodies: Vec<Vec<Arc<Vec<u8>>>>, s
                     if now >= stop_at {
                         break 'queue;
                     }
-                    let (ep, body, limits, progress) = (ep.clone(), bodies[s][i].clone(), spec.limits, progress.clone());
-                    handles.push((
-                        s,
-                        tokio::spawn(async move {
-                            let log = send(ep, body, i, t0, now, limits).await;
-                            drop(permit);
-                            progress.fetch_add(1, Ordering::Relaxed);
-                            log
-                        }),
-                    ));
+                    handles.push((s, req.spawn(ep, &bodies[s][i], i, now, Some(permit))));
                 }
             }
         }
@@ -129,16 +141,7 @@ pub async fn run_case(sides: &[Arc<Endpoint>], bodies: Vec<Vec<Arc<Vec<u8>>>>, s
                     break;
                 }
                 for (s, ep) in sides.iter().enumerate() {
-                    let (ep, body, limits, progress) = (ep.clone(), bodies[s][i].clone(), spec.limits, progress.clone());
-                    handles.push((
-                        s,
-                        tokio::spawn(async move {
-                            tokio::time::sleep_until(at).await;
-                            let log = send(ep, body, i, t0, at, limits).await;
-                            progress.fetch_add(1, Ordering::Relaxed);
-                            log
-                        }),
-                    ));
+                    handles.push((s, req.spawn(ep, &bodies[s][i], i, at, None)));
                 }
             }
         }
