@@ -248,6 +248,8 @@ class Server:
             a.case = case
             try:
                 a.prepare(case)
+            except Answered:
+                raise
             except BaseException:
                 a.case = None
                 raise
