@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# bench/gpu.sh: measure dense-cuda and dsa-cuda on a GPU machine (interleaved in one run),
-# ceilings and library baselines in the same run; print achieved rates next to the ceilings,
+# bench/gpu.sh: measure dense-cuda and dsa-cuda on a GPU machine beside the library peers
+# (cuDNN and FlashAttention SDPA, plain PyTorch, and FlashInfer / FlashMLA where installed),
+# all interleaved in one run and verified alike, with the ceilings in the same run; print achieved rates next to the ceilings,
 # DSA's per-component times, and the DSA/dense ratio per context and phase with its 95% CI.
 #
 # Build here (no GPU or CUDA toolkit needed), then run this script on the GPU machine from
@@ -13,7 +14,8 @@
 # `ctxcost ceilings` (copy kernel and cuBLAS GEMM); the `h200` preset's dense cases through
 # the real runner (verify, then time); PyTorch baselines (cuDNN SDPA prefill, cuBLAS decode).
 # Env: STEPS="smoke ceilings run baseline" picks steps; CONTEXTS/PHASE/PRECISION narrow the
-# run; ENGINES (default dense-cuda,dsa-cuda) picks the engines; RUN_ARGS adds flags to `run`.
+# run; ENGINES (default: ours and every peer in `ctxcost engines`) picks the engines;
+# RUN_ARGS adds flags to `run`. Peers run as `python3 -m ctxcost_peers ID` from `peers/`.
 set -u
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
@@ -46,7 +48,7 @@ if has ceilings && [ -x "$BIN" ]; then
 fi
 
 if has run && [ -x "$BIN" ]; then
-    ENGINES=${ENGINES:-dense-cuda,dsa-cuda}
+    ENGINES=${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,torch-eager-dense,torch-eager-dsa,flashinfer,flash-mla,flash-mla-dsa}
     echo "== ctxcost run --preset h200 --engines $ENGINES"
     args=(run --preset h200 --engines "$ENGINES" --out "$OUT/h200.jsonl" --force --no-report)
     [ -n "${CONTEXTS:-}" ] && args+=(--contexts "$CONTEXTS")
@@ -116,20 +118,38 @@ def ratio_ci(num, den, n=2000):
         rs.append(med(a) / med(b))
     rs.sort()
     return med(num) / med(den), rs[int(0.025 * n)], rs[int(0.975 * n) - 1]
+OURS = {"dense-cuda", "dsa-cuda", "dense-cpu", "dsa-cpu"}
 pts = {}
 for r in recs:
     if r["status"] != "ok" or not r["samples_ms"]:
         continue
     c = r["case"]
     k = (c["phase"], c["precision"], c["batch"], c["query_len"], c["context"])
-    pts.setdefault(k, {})["dsa" if r["engine"].startswith("dsa") else "dense"] = r
+    pts.setdefault(k, {})[r["engine"]] = r
 print()
-print(f"{'phase':<8} {'prec':<5} {'B':>3} {'context':>7} {'dense ms':>10} {'dsa ms':>10} {'indexer':>8} {'topk':>8} {'attn':>8} {'dsa/dense [95% CI]':>26}")
+print("== per point: every verified engine, and ours against the fastest library peer of the same method")
+print(f"{'phase':<8} {'prec':<5} {'B':>3} {'context':>7} {'method':<6} {'engine':<18} {'median ms':>10} {'TFLOP/s':>8} {'TB/s':>7} {'vs fastest peer':>16}")
 for k in sorted(pts):
     p = pts[k]
-    if "dense" not in p or "dsa" not in p:
+    for method in ("dense", "dsa"):
+        es = {e: r for e, r in p.items() if r["case"].get("method", "dsa" if e.startswith("dsa") else "dense") == method}
+        if not es:
+            continue
+        peers = {e: r for e, r in es.items() if e not in OURS}
+        best_peer = min(peers, key=lambda e: med(peers[e]["samples_ms"])) if peers else None
+        for e in sorted(es, key=lambda e: med(es[e]["samples_ms"])):
+            r = es[e]
+            vs = "-"
+            if e in OURS and best_peer:
+                vs = f"{med(r['samples_ms']) / med(peers[best_peer]['samples_ms']):.2f}x {best_peer}"
+            print(f"{k[0]:<8} {k[1]:<5} {k[2]:>3} {k[4]:>7} {method:<6} {e:<18} {med(r['samples_ms']):>10.3f} {r['rates']['tflops']:>8.1f} {r['rates']['tbps']:>7.3f} {vs:>16}")
+print()
+print(f"{'phase':<8} {'prec':<5} {'B':>3} {'context':>7} {'dense ms':>10} {'dsa ms':>10} {'indexer':>8} {'topk':>8} {'attn':>8} {'dsa-cuda/dense-cuda [95% CI]':>30}")
+for k in sorted(pts):
+    p = pts[k]
+    if "dense-cuda" not in p or "dsa-cuda" not in p:
         continue
-    d, s_ = p["dense"], p["dsa"]
+    d, s_ = p["dense-cuda"], p["dsa-cuda"]
     ratio, lo, hi = ratio_ci(s_["samples_ms"], d["samples_ms"])
     comp = s_.get("components_ms") or {}
     cm = lambda n: f"{med(comp[n]):.3f}" if comp.get(n) else "-"

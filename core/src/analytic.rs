@@ -203,6 +203,7 @@ mod tests {
     fn case_work_counts_causal_pairs() {
         let case = Case {
             engine: "dense-cpu".into(),
+            method: crate::Method::Dense,
             shape: ModelShape::tiny(),
             phase: Phase::Prefill,
             context: 100,
@@ -213,7 +214,7 @@ mod tests {
         };
         // positions 96..100 see 97+98+99+100 = 394 keys.
         assert_eq!(case_work(&case).flops, 2.0 * 394.0 * mha_flops_per_pair(&case.shape));
-        let dsa = Case { engine: "dsa-cpu".into(), ..case.clone() };
+        let dsa = Case { engine: "dsa-cpu".into(), method: crate::Method::Dsa, ..case.clone() };
         let w = case_work(&dsa);
         assert_eq!(w.indexer_flops, 2.0 * 394.0 * indexer_flops_per_pair(&dsa.shape));
         assert_eq!(w.attention_flops, 2.0 * 4.0 * 64.0 * mqa_flops_per_pair(&dsa.shape));

@@ -84,11 +84,83 @@ impl fmt::Display for Precision {
     }
 }
 
+/// What an engine computes: dense attention, or DeepSeek sparse attention (indexer, top-k,
+/// sparse MQA). The engine table says which; code never reads it from an id's spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Dense,
+    Dsa,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Dense => "dense",
+            Method::Dsa => "dsa",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self, CoreError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "dense" => Ok(Method::Dense),
+            "dsa" | "sparse" => Ok(Method::Dsa),
+            _ => Err(CoreError::Unknown { kind: "method", value: s.into(), choices: "dense, dsa".into() }),
+        }
+    }
+    /// The method of a record written before cases carried one (schema 1 and 2): those ids
+    /// were `dense-*` and `dsa-*` (and `gemm-*`/`http-*`, which are neither and read as dense).
+    pub fn legacy_from_id(engine: &str) -> Method {
+        if engine.starts_with("dsa") {
+            Method::Dsa
+        } else {
+            Method::Dense
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Cpu,
+    Cuda,
+    /// Another process, spoken to over the JSON-lines protocol (`peers/PROTOCOL.md`).
+    External,
+    /// A remote OpenAI-compatible endpoint.
+    Http,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
+            Backend::External => "external",
+            Backend::Http => "http",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One measured case. Serialised into every record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "CaseRepr")]
 pub struct Case {
-    /// Engine id, e.g. `dense-cpu`, `dsa-cuda`.
+    /// Engine id, e.g. `dense-cpu`, `dsa-cuda`, `cudnn-sdpa`.
     pub engine: String,
+    /// What the engine computes (from the engine table).
+    pub method: Method,
     pub shape: ModelShape,
     pub phase: Phase,
     /// Keys each query sequence attends to (the position L of DESIGN.md).
@@ -100,6 +172,38 @@ pub struct Case {
     pub precision: Precision,
     /// Seed of the generated inputs.
     pub seed: u64,
+}
+
+/// A case as stored: records before schema 3 have no `method`.
+#[derive(Deserialize)]
+struct CaseRepr {
+    engine: String,
+    #[serde(default)]
+    method: Option<Method>,
+    shape: ModelShape,
+    phase: Phase,
+    context: usize,
+    batch: usize,
+    query_len: usize,
+    precision: Precision,
+    seed: u64,
+}
+
+impl From<CaseRepr> for Case {
+    fn from(r: CaseRepr) -> Case {
+        let method = r.method.unwrap_or_else(|| Method::legacy_from_id(&r.engine));
+        Case {
+            engine: r.engine,
+            method,
+            shape: r.shape,
+            phase: r.phase,
+            context: r.context,
+            batch: r.batch,
+            query_len: r.query_len,
+            precision: r.precision,
+            seed: r.seed,
+        }
+    }
 }
 
 impl Case {
@@ -118,9 +222,9 @@ impl Case {
         self.batch * self.query_len
     }
 
-    /// Whether this case is a DSA engine (by id convention `dsa-*`).
+    /// Whether this case runs DSA (the engine's method).
     pub fn is_sparse(&self) -> bool {
-        self.engine.starts_with("dsa")
+        self.method == Method::Dsa
     }
 
     /// The key that identifies a case across runs (for `--resume` and comparisons):

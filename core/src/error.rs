@@ -9,6 +9,9 @@ pub enum CoreError {
     /// A context list or range could not be parsed.
     #[error("invalid context list `{value}`: {why} (write `1k,2k,4k` or `1k..64k`)")]
     BadContexts { value: String, why: String },
+    /// A duration such as `250ms` could not be parsed.
+    #[error("invalid duration `{value}`: {why} (write a number with its unit, e.g. `250ms`, `2s`, `5m`)")]
+    BadDuration { value: String, why: String },
     /// A named thing (shape, phase, precision) is unknown.
     #[error("unknown {kind} `{value}` (choose one of: {choices})")]
     Unknown { kind: &'static str, value: String, choices: String },

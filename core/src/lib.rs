@@ -13,6 +13,7 @@ pub mod case;
 pub mod endpoint;
 pub mod error;
 pub mod inputs;
+pub mod jsonl;
 pub mod numeric;
 pub mod prices;
 pub mod record;
@@ -21,7 +22,7 @@ pub mod stats;
 pub mod units;
 pub mod verify;
 
-pub use case::{Case, Phase, Precision};
+pub use case::{Backend, Case, Method, Phase, Precision};
 pub use error::CoreError;
 pub use inputs::{InputTensor, Inputs};
 pub use shape::ModelShape;

@@ -5,6 +5,8 @@
 //! - 2: optional `endpoint` block (records of remote OpenAI-compatible endpoints, engine
 //!   `http-<label>`); the key of such a record extends `Case::key` with the API, output
 //!   length and load.
+//! - 3: `case.method` (`dense` | `dsa`), from the engine table. Readers infer it for older
+//!   records from the id (`dsa-*` is DSA).
 //!
 //! Readers must check `schema_version` and refuse records newer than they know.
 
@@ -19,7 +21,7 @@ use crate::verify::{Comparison, SelectionCheck};
 use crate::Case;
 
 /// The schema version this crate writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Outcome of a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,18 +142,126 @@ pub struct Record {
 }
 
 impl Record {
-    /// Parse one JSONL line, refusing unknown schema versions.
+    /// The method of the engine that made the record (from its case).
+    pub fn method(&self) -> crate::Method {
+        self.case.method
+    }
+
+    /// Parse one JSONL line: refuses unknown schema versions and records whose numbers are
+    /// out of range ([`Record::validate`]).
     pub fn from_line(line: &str) -> Result<Self, String> {
         let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
         let ver = v.get("schema_version").and_then(|x| x.as_u64()).ok_or("no schema_version")?;
-        if ver as u32 > SCHEMA_VERSION {
-            return Err(format!("schema_version {ver} is newer than this build understands ({SCHEMA_VERSION})"));
+        if ver == 0 || ver > SCHEMA_VERSION as u64 {
+            return Err(format!("schema_version {ver} is outside what this build understands (1 to {SCHEMA_VERSION})"));
         }
-        serde_json::from_value(v).map_err(|e| format!("not a ctxcost record: {e}"))
+        let r: Record = serde_json::from_value(v).map_err(|e| format!("not a ctxcost record: {e}"))?;
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Check the numbers a reader relies on: timed samples finite and positive (an endpoint's
+    /// TPOT or ITL may be 0: a buffering proxy delivers every token in one read), components
+    /// finite and not negative, a well-formed case, finite statistics and work.
+    pub fn validate(&self) -> Result<(), String> {
+        self.case.validate().map_err(|e| format!("case: {e}"))?;
+        let zero_ok = self.endpoint.is_some();
+        for (i, &x) in self.samples_ms.iter().enumerate() {
+            if !x.is_finite() || x < 0.0 || (x == 0.0 && !zero_ok) {
+                return Err(format!("samples_ms[{i}] = {x}: a timed sample must be a positive, finite number of ms"));
+            }
+        }
+        for (name, xs) in &self.components_ms {
+            if let Some(x) = xs.iter().find(|x| !x.is_finite() || **x < 0.0) {
+                return Err(format!("components_ms.{name} holds {x}: must be finite and not negative"));
+            }
+        }
+        if self.status == Status::Ok && self.endpoint.is_none() && self.samples_ms.is_empty() {
+            return Err("status ok with no samples".into());
+        }
+        for (what, x) in [("work.flops", self.work.flops), ("work.bytes", self.work.bytes), ("rates.tflops", self.rates.tflops), ("rates.tbps", self.rates.tbps)] {
+            if !x.is_finite() || x < 0.0 {
+                return Err(format!("{what} = {x}: must be finite and not negative"));
+            }
+        }
+        Ok(())
     }
 
     /// Median time in ms when the case succeeded.
     pub fn median_ms(&self) -> Option<f64> {
         self.stats.as_ref().map(|s| s.median).filter(|m| m.is_finite())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::{Method, ModelShape, Phase, Precision};
+
+    /// A plain ok record of a kernel case (`context` 1024, `batch` 16).
+    pub(crate) fn sample_record() -> Record {
+        let case = Case {
+            engine: "dense-cpu".into(),
+            method: Method::Dense,
+            shape: ModelShape::tiny(),
+            phase: Phase::Decode,
+            context: 1024,
+            batch: 16,
+            query_len: 1,
+            precision: Precision::F32,
+            seed: 7,
+        };
+        let samples = vec![1.5, 1.25, 1.75];
+        Record {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool::default(),
+            env: Environment::default(),
+            key: case.key(),
+            engine: case.engine.clone(),
+            case,
+            status: Status::Ok,
+            reason: None,
+            stats: Some(crate::stats::summarize(&samples)),
+            samples_ms: samples,
+            components_ms: BTreeMap::new(),
+            timer: "monotonic-clock".into(),
+            warmup_runs: 1,
+            stop_rule: Some("max-samples".into()),
+            work: Work { flops: 1e9, indexer_flops: 0.0, attention_flops: 1e9, bytes: 1e6 },
+            rates: Rates { tflops: 0.5, tbps: 0.001 },
+            memory: Memory::default(),
+            verification: None,
+            endpoint: None,
+            started_at: "2026-01-01T00:00:00Z".into(),
+            finished_at: "2026-01-01T00:00:01Z".into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_undefined_statistics_are_absent_not_null() {
+        let r = sample_record();
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(Record::from_line(&line).unwrap(), r);
+        // A zero-width CI over a zero median: defined (0). Identical samples: relative width 0.
+        let s = crate::stats::summarize(&[0.0, 0.0, 0.0]);
+        assert_eq!(s.rel_half_width, 0.0);
+        // No samples: every statistic undefined, written as absent.
+        let empty = serde_json::to_string(&crate::stats::summarize(&[])).unwrap();
+        assert!(!empty.contains("null"), "{empty}");
+        let back: crate::stats::Summary = serde_json::from_str(&empty).unwrap();
+        assert!(back.median.is_nan() && back.n == 0);
+    }
+
+    #[test]
+    fn schema_2_records_get_their_method_from_the_id() {
+        let mut v: serde_json::Value = serde_json::to_value(sample_record()).unwrap();
+        v["schema_version"] = 2.into();
+        v["case"].as_object_mut().unwrap().remove("method");
+        v["case"]["engine"] = "dsa-cpu".into();
+        let r = Record::from_line(&v.to_string()).unwrap();
+        assert_eq!(r.case.method, Method::Dsa);
+        v["case"]["engine"] = "cudnn-sdpa".into();
+        v["case"]["method"] = "dense".into();
+        assert_eq!(Record::from_line(&v.to_string()).unwrap().case.method, Method::Dense);
     }
 }

@@ -12,20 +12,39 @@ use crate::inputs::splitmix64;
 /// Resamples used by the bootstrap.
 pub const BOOTSTRAP_RESAMPLES: usize = 2000;
 
+/// An undefined statistic (no samples; a relative width over a zero median) is `NaN` in
+/// memory and absent in a record, never `null` where a reader expects a number.
+fn undefined() -> f64 {
+    f64::NAN
+}
+
+fn is_undefined(x: &f64) -> bool {
+    !x.is_finite()
+}
+
 /// Summary of one sample set.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct Summary {
     pub n: usize,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub median: f64,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub mean: f64,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub min: f64,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub max: f64,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub p10: f64,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub p90: f64,
     /// Bootstrap 95% CI of the median.
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub ci_lo: f64,
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub ci_hi: f64,
     /// (ci_hi - ci_lo) / 2 / median.
+    #[serde(default = "undefined", skip_serializing_if = "is_undefined")]
     pub rel_half_width: f64,
 }
 
@@ -111,7 +130,9 @@ pub fn summarize(xs: &[f64]) -> Summary {
         p90: percentile_sorted(&v, 90.0),
         ci_lo,
         ci_hi,
-        rel_half_width: (ci_hi - ci_lo) / 2.0 / med,
+        // Over a zero median (a buffering proxy's TPOT) the relative width is 0 when the CI
+        // is a point, else undefined.
+        rel_half_width: if med != 0.0 { (ci_hi - ci_lo) / 2.0 / med } else if ci_hi == ci_lo { 0.0 } else { f64::NAN },
     }
 }
 

@@ -68,6 +68,34 @@ fn size_why(e: &CoreError) -> String {
     }
 }
 
+/// Parse a duration with its unit: `250ms`, `2s`, `1.5s`, `2m` (minutes), `100us`. A bare
+/// number is refused (is `2` two seconds or two milliseconds?), as are zero, negative and
+/// non-finite values. Returns seconds.
+pub fn parse_duration_secs(text: &str) -> Result<f64, CoreError> {
+    let t = text.trim();
+    let bad = |why: &str| CoreError::BadDuration { value: text.to_string(), why: why.to_string() };
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(|| bad("give a unit, e.g. `250ms`, `2s` or `5m`"))?;
+    let (num, unit) = t.split_at(split);
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "us" | "µs" => 1e-6,
+        "ms" => 1e-3,
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(bad("unknown unit (use us, ms, s, m or h)")),
+    };
+    let num = num.trim();
+    if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad("not a plain positive number before the unit"));
+    }
+    let v: f64 = num.parse().map_err(|_| bad("not a number"))?;
+    let secs = v * scale;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(bad("must be a positive, finite duration"));
+    }
+    Ok(secs)
+}
+
 /// Format a token count compactly: `4096` -> `4K`, `1536` -> `1.5K`, `100` -> `100`.
 pub fn format_tokens(n: usize) -> String {
     if n >= 1024 * 1024 && n % (1024 * 1024) == 0 {
@@ -94,6 +122,19 @@ mod tests {
         for bad in ["0", "", "4x", "k", "-1", "1.5k", "0k"] {
             assert!(parse_size(bad).is_err(), "{bad} should fail");
         }
+    }
+
+    #[test]
+    fn durations_need_units_and_finite_positive_values() {
+        assert_eq!(parse_duration_secs("2s").unwrap(), 2.0);
+        assert_eq!(parse_duration_secs("250ms").unwrap(), 0.25);
+        assert_eq!(parse_duration_secs("1.5m").unwrap(), 90.0);
+        assert!((parse_duration_secs("100us").unwrap() - 1e-4).abs() < 1e-12);
+        for bad in ["2", "", "inf", "infs", "NaNs", "-1s", "0s", "0ms", "1e999s", "2 parsecs", "s"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad} should fail");
+        }
+        let msg = parse_duration_secs("2").unwrap_err().to_string();
+        assert!(msg.contains("2s") || msg.contains("250ms"), "{msg}");
     }
 
     #[test]

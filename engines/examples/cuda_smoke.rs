@@ -40,6 +40,7 @@ mod smoke {
     fn case(phase: Phase, precision: Precision, context: usize, batch: usize, q: usize, seed: u64) -> Case {
         Case {
             engine: "dense-cuda".into(),
+            method: ctxcost_core::Method::Dense,
             shape: ModelShape::deepseek_v32_exp(),
             phase,
             context,

@@ -44,7 +44,8 @@ impl Rows {
         }
     }
 
-    fn pick(&self, case: &Case) -> (Vec<(usize, usize)>, Vec<usize>) {
+    /// The (sequence, query) pairs and heads compared.
+    pub fn pick(&self, case: &Case) -> (Vec<(usize, usize)>, Vec<usize>) {
         match *self {
             Rows::All => {
                 let qs = (0..case.batch).flat_map(|b| (0..case.query_len).map(move |i| (b, i))).collect();
@@ -92,10 +93,13 @@ pub fn verify(case: &Case, inputs: &Inputs, out: &Output, rows: &Rows) -> Verifi
     let mut got = Vec::new();
     let mut want = Vec::new();
     let mut selection = None;
-    if out.values.len() != expected_len {
+    if out.sampled.is_none() && out.values.len() != expected_len {
         let c = compare(&[], &[0.0], tol);
         return Verification { method: method(rows), output: c, selection, passed: false };
     }
+    // Rows the engine sent: position of each (sequence, query) and head in `out.sampled`.
+    let sampled_at = |b: usize, i: usize| out.sampled.as_ref().and_then(|s| s.queries.iter().position(|&q| q == (b, i)));
+    let head_at = |h: usize| out.sampled.as_ref().and_then(|s| s.heads.iter().position(|&x| x == h));
     let k = case.effective_top_k();
     let (mut got_sel, mut want_sel, mut sel_rows) = (Vec::new(), Vec::new(), Vec::new());
     for &(b, i) in &queries {
@@ -103,11 +107,21 @@ pub fn verify(case: &Case, inputs: &Inputs, out: &Output, rows: &Rows) -> Verifi
         let outs: Vec<Vec<f64>> = if dense_mha {
             heads.iter().map(|&h| mha_row(&view, b, i, h)).collect()
         } else if case.is_sparse() {
-            let Some(idx) = &out.indices else {
+            let empty = Vec::new();
+            let idx = match (&out.indices, &out.sampled) {
+                (Some(ix), _) => Some(ix),
+                (None, Some(sm)) if sm.indices.is_some() => Some(&empty),
+                _ => None,
+            };
+            let Some(idx) = idx else {
                 return Verification { method: method(rows), output: Default::default(), selection, passed: false };
             };
             let row = (b * case.query_len + i) * k;
-            let Some(engine_sel) = idx.get(row..row + k) else {
+            let engine_sel = match &out.sampled {
+                Some(sm) => sampled_at(b, i).and_then(|j| sm.indices.as_ref().and_then(|ix| ix.get(j))).map(Vec::as_slice),
+                None => idx.get(row..row + k),
+            };
+            let Some(engine_sel) = engine_sel else {
                 return Verification { method: method(rows), output: Default::default(), selection, passed: false };
             };
             let ref_sel = topk(&indexer_scores(&view, b, i), k);
@@ -122,7 +136,18 @@ pub fn verify(case: &Case, inputs: &Inputs, out: &Output, rows: &Rows) -> Verifi
             mqa_rows(&view, b, i, &heads, None)
         };
         for (o, &h) in outs.iter().zip(&heads) {
-            got.extend_from_slice(&out.values[base + h * v_dim..base + (h + 1) * v_dim]);
+            let vals = match &out.sampled {
+                Some(sm) => match (sampled_at(b, i), head_at(h)) {
+                    (Some(j), Some(hk)) => sm.values.get(j).and_then(|r| r.get(hk * v_dim..(hk + 1) * v_dim)),
+                    _ => None,
+                },
+                None => out.values.get(base + h * v_dim..base + (h + 1) * v_dim),
+            };
+            let Some(vals) = vals else {
+                let c = compare(&[], &[0.0], tol);
+                return Verification { method: method(rows), output: c, selection, passed: false };
+            };
+            got.extend_from_slice(vals);
             want.extend_from_slice(o);
         }
     }

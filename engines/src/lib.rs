@@ -5,6 +5,8 @@
 //! - [`cpu`]: candle-core engines `dense-cpu` and `dsa-cpu` (f32, bf16).
 //! - `cuda` (feature `cuda`, detected at run time): `dense-cuda`, `dsa-cuda`.
 //! - `http` (feature `http`): remote OpenAI-compatible endpoints (vLLM, SGLang, hosted APIs).
+//! - [`external`]: engines in another process (library peers in `peers/`, anyone's kernel),
+//!   spoken to over JSON lines (`peers/PROTOCOL.md`).
 //! - [`check`]: verification of an engine's output against the reference.
 //! - [`registry`]: the engines this build knows, and whether each can run here.
 
@@ -14,12 +16,13 @@ pub mod cpu;
 pub mod cuda;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod external;
 pub mod reference;
 pub mod registry;
 
 use ctxcost_core::{Case, Inputs};
 
-pub use registry::{available_engines, make_engine, EngineInfo, ENGINE_IDS};
+pub use registry::{available_engines, backend_of, engine_ids, make_engine, make_engine_with, method_of, EngineEntry, EngineInfo, ENGINES};
 
 /// Errors of engines.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,19 @@ pub struct Output {
     /// DSA: selected key positions `[B, q, k]`, `k = min(top_k, context)`, each row
     /// ascending with `-1` padding at the end.
     pub indices: Option<Vec<i32>>,
+    /// Only the rows verification asks for (engines in another process send these instead
+    /// of the whole output; `values` and `indices` are then empty).
+    pub sampled: Option<SampledOutput>,
+}
+
+/// Some rows of an output: for each `(sequence, query)` in `queries`, the values of `heads`
+/// (in that order, `v_dim` each) and, for DSA, the selected positions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SampledOutput {
+    pub queries: Vec<(usize, usize)>,
+    pub heads: Vec<usize>,
+    pub values: Vec<Vec<f32>>,
+    pub indices: Option<Vec<Vec<i32>>>,
 }
 
 /// Device memory figures an engine can report.

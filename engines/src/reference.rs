@@ -227,6 +227,7 @@ mod tests {
     fn case(engine: &str, context: usize, q: usize) -> Case {
         Case {
             engine: engine.into(),
+            method: ctxcost_core::Method::legacy_from_id(engine),
             shape: ModelShape::tiny(),
             phase: Phase::Prefill,
             context,

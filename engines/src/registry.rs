@@ -1,14 +1,129 @@
-//! The engines this build knows, how to make one by id, and whether each can run here.
+//! The engine table: the one place that knows the engines this build can run.
+//!
+//! Each entry gives an engine's id, method (`dense` | `dsa`), backend (`cpu`, `cuda`,
+//! `external`, `http`), description, availability probe and constructor. Code asks the table
+//! for an engine's method and backend; it never reads them from the id's spelling. Adding a
+//! native engine is one module and one entry here; adding a library peer is one adapter in
+//! `peers/` and one entry; a user's own worker needs no entry at all (`--external
+//! ID:METHOD=COMMAND` makes one at run time).
 
+use ctxcost_core::{Backend, Method};
+
+use crate::external::{ExternalSpec, External};
 use crate::{cpu, Engine};
 
+/// One engine this build knows.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineEntry {
+    pub id: &'static str,
+    pub method: Method,
+    pub backend: Backend,
+    pub description: &'static str,
+    /// `Ok(())` when it may run here, else why not. Cheap: external entries only check that
+    /// their worker package can be found (the worker's own `hello` says more when it runs).
+    pub probe: fn() -> Result<(), String>,
+    pub make: fn() -> Box<dyn Engine>,
+}
+
+fn always() -> Result<(), String> {
+    Ok(())
+}
+
+fn peers_found() -> Result<(), String> {
+    match crate::external::peers_dir() {
+        Some(_) => Ok(()),
+        None => Err("the `ctxcost_peers` package is not found: run from the repository root, set CTXCOST_PEERS_DIR, or `pip install ./peers`".into()),
+    }
+}
+
+/// A library peer served by `python3 -m ctxcost_peers ID`.
+macro_rules! peer {
+    ($id:literal, $method:expr, $desc:literal) => {
+        EngineEntry {
+            id: $id,
+            method: $method,
+            backend: Backend::External,
+            description: $desc,
+            probe: peers_found,
+            make: || Box::new(External::new(ExternalSpec::peer($id, $method))),
+        }
+    };
+}
+
+/// Every engine of this build.
+pub const ENGINES: &[EngineEntry] = &[
+    EngineEntry {
+        id: "dense-cpu",
+        method: Method::Dense,
+        backend: Backend::Cpu,
+        description: "dense MLA on the CPU (candle-core; MHA-mode prefill, MQA-mode decode; f32, bf16)",
+        probe: always,
+        make: || Box::new(cpu::DenseCpu::new()),
+    },
+    EngineEntry {
+        id: "dsa-cpu",
+        method: Method::Dsa,
+        backend: Backend::Cpu,
+        description: "DSA on the CPU (candle-core; indexer, top-k, sparse MQA; f32, bf16)",
+        probe: always,
+        make: || Box::new(cpu::DsaCpu::new()),
+    },
+    EngineEntry {
+        id: "dense-cuda",
+        method: Method::Dense,
+        backend: Backend::Cuda,
+        description: "dense MLA on an NVIDIA GPU (NVRTC kernels; bf16 prefill, bf16/fp8 decode)",
+        probe: cuda_available,
+        make: make_dense_cuda,
+    },
+    EngineEntry {
+        id: "dsa-cuda",
+        method: Method::Dsa,
+        backend: Backend::Cuda,
+        description: "DSA on an NVIDIA GPU (NVRTC kernels; bf16/fp8 indexer, radix top-k, sparse MQA)",
+        probe: cuda_available,
+        make: make_dsa_cuda,
+    },
+    peer!("cudnn-sdpa", Method::Dense, "library peer: PyTorch SDPA on its cuDNN backend (dense MHA-mode prefill, bf16, bottom-right causal)"),
+    peer!("flash-sdpa", Method::Dense, "library peer: PyTorch SDPA on its FlashAttention backend (dense MHA-mode prefill, bf16)"),
+    peer!("torch-eager-dense", Method::Dense, "library peer: dense MLA in plain PyTorch (matmul, softmax), the floor every engine must beat"),
+    peer!("torch-eager-dsa", Method::Dsa, "library peer: DSA in plain PyTorch (indexer by matmul, torch.topk, gather)"),
+    peer!("flashinfer", Method::Dense, "library peer: FlashInfer MLA decode (BatchMLAPagedAttentionWrapper, fa3 on sm_90; bf16, fp8 per-tensor scaled KV)"),
+    peer!("flash-mla", Method::Dense, "library peer: FlashMLA dense MLA decode"),
+    peer!("flash-mla-dsa", Method::Dsa, "library peer: DSA from DeepGEMM's FP8 indexer logits, exact top-k and FlashMLA's sparse attention"),
+    peer!("numpy-dense", Method::Dense, "library peer on the CPU: dense attention in numpy (the protocol's CPU example; tiny/small shapes)"),
+    peer!("numpy-dsa", Method::Dsa, "library peer on the CPU: DSA in numpy (the protocol's CPU example; tiny/small shapes)"),
+];
+
+/// The entry of an id, if this build knows it.
+pub fn entry(id: &str) -> Option<&'static EngineEntry> {
+    ENGINES.iter().find(|e| e.id == id)
+}
+
 /// Every engine id this build can name.
-pub const ENGINE_IDS: &[&str] = &["dense-cpu", "dsa-cpu", "dense-cuda", "dsa-cuda"];
+pub fn engine_ids() -> Vec<&'static str> {
+    ENGINES.iter().map(|e| e.id).collect()
+}
+
+/// The method of an engine: from the table, or from a user's `--external` spec.
+pub fn method_of(id: &str, external: &[ExternalSpec]) -> Option<Method> {
+    external.iter().find(|s| s.id == id).map(|s| s.method).or_else(|| entry(id).map(|e| e.method))
+}
+
+/// The backend of an engine (user specs are external).
+pub fn backend_of(id: &str, external: &[ExternalSpec]) -> Option<Backend> {
+    if external.iter().any(|s| s.id == id) {
+        return Some(Backend::External);
+    }
+    entry(id).map(|e| e.backend)
+}
 
 /// An engine and whether it can run on this machine.
 #[derive(Debug, Clone)]
 pub struct EngineInfo {
     pub id: &'static str,
+    pub method: Method,
+    pub backend: Backend,
     pub description: &'static str,
     /// `Ok(())` when it can run here, else why not.
     pub available: Result<(), String>,
@@ -16,13 +131,10 @@ pub struct EngineInfo {
 
 /// Describe every engine and probe whether it can run here (never panics without a GPU).
 pub fn available_engines() -> Vec<EngineInfo> {
-    let cuda = cuda_available();
-    vec![
-        EngineInfo { id: "dense-cpu", description: "dense MLA on the CPU (candle-core; MHA-mode prefill, MQA-mode decode; f32, bf16)", available: Ok(()) },
-        EngineInfo { id: "dsa-cpu", description: "DSA on the CPU (candle-core; indexer, top-k, sparse MQA; f32, bf16)", available: Ok(()) },
-        EngineInfo { id: "dense-cuda", description: "dense MLA on an NVIDIA GPU (NVRTC kernels; bf16 prefill, bf16/fp8 decode)", available: cuda.clone() },
-        EngineInfo { id: "dsa-cuda", description: "DSA on an NVIDIA GPU (NVRTC kernels; bf16/fp8 indexer, radix top-k, sparse MQA)", available: cuda },
-    ]
+    ENGINES
+        .iter()
+        .map(|e| EngineInfo { id: e.id, method: e.method, backend: e.backend, description: e.description, available: (e.probe)() })
+        .collect()
 }
 
 /// Whether the CUDA engines can run here, with the reason when not.
@@ -37,19 +149,41 @@ pub fn cuda_available() -> Result<(), String> {
     }
 }
 
-/// Make an engine by id. `Err` names the known ids.
-pub fn make_engine(id: &str) -> Result<Box<dyn Engine>, String> {
-    match id {
-        "dense-cpu" => Ok(Box::new(cpu::DenseCpu::new())),
-        "dsa-cpu" => Ok(Box::new(cpu::DsaCpu::new())),
-        #[cfg(feature = "cuda")]
-        "dense-cuda" => Ok(Box::new(crate::cuda::DenseCuda::new())),
-        #[cfg(feature = "cuda")]
-        "dsa-cuda" => Ok(Box::new(crate::cuda::DsaCuda::new())),
-        #[cfg(not(feature = "cuda"))]
-        "dense-cuda" | "dsa-cuda" => Ok(Box::new(Unavailable { id: if id == "dense-cuda" { "dense-cuda" } else { "dsa-cuda" } })),
-        _ => Err(format!("unknown engine `{id}` (choose from: {})", ENGINE_IDS.join(", "))),
+#[cfg(feature = "cuda")]
+fn make_dense_cuda() -> Box<dyn Engine> {
+    Box::new(crate::cuda::DenseCuda::new())
+}
+
+#[cfg(feature = "cuda")]
+fn make_dsa_cuda() -> Box<dyn Engine> {
+    Box::new(crate::cuda::DsaCuda::new())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn make_dense_cuda() -> Box<dyn Engine> {
+    Box::new(Unavailable { id: "dense-cuda" })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn make_dsa_cuda() -> Box<dyn Engine> {
+    Box::new(Unavailable { id: "dsa-cuda" })
+}
+
+/// Make an engine by id: a user's `--external` spec first, then the table. `Err` names the
+/// known ids.
+pub fn make_engine_with(id: &str, external: &[ExternalSpec]) -> Result<Box<dyn Engine>, String> {
+    if let Some(spec) = external.iter().find(|s| s.id == id) {
+        return Ok(Box::new(External::new(spec.clone())));
     }
+    match entry(id) {
+        Some(e) => Ok((e.make)()),
+        None => Err(format!("unknown engine `{id}` (choose from: {}, or plug one in with `--external ID:METHOD=COMMAND`)", engine_ids().join(", "))),
+    }
+}
+
+/// Make an engine of the table by id.
+pub fn make_engine(id: &str) -> Result<Box<dyn Engine>, String> {
+    make_engine_with(id, &[])
 }
 
 /// Stand-in for an engine this build lacks: every case is a skip with the reason.
@@ -77,5 +211,35 @@ impl Engine for Unavailable {
     }
     fn output(&mut self) -> Result<crate::Output, crate::EngineError> {
         Err(crate::EngineError::State("unavailable".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_every_entry_builds_an_engine_with_its_id() {
+        let mut ids = engine_ids();
+        ids.sort_unstable();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "duplicate engine ids");
+        for e in ENGINES {
+            assert_eq!((e.make)().id(), e.id);
+        }
+    }
+
+    #[test]
+    fn method_and_backend_come_from_the_table_not_the_spelling() {
+        assert_eq!(method_of("cudnn-sdpa", &[]), Some(Method::Dense));
+        assert_eq!(method_of("torch-eager-dsa", &[]), Some(Method::Dsa));
+        assert_eq!(backend_of("dense-cuda", &[]), Some(Backend::Cuda));
+        // A user's engine named like one of ours still has the method it was registered with.
+        let mine = ExternalSpec { id: "dsa-lookalike".into(), method: Method::Dense, command: vec!["x".into()] };
+        assert_eq!(method_of("dsa-lookalike", std::slice::from_ref(&mine)), Some(Method::Dense));
+        assert_eq!(backend_of("dsa-lookalike", &[mine]), Some(Backend::External));
+        assert_eq!(method_of("nope", &[]), None);
+        assert!(make_engine("nope").err().unwrap().contains("--external"));
     }
 }

@@ -34,6 +34,7 @@ fn fresh_seed() -> u64 {
 fn case(engine: &str, phase: Phase, precision: Precision, context: usize, query_len: usize, batch: usize) -> Case {
     Case {
         engine: engine.into(),
+        method: ctxcost_core::Method::legacy_from_id(engine),
         shape: ModelShape::tiny(),
         phase,
         context,
@@ -105,7 +106,7 @@ fn dsa_with_k_at_least_context_is_dense_mqa() {
         sparse.shape.top_k = 512;
         assert!(sparse.shape.top_k >= context);
         // Dense MQA attention over the same query and latent tensors (same seed, same dims).
-        let dense = Case { engine: "dense-cpu".into(), phase: Phase::Decode, ..sparse.clone() };
+        let dense = Case { engine: "dense-cpu".into(), method: ctxcost_core::Method::Dense, phase: Phase::Decode, ..sparse.clone() };
         let s = run(&sparse, None);
         let d = run(&dense, None);
         assert_eq!(s.values.len(), d.values.len());
@@ -204,7 +205,7 @@ fn unsupported_cases_are_refused() {
     assert!(why.contains("indexer"), "{why}");
     assert!(dsa.prepare(&terminus, &Inputs::seeded(1)).is_err());
     // The same shape runs dense.
-    let dense_ok = Case { engine: "dense-cpu".into(), ..terminus.clone() };
+    let dense_ok = Case { engine: "dense-cpu".into(), method: ctxcost_core::Method::Dense, ..terminus.clone() };
     assert_eq!(DenseCpu::new().supports(&dense_ok), Support::Yes);
     // Far beyond any host's memory: refused with the figures, before allocating.
     let mut huge = case("dense-cpu", Phase::Prefill, Precision::Bf16, 1 << 22, 1 << 22, 8);

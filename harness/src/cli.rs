@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use ctxcost_core::units::{parse_contexts, parse_size};
-use ctxcost_core::{Phase, Precision};
-use ctxcost_engines::registry::{available_engines, cuda_available, ENGINE_IDS};
+use ctxcost_core::units::{parse_contexts, parse_duration_secs, parse_size};
+use ctxcost_core::{Backend, Phase, Precision};
+use ctxcost_engines::external::ExternalSpec;
+use ctxcost_engines::registry::{available_engines, backend_of, cuda_available, engine_ids, method_of};
 use ctxcost_workloads::{Sweep, PRESETS};
 
 /// ctxcost measures what long context really costs: dense vs DeepSeek sparse attention
@@ -59,9 +60,15 @@ pub struct RunArgs {
     /// TOML sweep file (same fields as a preset; `base = "<preset>"` names the defaults).
     #[arg(long, value_name = "FILE")]
     pub sweep: Option<PathBuf>,
-    /// Engines, comma-separated (see `ctxcost engines`).
+    /// Engines, comma-separated (see `ctxcost engines`): ours (dense-cuda, dsa-cuda, ...),
+    /// library peers (cudnn-sdpa, torch-eager-dense, ...) and any `--external` id.
     #[arg(long, value_name = "LIST")]
     pub engines: Option<String>,
+    /// Plug in an engine that runs in another process and speaks peers/PROTOCOL.md:
+    /// `ID:METHOD=COMMAND`, e.g. `my-attn:dense=python3 my_kernel.py` (METHOD: dense or dsa).
+    /// Repeatable; add the id to `--engines` (it is added when `--engines` is not given).
+    #[arg(long, value_name = "ID:METHOD=COMMAND")]
+    pub external: Vec<String>,
     /// Model shape: deepseek-v3.2-exp, deepseek-v3.1-terminus, tiny, small.
     #[arg(long)]
     pub shape: Option<String>,
@@ -95,9 +102,9 @@ pub struct RunArgs {
     /// Most samples per case.
     #[arg(long)]
     pub max_samples: Option<usize>,
-    /// Most seconds of sampling per point.
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
+    /// Most time of sampling per point, with its unit: `20s`, `1.5m`, `500ms`.
+    #[arg(long, value_name = "DURATION")]
+    pub max_seconds: Option<String>,
     /// Untimed warm-up runs per case.
     #[arg(long)]
     pub warmup: Option<usize>,
@@ -149,10 +156,22 @@ pub struct Plan {
     pub tensors: Option<PathBuf>,
     pub verify: bool,
     pub report_dir: Option<PathBuf>,
+    /// Engines plugged in with `--external`.
+    pub external: Vec<ExternalSpec>,
 }
 
 fn split_list(s: &str) -> Vec<String> {
     s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+}
+
+/// Refuse a list that names an item twice (it would measure the same case twice).
+fn no_repeats<T: PartialEq + std::fmt::Debug>(flag: &str, list: &[T]) -> Result<()> {
+    for (i, x) in list.iter().enumerate() {
+        if list[..i].contains(x) {
+            bail!("{flag}: {x:?} is listed twice; name each value once");
+        }
+    }
+    Ok(())
 }
 
 /// Merge flags, file and preset into a validated plan; every error names the flag and the fix.
@@ -163,20 +182,37 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         (None, Some(p)) => Sweep::preset(p).map_err(|_| anyhow::anyhow!("--preset: unknown preset `{p}` (choose one of: {})", PRESETS.join(", ")))?,
         (None, None) => Sweep::preset(if cuda_available().is_ok() { "h200" } else { "cpu-quick" })?,
     };
+    let mut external = Vec::new();
+    for text in &a.external {
+        let spec = ExternalSpec::parse(text).map_err(|e| anyhow::anyhow!("--external {e}"))?;
+        if ctxcost_engines::registry::entry(&spec.id).is_some() {
+            bail!("--external: `{}` is the id of a built-in engine; give yours another id", spec.id);
+        }
+        if external.iter().any(|s: &ExternalSpec| s.id == spec.id) {
+            bail!("--external: `{}` is given twice", spec.id);
+        }
+        external.push(spec);
+    }
     if let Some(e) = &a.engines {
         let list = split_list(e);
+        no_repeats("--engines", &list)?;
         for id in &list {
-            if !ENGINE_IDS.contains(&id.as_str()) {
-                bail!("--engines: unknown engine `{id}` (choose from: {}; `ctxcost engines` lists them)", ENGINE_IDS.join(", "));
+            if method_of(id, &external).is_none() {
+                bail!("--engines: unknown engine `{id}` (choose from: {}; `ctxcost engines` lists them; plug in your own with `--external ID:METHOD=COMMAND`)", engine_ids().join(", "));
             }
         }
         sweep.engines = list;
-    }
-    for id in &sweep.engines {
-        if !ENGINE_IDS.contains(&id.as_str()) {
-            bail!("sweep engine `{id}` is unknown (choose from: {})", ENGINE_IDS.join(", "));
+    } else {
+        for s in &external {
+            sweep.engines.push(s.id.clone());
         }
     }
+    for id in &sweep.engines {
+        if method_of(id, &external).is_none() {
+            bail!("sweep engine `{id}` is unknown (choose from: {})", engine_ids().join(", "));
+        }
+    }
+    no_repeats("engines", &sweep.engines)?;
     if let Some(s) = &a.shape {
         sweep.shape = ctxcost_core::ModelShape::by_name(s).context("--shape")?;
     }
@@ -203,6 +239,7 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         if list.contains(&0) {
             bail!("--batch 0: a case needs at least one sequence (e.g. `--batch 1`)");
         }
+        no_repeats("--batch", &list)?;
         sweep.prefill_batch = list.clone();
         sweep.decode_batch = list;
     }
@@ -211,19 +248,23 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
     }
     if let Some(p) = &a.precision {
         sweep.precisions = split_list(p).iter().map(|x| Precision::parse(x)).collect::<Result<_, _>>().context("--precision")?;
+        no_repeats("--precision", &sweep.precisions)?;
     }
     if let Some(s) = a.seed {
         sweep.seed = s;
     }
     if let Some(t) = a.target_ci {
+        if !t.is_finite() {
+            bail!("--target-ci {t}: use a fraction such as 0.02");
+        }
         sweep.sampling.target_rel_ci = t;
     }
     if let Some(n) = a.max_samples {
         sweep.sampling.max_samples = n;
         sweep.sampling.min_samples = sweep.sampling.min_samples.min(n);
     }
-    if let Some(s) = a.max_seconds {
-        sweep.sampling.max_seconds = s;
+    if let Some(s) = &a.max_seconds {
+        sweep.sampling.max_seconds = parse_duration_secs(s).context("--max-seconds")?;
     }
     if let Some(w) = a.warmup {
         sweep.sampling.warmup = w;
@@ -233,9 +274,9 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         // Parse now so a bad file fails before any work; the child re-reads it.
         ctxcost_workloads::tensors::load(&t.to_string_lossy())?;
     }
-    check_memory(&sweep)?;
+    check_memory(&sweep, &external)?;
     let (out, report_dir) = a.output.paths(&sweep.name);
-    Ok(Plan { sweep, out, resume: a.output.resume, force: a.output.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir })
+    Ok(Plan { sweep, out, resume: a.output.resume, force: a.output.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir, external })
 }
 
 fn default_out(name: &str) -> PathBuf {
@@ -269,10 +310,15 @@ pub fn cpu_case_host_bytes(case: &ctxcost_core::Case) -> f64 {
     4.0 * (2 * inputs + scores + outs) as f64
 }
 
-fn check_memory(sweep: &Sweep) -> Result<()> {
+/// The sweep's points, each case carrying its engine's method from the engine table.
+pub fn points(sweep: &Sweep, external: &[ExternalSpec]) -> Vec<ctxcost_workloads::Point> {
+    sweep.points(&|id| method_of(id, external).unwrap_or_else(|| ctxcost_core::Method::legacy_from_id(id)))
+}
+
+fn check_memory(sweep: &Sweep, external: &[ExternalSpec]) -> Result<()> {
     let avail = crate::memory::mem_available_bytes().unwrap_or(u64::MAX) as f64;
-    for p in sweep.points() {
-        for c in p.cases.iter().filter(|c| c.engine.ends_with("-cpu")) {
+    for p in points(sweep, external) {
+        for c in p.cases.iter().filter(|c| backend_of(&c.engine, external) == Some(Backend::Cpu)) {
             let need = cpu_case_host_bytes(c);
             if need > 0.8 * avail {
                 bail!(
@@ -289,16 +335,18 @@ fn check_memory(sweep: &Sweep) -> Result<()> {
 
 /// `ctxcost engines`.
 pub fn print_engines() {
-    println!("{:<12} {:<11} description", "engine", "status");
+    println!("{:<18} {:<6} {:<9} {:<11} description", "engine", "method", "backend", "status");
     for e in available_engines() {
         let status = if e.available.is_ok() { "available" } else { "unavailable" };
-        println!("{:<12} {:<11} {}", e.id, status, e.description);
+        println!("{:<18} {:<6} {:<9} {:<11} {}", e.id, e.method, e.backend, status, e.description);
         if let Err(why) = &e.available {
-            println!("{:<12} {:<11} reason: {}", "", "", why);
+            println!("{:<18} {:<6} {:<9} {:<11} reason: {}", "", "", "", "", why);
         }
     }
     #[cfg(feature = "http")]
-    println!("{:<12} {:<11} remote OpenAI-compatible servers (vLLM, SGLang, hosted APIs), one engine per side: `ctxcost endpoint`", "http-<label>", "available");
+    println!("{:<18} {:<6} {:<9} {:<11} remote OpenAI-compatible servers (vLLM, SGLang, hosted APIs), one engine per side: `ctxcost endpoint`", "http-<label>", "-", "http", "available");
+    println!("\nExternal engines (backend `external`) run as worker processes (peers/PROTOCOL.md); each says in its first");
+    println!("records whether its library is installed. Plug in your own with `ctxcost run --external ID:METHOD=COMMAND`.");
 }
 
 /// `ctxcost ceilings`.

@@ -177,17 +177,14 @@ fn wildcard_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|c| *c == '*')
 }
 
+/// The one reader, strict: a torn last line is left out (as `report` and `--resume` do),
+/// any other bad line stops with `file:line`.
 fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r = Record::from_line(line).map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), i + 1))?;
-        out.push(r);
+    let c = ctxcost_core::jsonl::read(path, ctxcost_core::jsonl::Mode::Strict)?;
+    if let Some(t) = &c.torn {
+        eprintln!("note: {} line {} is incomplete (an interrupted write) and is left out", path.display(), t.line);
     }
-    Ok(out)
+    Ok(c.records.into_iter().map(|(_, r)| r).collect())
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ use ctxcost_core::analytic::{case_kv_bytes, case_work};
 use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
 use ctxcost_core::stats::summarize;
 use ctxcost_core::{Case, Inputs};
-use ctxcost_engines::{check, make_engine, Engine, EngineError, Support};
+use ctxcost_engines::external::ExternalSpec;
+use ctxcost_engines::{check, make_engine_with, Engine, EngineError, Support};
 use ctxcost_workloads::Sampling;
 
 use crate::{envinfo, memory};
@@ -37,6 +38,9 @@ pub struct Job {
     pub tensors: Option<String>,
     pub tool: Tool,
     pub env: Environment,
+    /// Engines plugged in with `--external` (the table's own need no spec).
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
 }
 
 /// Slowdowns planted for tests: `CTXCOST_TEST_SLOWDOWN=engine=factor[,engine=factor]`.
@@ -121,7 +125,7 @@ pub fn child_main() -> Result<ExitCode> {
     let mut active: Vec<Active> = Vec::new();
     for case in &job.cases {
         let inputs = Inputs { seed: case.seed, loaded: loaded.clone() };
-        let mut engine = match make_engine(&case.engine) {
+        let mut engine = match make_engine_with(&case.engine, &job.external) {
             Ok(e) => e,
             Err(e) => {
                 finish_with(base_record(case, &job, &case.engine, "none"), Status::Failed, e)?;
@@ -160,14 +164,7 @@ pub fn child_main() -> Result<ExitCode> {
             match verdict {
                 Ok(v) => {
                     let passed = v.passed;
-                    let detail = format!(
-                        "verification failed ({}): norm-relative error {:.3e}, max abs error {:.3e}, {} elements over tolerance{}",
-                        v.method,
-                        v.output.norm_rel_err,
-                        v.output.max_abs_err,
-                        v.output.mismatches,
-                        v.selection.as_ref().map(|s| format!(", {} top-k rows differ ({} unexplained entries)", s.rows_differing, s.unexplained)).unwrap_or_default()
-                    );
+                    let detail = verification_failure(&v);
                     rec.verification = Some(v);
                     if !passed {
                         engine.release();
@@ -212,6 +209,25 @@ pub fn child_main() -> Result<ExitCode> {
         emit(a.record)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why a verification failed, in words that name the actual cause.
+pub fn verification_failure(v: &ctxcost_core::record::Verification) -> String {
+    let sel = v.selection.as_ref().filter(|s| !s.passed).map(|s| format!("; {} top-k rows differ ({} entries not explained by near-ties)", s.rows_differing, s.unexplained)).unwrap_or_default();
+    let o = &v.output;
+    if o.compared == 0 {
+        return format!("verification failed ({}): the engine returned no comparable output (missing rows or the wrong size){sel}", v.method);
+    }
+    if o.non_finite > 0 {
+        return format!("verification failed ({}): {} of {} output values are NaN or infinite{sel}", v.method, o.non_finite, o.compared);
+    }
+    if o.passed {
+        return format!("verification failed ({}): the output matches, the top-k selection does not{sel}", v.method);
+    }
+    format!(
+        "verification failed ({}): norm-relative error {:.3e}, max abs error {:.3e}, {} of {} elements over tolerance{sel}",
+        v.method, o.norm_rel_err, o.max_abs_err, o.mismatches, o.compared
+    )
 }
 
 /// Lockstep sampling of the active cases until the stopping rule is met.
@@ -275,4 +291,27 @@ fn sample(active: &mut Vec<Active>, rule: &Sampling) -> Result<()> {
         a.record.stop_rule = Some(stop.to_string());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::verification_failure;
+    use ctxcost_core::record::Verification;
+    use ctxcost_core::verify::{compare, Tolerance};
+    use ctxcost_core::Precision;
+
+    #[test]
+    fn non_finite_outputs_are_named_not_reported_as_zero_error() {
+        let tol = Tolerance::for_precision(Precision::F32);
+        let got = [1.0f32, f32::NAN, f32::INFINITY, 0.5];
+        let want = [1.0f64, 2.0, 3.0, 0.5];
+        let c = compare(&got, &want, tol);
+        assert!(!c.passed);
+        let v = Verification { method: "full".into(), output: c, selection: None, passed: false };
+        let text = verification_failure(&v);
+        assert!(text.contains("2 of 4 output values are NaN or infinite"), "{text}");
+        let wrong = compare(&[5.0f32, 2.0], &[1.0, 2.0], tol);
+        let text = verification_failure(&Verification { method: "full".into(), output: wrong, selection: None, passed: false });
+        assert!(text.contains("1 of 2 elements over tolerance"), "{text}");
+    }
 }

@@ -1,27 +1,36 @@
 //! Crash-safe JSONL record files: each record is one line written with a single write and
 //! flushed to disk as soon as its case finishes, so a crash or kill loses nothing finished.
-//! On `--resume` a torn last line (a write cut by a kill) is cut away and the keys of the
-//! complete records are returned so their cases are skipped.
+//!
+//! The output file is held under an advisory lock (`fcntl` write lock on the whole file) for
+//! as long as a run writes it: a second run on the same `--out` (`--resume` or `--force`)
+//! gets an error naming the process that holds it, and nothing is written twice or
+//! interleaved.
+//!
+//! Reading goes through the one reader, [`ctxcost_core::jsonl`]: on `--resume` a torn last
+//! line (no final newline: a write cut by a kill) is cut away; any other line that is not a
+//! record stops the run with `file:line` and the file is left untouched.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use ctxcost_core::jsonl::{self, Mode};
 use ctxcost_core::record::Record;
 
-/// Appends records to a file.
+/// Appends records to a file it holds locked.
 pub struct RecordWriter {
     file: File,
 }
 
 impl RecordWriter {
-    /// Append one record as one line, flushed and synced.
+    /// Append one record as one line, flushed and synced. The line is one the reader accepts
+    /// ([`jsonl::to_line`]).
     pub fn append(&mut self, r: &Record) -> Result<()> {
-        let mut line = serde_json::to_string(r).context("serialising a record")?;
-        line.push('\n');
+        let line = jsonl::to_line(r).map_err(anyhow::Error::msg)?;
         self.file.write_all(line.as_bytes()).context("writing a record")?;
         self.file.flush()?;
         self.file.sync_data().ok();
@@ -41,83 +50,88 @@ pub fn check_output(path: &Path, resume: bool, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Open the output for a run. Without `resume` an existing file is refused (or truncated
-/// with `force`); with `resume` the keys of its complete records are returned.
+/// Check, without changing anything, that `--resume` can continue `path`: every line is a
+/// record but a torn last one. Returns the keys already recorded.
+pub fn check_resumable(path: &Path) -> Result<HashSet<String>> {
+    if !path.exists() {
+        return Ok(HashSet::new());
+    }
+    let c = jsonl::read(path, Mode::Strict).map_err(|e| anyhow::anyhow!("--resume: {e}; fix or move the file, or choose another --out"))?;
+    Ok(c.records.into_iter().map(|(_, r)| r.key).collect())
+}
+
+/// Open the output for a run and lock it. Without `resume` an existing file is refused (or
+/// emptied with `force`); with `resume` the keys of its complete records are returned.
 pub fn open_output(path: &Path, resume: bool, force: bool) -> Result<(RecordWriter, HashSet<String>)> {
     check_output(path, resume, force)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create folder {} (choose a writable path)", path.display(), dir.display()))?;
     }
-    let exists = path.exists();
-    let mut done = HashSet::new();
-    if exists && resume {
-        let keep = scan_complete(path, &mut done)?;
-        let f = OpenOptions::new().write(true).open(path).with_context(|| format!("--out {}: cannot open for writing", path.display()))?;
-        f.set_len(keep).with_context(|| format!("--out {}: cannot cut a torn last line", path.display()))?;
-    }
     let mut file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .read(true)
+        .write(true)
         .truncate(false)
         .open(path)
         .with_context(|| format!("--out {}: cannot open for writing (choose a writable path)", path.display()))?;
-    if force && !resume {
+    lock(&file, path)?;
+    let mut done = HashSet::new();
+    if resume {
+        let c = jsonl::read(path, Mode::Strict).map_err(|e| anyhow::anyhow!("--resume: {e}; fix or move the file, or choose another --out"))?;
+        if let Some(t) = &c.torn {
+            eprintln!("note: {} line {} is incomplete (an interrupted write); it is dropped and its case runs again", path.display(), t.line);
+            file.set_len(t.offset).with_context(|| format!("--out {}: cannot cut a torn last line", path.display()))?;
+        }
+        file.seek(SeekFrom::End(0))?;
+        if c.needs_newline && c.torn.is_none() {
+            file.write_all(b"\n")?;
+        }
+        done = c.records.into_iter().map(|(_, r)| r.key).collect();
+    } else if force {
         file.set_len(0)?;
     }
     file.seek(SeekFrom::End(0))?;
     Ok((RecordWriter { file }, done))
 }
 
-/// Read complete records' keys; return the byte length of the valid prefix. A bad line
-/// that is not the last is an error (the file is not ours or was edited).
-fn scan_complete(path: &Path, keys: &mut HashSet<String>) -> Result<u64> {
-    let f = File::open(path).with_context(|| format!("--resume: cannot read {}", path.display()))?;
-    let mut reader = BufReader::new(f);
-    let mut offset = 0u64;
-    let mut line = String::new();
-    let mut n = 0;
-    loop {
-        line.clear();
-        let read = reader.read_line(&mut line)?;
-        if read == 0 {
-            return Ok(offset);
-        }
-        n += 1;
-        let complete = line.ends_with('\n');
-        match Record::from_line(line.trim_end()) {
-            Ok(r) if complete => {
-                keys.insert(r.key);
-                offset += read as u64;
-            }
-            Ok(_) | Err(_) => {
-                let mut rest = String::new();
-                let more = reader.read_line(&mut rest)?;
-                if more == 0 && line.trim().is_empty() {
-                    return Ok(offset + read as u64);
-                }
-                if more == 0 {
-                    eprintln!("note: {} line {n} is incomplete (an interrupted write); it is dropped and its case runs again", path.display());
-                    return Ok(offset);
-                }
-                bail!("--resume: {} line {n} is not a ctxcost record; fix or move the file", path.display());
-            }
-        }
+/// Take the advisory write lock on the whole file, or say who holds it.
+fn lock(file: &File, path: &Path) -> Result<()> {
+    // SAFETY: `flock` is a plain C struct; zeroed is a valid value for every field.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    // SAFETY: fcntl on an open descriptor with a pointer to a live flock struct.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+    if rc == 0 {
+        return Ok(());
     }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EAGAIN)) {
+        // A file system without locks: go on, as before locks existed.
+        eprintln!("warning: --out {}: cannot lock the file ({err}); make sure no other run writes it", path.display());
+        return Ok(());
+    }
+    // SAFETY: as above; F_GETLK fills `fl` with the conflicting lock's holder.
+    let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+    probe.l_type = libc::F_WRLCK as _;
+    probe.l_whence = libc::SEEK_SET as _;
+    let holder = if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut probe) } == 0 && probe.l_type != libc::F_UNLCK as libc::c_short {
+        let pid = probe.l_pid;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string()).unwrap_or_default();
+        if cmd.is_empty() {
+            format!("process {pid}")
+        } else {
+            format!("process {pid} (`{}`)", cmd.chars().take(160).collect::<String>())
+        }
+    } else {
+        "another process".into()
+    };
+    bail!("--out {} is being written by {holder}: wait for it to finish or choose another --out", path.display())
 }
 
-/// Read every record of a file (for summaries); bad lines are reported and skipped.
+/// Read every record of a file (for summaries). Bad lines other than a torn last line stop
+/// with `file:line`.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(f).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match Record::from_line(&line) {
-            Ok(r) => out.push(r),
-            Err(e) => eprintln!("warning: {} line {}: {e}", path.display(), i + 1),
-        }
-    }
-    Ok(out)
+    let c = jsonl::read(path, Mode::Strict)?;
+    Ok(c.records.into_iter().map(|(_, r)| r).collect())
 }

@@ -23,7 +23,7 @@ use crate::{envinfo, recordio, summary};
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let plan = resolve(args)?;
     let (mut writer, done) = recordio::open_output(&plan.out, plan.resume, plan.force)?;
-    let points = plan.sweep.points();
+    let points = crate::cli::points(&plan.sweep, &plan.external);
     let total: usize = points.iter().map(|p| p.cases.len()).sum();
     let pending: Vec<_> = points
         .into_iter()
@@ -56,7 +56,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         let c0 = &cases[0];
         let label = format!("{} {} L={} B={} {}", c0.shape.name, c0.phase, format_tokens(c0.context), c0.batch, c0.precision);
         bar.set_message(label.clone());
-        let job = Job { cases: cases.clone(), sampling: plan.sweep.sampling.clone(), verify: plan.verify, tensors: plan.tensors.as_ref().map(|p| p.to_string_lossy().to_string()), tool: tool.clone(), env: env.clone() };
+        let job = Job { cases: cases.clone(), sampling: plan.sweep.sampling.clone(), verify: plan.verify, tensors: plan.tensors.as_ref().map(|p| p.to_string_lossy().to_string()), tool: tool.clone(), env: env.clone(), external: plan.external.clone() };
         let mut child = Command::new(&exe)
             .arg("__point")
             .stdin(Stdio::piped())
@@ -103,11 +103,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         if !missing.is_empty() {
             let why = match (status.code(), status.signal()) {
                 (_, Some(9)) => "measuring process was killed (signal 9; out of host memory?)".to_string(),
+                (_, Some(6)) => "measuring process aborted (SIGABRT)".to_string(),
+                (_, Some(11)) => "measuring process crashed (segmentation fault, SIGSEGV)".to_string(),
                 (_, Some(sig)) => format!("measuring process died on signal {sig}"),
                 (Some(code), _) => format!("measuring process exited with code {code}"),
                 _ => "measuring process ended abnormally".to_string(),
             };
-            let last = stderr_text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_string();
+            let last = stderr_cause(&stderr_text);
             for c in missing {
                 let mut r = failed_record(c, &job, format!("{why}{}", if last.is_empty() { String::new() } else { format!(": {last}") }));
                 r.finished_at = envinfo::utc_now();
@@ -130,11 +132,41 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+/// The cause a dying child left on stderr: a panic's message (not Rust's backtrace hint), an
+/// abort's reason, else its last line.
+pub fn stderr_cause(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(i) = lines.iter().position(|l| l.contains("panicked at")) {
+        let msg = lines.get(i + 1).filter(|l| !l.starts_with("note:")).copied().unwrap_or("");
+        return format!("{}{}{}", lines[i], if msg.is_empty() { "" } else { " " }, msg);
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with("note: run with `RUST_BACKTRACE") && !l.starts_with("stack backtrace") && !l.starts_with("note: Some details are omitted"))
+        .map(|l| l.to_string())
+        .unwrap_or_default()
+}
+
 fn failed_record(c: &ctxcost_core::Case, job: &Job, reason: String) -> Record {
     let mut r = crate::point::base_record(c, job, &c.engine, "none");
     r.status = Status::Failed;
     r.reason = Some(reason);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stderr_cause;
+
+    #[test]
+    fn a_panic_is_named_by_its_message_not_the_backtrace_hint() {
+        let text = "thread 'main' panicked at engines/src/x.rs:10:5:\nindex out of bounds: the len is 3 but the index is 7\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        let c = stderr_cause(text);
+        assert!(c.contains("index out of bounds") && c.contains("panicked at"), "{c}");
+        assert_eq!(stderr_cause("memory allocation of 8 bytes failed\n"), "memory allocation of 8 bytes failed");
+        assert_eq!(stderr_cause(""), "");
+    }
 }
 
 #[cfg(feature = "report")]

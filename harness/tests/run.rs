@@ -62,6 +62,12 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
     std::fs::write(&bad_toml, "contexts = [1024\n").unwrap();
     let unknown_field = dir.join("unknown.toml");
     std::fs::write(&unknown_field, "contxts = \"1k\"\n").unwrap();
+    let unknown_sampling = dir.join("unknown-sampling.toml");
+    std::fs::write(&unknown_sampling, "[sampling]\nwarmup = 1\ntarget_rel_ci = 0.05\nmin_samples = 3\nmax_samples = 8\nmax_seconds = 1.0\nmax_sample = 9\n").unwrap();
+    let escaping = dir.join("escape.toml");
+    std::fs::write(&escaping, "name = \"../../x\"\n").unwrap();
+    let both_batches = dir.join("batches.toml");
+    std::fs::write(&both_batches, "batch = [1]\ndecode_batch = [4]\n").unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["run", "--contexts", "0", "--out", out_s], "--contexts"),
         (vec!["run", "--contexts", "4q", "--out", out_s], "unit"),
@@ -77,6 +83,18 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
         (vec!["run", "--preset", "cpu-quick", "--shape", "deepseek-v3.2-exp", "--contexts", "128k", "--batch", "512", "--out", out_s], "host memory"),
         (vec!["run", "--phase", "sideways", "--out", out_s], "--phase"),
         (vec!["run", "--precision", "fp4", "--out", out_s], "precision"),
+        (vec!["run", "--max-seconds", "inf", "--out", out_s], "--max-seconds"),
+        (vec!["run", "--max-seconds", "NaN", "--out", out_s], "--max-seconds"),
+        (vec!["run", "--max-seconds", "2", "--out", out_s], "2s"),
+        (vec!["run", "--target-ci", "inf", "--out", out_s], "--target-ci"),
+        (vec!["run", "--engines", "dense-cpu,dense-cpu", "--out", out_s], "listed twice"),
+        (vec!["run", "--batch", "1,1", "--out", out_s], "listed twice"),
+        (vec!["run", "--precision", "f32,fp32", "--out", out_s], "listed twice"),
+        (vec!["run", "--sweep", unknown_sampling.to_str().unwrap(), "--out", out_s], "max_sample"),
+        (vec!["run", "--sweep", escaping.to_str().unwrap(), "--out", out_s], "name"),
+        (vec!["run", "--sweep", both_batches.to_str().unwrap(), "--out", out_s], "batch"),
+        (vec!["run", "--external", "mine=python3 x.py", "--out", out_s], "--external"),
+        (vec!["run", "--external", "dense-cpu:dense=python3 x.py", "--out", out_s], "built-in"),
     ];
     for (args, needle) in cases {
         let o = run(&args);
@@ -112,7 +130,8 @@ fn run_writes_verified_records_and_refuses_to_clobber() {
     // 2 phases x 3 contexts x 2 engines.
     assert_eq!(recs.len(), 12);
     for r in &recs {
-        assert_eq!(r["schema_version"], 2);
+        assert_eq!(r["schema_version"], 3);
+        assert_eq!(r["case"]["method"], if r["engine"] == "dsa-cpu" { "dsa" } else { "dense" });
         assert_eq!(r["status"], "ok", "{r}");
         assert_eq!(r["verification"]["passed"], true);
         assert!(r["samples_ms"].as_array().unwrap().len() >= 3);
@@ -187,4 +206,82 @@ fn resume_cuts_a_torn_last_line() {
     let recs = records(&out);
     assert_eq!(recs.len(), 2);
     assert_ne!(recs[0]["key"], recs[1]["key"]);
+}
+
+#[test]
+fn resume_never_touches_a_file_whose_complete_lines_are_not_records() {
+    let dir = tmpdir("notes");
+    let sweep = quick_sweep(&dir);
+    // A user's notes passed by mistake.
+    let notes = dir.join("one.txt");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    let o = run(&["run", "--sweep", sweep.to_str().unwrap(), "--out", notes.to_str().unwrap(), "--resume", "--no-report"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("one.txt:1"), "{err}");
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
+    // A record of a newer schema as the complete last line: refused, file unchanged.
+    let out = dir.join("r.jsonl");
+    let ok = run(&["run", "--sweep", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-report", "--phase", "decode", "--contexts", "256"]);
+    assert!(ok.status.success());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let newer = text.lines().next().unwrap().replacen("\"schema_version\":3", "\"schema_version\":9", 1);
+    let with_newer = format!("{text}{newer}\n");
+    std::fs::write(&out, &with_newer).unwrap();
+    let o = run(&["run", "--sweep", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume", "--no-report", "--phase", "decode", "--contexts", "256"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("r.jsonl:3"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), with_newer);
+}
+
+#[test]
+fn a_second_writer_of_the_same_file_is_refused_naming_the_holder() {
+    let dir = tmpdir("lock");
+    let sweep = quick_sweep(&dir);
+    let out = dir.join("r.jsonl");
+    let args = ["run", "--sweep", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-report"];
+    // Slow the first run down so it is surely still writing.
+    let mut first = bin().args(args).env("CTXCOST_TEST_SLOWDOWN", "dense-cpu=4,dsa-cpu=4").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !out.exists() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for extra in ["--resume", "--force"] {
+        let mut a = args.to_vec();
+        a.push(extra);
+        let o = run(&a);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra}: a second writer ran");
+        assert!(err.contains("is being written by process"), "{extra}: {err}");
+        assert!(err.contains(&first.id().to_string()), "{extra}: the holder's pid is named: {err}");
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // Once the holder is gone the file can be resumed.
+    let o = run(&["run", "--sweep", sweep.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-report", "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(records(&out).len(), 12);
+}
+
+#[test]
+fn compare_and_report_read_files_by_one_policy() {
+    let dir = tmpdir("policy");
+    let sweep = quick_sweep(&dir);
+    let base = dir.join("base.jsonl");
+    let o = run(&["run", "--sweep", sweep.to_str().unwrap(), "--out", base.to_str().unwrap(), "--no-report", "--phase", "decode", "--contexts", "256"]);
+    assert!(o.status.success());
+    let text = std::fs::read_to_string(&base).unwrap();
+    // Blank lines and a torn last line: both readers accept the file and leave the torn line out.
+    let cur = dir.join("cur.jsonl");
+    let first = text.lines().next().unwrap();
+    std::fs::write(&cur, format!("\n{text}\n{}", &first[..first.len() / 2])).unwrap();
+    let c = run(&["compare", base.to_str().unwrap(), cur.to_str().unwrap(), "--threshold", "5"]);
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert!(String::from_utf8_lossy(&c.stderr).contains("incomplete"), "{}", String::from_utf8_lossy(&c.stderr));
+    // A complete bad line: compare stops with file:line.
+    std::fs::write(&cur, format!("{text}not a record\n")).unwrap();
+    let c = run(&["compare", base.to_str().unwrap(), cur.to_str().unwrap()]);
+    assert_eq!(c.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&c.stderr).contains("cur.jsonl:3"), "{}", String::from_utf8_lossy(&c.stderr));
 }

@@ -670,6 +670,7 @@ mod tests {
     fn record(engine: &str, context: usize, host: &str, samples_ms: Vec<f64>) -> Record {
         let case = Case {
             engine: engine.into(),
+            method: ctxcost_core::Method::legacy_from_id(engine),
             shape: ModelShape::tiny(),
             phase: Phase::Decode,
             context,

@@ -74,20 +74,20 @@ impl RecordSet {
 /// Parse the text of one JSONL file. Blank lines are ignored; every other line that is not a
 /// record becomes a [`LineProblem`].
 pub fn parse_jsonl(file: &str, text: &str) -> (Vec<LoadedRecord>, Vec<LineProblem>) {
-    let mut records = Vec::new();
-    let mut problems = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let trimmed = line.trim();
-        if trimmed.is_empty() {
-            continue;
-        }
-        match Record::from_line(trimmed) {
-            Ok(record) => {
-                let env_label = record.env.label();
-                records.push(LoadedRecord { record, file: file.to_string(), line: i + 1, env_label });
-            }
-            Err(why) => problems.push(LineProblem { file: file.to_string(), line: i + 1, why }),
-        }
+    // The one reader (ctxcost_core::jsonl), lenient: bad lines become problems; a torn last
+    // line is left out and noted.
+    let c = ctxcost_core::jsonl::parse(file, text, ctxcost_core::jsonl::Mode::Lenient).unwrap_or_default();
+    let records = c
+        .records
+        .into_iter()
+        .map(|(line, record)| {
+            let env_label = record.env.label();
+            LoadedRecord { record, file: file.to_string(), line, env_label }
+        })
+        .collect();
+    let mut problems: Vec<LineProblem> = c.problems.into_iter().map(|p| LineProblem { file: p.file, line: p.line, why: p.why }).collect();
+    if let Some(t) = c.torn {
+        problems.push(LineProblem { file: file.to_string(), line: t.line, why: "incomplete last line (an interrupted write); left out".into() });
     }
     (records, problems)
 }
@@ -124,12 +124,12 @@ pub fn from_records(records: Vec<LoadedRecord>) -> RecordSet {
 fn dedup_latest(all: Vec<LoadedRecord>) -> (Vec<LoadedRecord>, Vec<LoadedRecord>) {
     let mut last: BTreeMap<(String, String), usize> = BTreeMap::new();
     for (i, r) in all.iter().enumerate() {
-        last.insert((r.env_label.clone(), r.record.case.key()), i);
+        last.insert((r.env_label.clone(), r.record.key.clone()), i);
     }
     let mut kept = Vec::new();
     let mut superseded = Vec::new();
     for (i, r) in all.into_iter().enumerate() {
-        if last.get(&(r.env_label.clone(), r.record.case.key())) == Some(&i) {
+        if last.get(&(r.env_label.clone(), r.record.key.clone())) == Some(&i) {
             kept.push(r);
         } else {
             superseded.push(r);

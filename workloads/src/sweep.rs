@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use ctxcost_core::units::parse_contexts;
-use ctxcost_core::{Case, CoreError, ModelShape, Phase, Precision};
+use ctxcost_core::{Case, CoreError, Method, ModelShape, Phase, Precision};
 
 use crate::WorkloadError;
 
@@ -18,6 +18,7 @@ pub const PRESETS: &[&str] = &["cpu-quick", "cpu-full", "h200"];
 
 /// When to stop sampling a point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sampling {
     /// Untimed runs before sampling.
     pub warmup: usize,
@@ -147,6 +148,12 @@ impl Sweep {
         if let Some(c) = f.contexts {
             s.contexts = c.into_list()?;
         }
+        if f.batch.is_some() && (f.prefill_batch.is_some() || f.decode_batch.is_some()) {
+            return Err(WorkloadError::Parse {
+                path: String::new(),
+                message: "`batch` sets both phases' batches; give either `batch` or `prefill_batch`/`decode_batch`, not both".into(),
+            });
+        }
         if let Some(b) = f.batch {
             s.prefill_batch = b.clone();
             s.decode_batch = b;
@@ -178,6 +185,10 @@ impl Sweep {
     /// Check every field; the error names the field and the fix.
     pub fn validate(&self) -> Result<(), CoreError> {
         self.shape.validate()?;
+        // The name becomes a file name under runs/: no separators, no leading dot.
+        if self.name.is_empty() || self.name.starts_with('.') || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return Err(CoreError::Invalid { field: "name", value: self.name.clone(), why: "a sweep name is letters, digits, `-`, `_` and `.` (not first), since it names the record file".into() });
+        }
         let nonempty = |field: &'static str, empty: bool| {
             if empty {
                 Err(CoreError::Invalid { field, value: "[]".into(), why: "needs at least one entry".into() })
@@ -211,15 +222,16 @@ impl Sweep {
         if sm.min_samples == 0 || sm.max_samples < sm.min_samples {
             return Err(CoreError::Invalid { field: "sampling.max_samples", value: sm.max_samples.to_string(), why: format!("needs 1 <= min_samples ({}) <= max_samples", sm.min_samples) });
         }
-        if !(sm.max_seconds > 0.0) {
+        if !(sm.max_seconds > 0.0 && sm.max_seconds.is_finite()) {
             return Err(CoreError::Invalid { field: "sampling.max_seconds", value: sm.max_seconds.to_string(), why: "use a positive number of seconds".into() });
         }
         Ok(())
     }
 
     /// Expand into points, in a stable order: phase, precision, batch, context (growing, so
-    /// a sweep that runs out of time has its small contexts done).
-    pub fn points(&self) -> Vec<Point> {
+    /// a sweep that runs out of time has its small contexts done). `method_of` gives each
+    /// engine's method (the engine table knows it; this crate knows no engine).
+    pub fn points(&self, method_of: &dyn Fn(&str) -> Method) -> Vec<Point> {
         let mut out = Vec::new();
         for &phase in &self.phases {
             let batches = if phase == Phase::Prefill { &self.prefill_batch } else { &self.decode_batch };
@@ -233,7 +245,7 @@ impl Sweep {
                         let cases = self
                             .engines
                             .iter()
-                            .map(|e| Case { engine: e.clone(), shape: self.shape.clone(), phase, context, batch, query_len, precision, seed: self.seed })
+                            .map(|e| Case { engine: e.clone(), method: method_of(e), shape: self.shape.clone(), phase, context, batch, query_len, precision, seed: self.seed })
                             .collect();
                         out.push(Point { cases });
                     }
@@ -304,7 +316,7 @@ mod tests {
     fn presets_expand() {
         let q = Sweep::preset("cpu-quick").unwrap();
         q.validate().unwrap();
-        let pts = q.points();
+        let pts = q.points(&Method::legacy_from_id);
         assert_eq!(pts.len(), 2 * 4); // 2 phases x 4 contexts
         assert!(pts.iter().all(|p| p.cases.len() == 2));
         assert_eq!(pts[0].cases[0].query_len, 128);
@@ -332,7 +344,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.contexts, vec![1024, 2048, 4096]);
-        assert_eq!(s.points().len(), 2 * 3);
+        assert_eq!(s.points(&Method::legacy_from_id).len(), 2 * 3);
         assert_eq!(s.shape.top_k, 32);
         let s2 = Sweep::from_toml_str("contexts = [1024, \"2k\"]").unwrap();
         assert_eq!(s2.contexts, vec![1024, 2048]);

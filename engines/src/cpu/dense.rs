@@ -121,7 +121,7 @@ impl Dense {
             i0 += qc;
         }
         let total_ms = start.elapsed().as_secs_f64() * 1e3;
-        Ok((Timing { total_ms, components: Vec::new() }, Output { values, indices: None }))
+        Ok((Timing { total_ms, components: Vec::new() }, Output { values, indices: None, sampled: None }))
     }
 }
 

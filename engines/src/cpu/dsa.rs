@@ -167,7 +167,7 @@ impl Dsa {
         }
         let total_ms = start.elapsed().as_secs_f64() * 1e3;
         let components = vec![("indexer", t_index * 1e3), ("topk", t_topk * 1e3), ("attention", t_attn * 1e3)];
-        Ok((Timing { total_ms, components }, Output { values, indices: Some(indices) }))
+        Ok((Timing { total_ms, components }, Output { values, indices: Some(indices), sampled: None }))
     }
 }
 

@@ -428,7 +428,7 @@ impl Engine for DenseCuda {
         };
         p.dev.sync("waiting for the kernels")?;
         let bits: Vec<u16> = p.dev.stream.clone_dtoh(buf).map_err(|e| driver_err("copying the output back", e))?;
-        Ok(Output { values: bits.into_iter().map(|x| f32::from_bits((x as u32) << 16)).collect(), indices: None })
+        Ok(Output { values: bits.into_iter().map(|x| f32::from_bits((x as u32) << 16)).collect(), indices: None, sampled: None })
     }
 
     /// As [`Rows::auto`], but sampled decode checks compare 8 heads (not all 128): the f64

@@ -847,7 +847,7 @@ impl Engine for DsaCuda {
         p.dev.sync("waiting for the DSA kernels")?;
         let bits: Vec<u16> = p.dev.stream.clone_dtoh(&p.bufs.out).map_err(|e| driver_err("copying the attention output back", e))?;
         let sel: Vec<i32> = p.dev.stream.clone_dtoh(&p.bufs.sel).map_err(|e| driver_err("copying the selection back", e))?;
-        Ok(Output { values: bits.into_iter().map(|x| f32::from_bits((x as u32) << 16)).collect(), indices: Some(sel) })
+        Ok(Output { values: bits.into_iter().map(|x| f32::from_bits((x as u32) << 16)).collect(), indices: Some(sel), sampled: None })
     }
 
     fn device_memory(&self) -> Option<DeviceMemory> {
@@ -871,6 +871,7 @@ mod tests {
     fn case(phase: Phase, precision: Precision, context: usize, batch: usize, q: usize) -> Case {
         Case {
             engine: "dsa-cuda".into(),
+            method: ctxcost_core::Method::Dsa,
             shape: ModelShape::deepseek_v32_exp(),
             phase,
             context,

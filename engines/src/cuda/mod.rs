@@ -77,6 +77,7 @@ mod tests {
     fn case(phase: Phase, precision: Precision, context: usize, batch: usize, q: usize) -> Case {
         Case {
             engine: "dense-cuda".into(),
+            method: ctxcost_core::Method::Dense,
             shape: ModelShape::deepseek_v32_exp(),
             phase,
             context,
