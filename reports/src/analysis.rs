@@ -1,23 +1,35 @@
-//! From records to numbers: dense and sparse cases of the same point are paired into series
-//! (one per machine, backend, shape, phase, batch, chunk and precision), priced with the
-//! cost model, and compared: the sparse/dense cost ratio with its 95% CI at every measured
-//! context, marginal and per request, attention-only and whole-model; break-even contexts;
-//! DeepSeek's Fig. 3 ratio at the same positions; and, where bf16 and fp8 records of both
-//! engines exist, the saving split into "from FP8" and "from sparsity".
+//! From records to numbers: the records of a point are grouped into series (one per
+//! machine, shape, phase, batch, chunk and precision), priced with the cost model, and
+//! compared: the sparse/dense cost ratio with its 95% CI at every measured context, marginal
+//! and per request, attention-only and whole-model; break-even contexts; DeepSeek's Fig. 3
+//! ratio at the same positions; the roofline bound of the ratio at the same-run ceilings;
+//! and, where bf16 and fp8 records of both methods exist, the saving split into "from FP8"
+//! and "from sparsity".
 //!
-//! CIs: the attention-only marginal ratio uses `ctxcost_core::stats::ratio_ci` on the paired
-//! raw samples. The whole-model and per-request ratios combine several medians, so they use
-//! one joint paired bootstrap over all points of the series (same resampling scheme, fixed
+//! Which engines a series compares ([`Pairing`]):
+//! - [`Pairing::Best`], the verdict: at every point the fastest verified dense engine against
+//!   the fastest verified DSA engine of the same machine, whoever wrote them (ours or a library
+//!   peer; see [`crate::yardstick`]). The engines may differ from one context to the next; the
+//!   report names them.
+//! - [`Pairing::Pair`]: an engine pair the user asked for, by default ours vs ours on the same
+//!   backend (`dsa-cuda` vs `dense-cuda`), shown beside the verdict with each engine's share of
+//!   the fastest of its method.
+//!
+//! CIs: the attention-only marginal ratio is a paired bootstrap of the ratio of medians when
+//! the two records were sampled in lockstep ([`crate::yardstick::lockstep`]), else an unpaired
+//! one. The whole-model and per-request ratios combine several medians, so they use one joint
+//! bootstrap over all points of the series (paired per point where sampled in lockstep, fixed
 //! seed, so the numbers are reproducible from the raw samples).
 
 use std::collections::BTreeMap;
 
 use ctxcost_core::stats::{self, RatioCi};
-use ctxcost_core::{Phase, Precision};
+use ctxcost_core::{Method, Phase, Precision};
 
 use crate::cost::{self, OtherCost, OtherSource};
 use crate::load::{LoadedRecord, RecordSet};
 use crate::reference::Fig3;
+use crate::yardstick::{self, CeilingSource, Ceilings, EnginePair, Origin, Roofline, Verified, SLOW_ENGINE_SHARE};
 
 /// Bootstrap resamples of the joint bootstrap.
 pub const JOINT_RESAMPLES: usize = 2000;
@@ -37,12 +49,30 @@ impl Default for CostSettings {
     }
 }
 
-/// What identifies a series: everything of a case but the engine kind and the context.
+/// What the verdict is measured against: the engine pairs shown beside it and the ceilings of
+/// its roofline bound (used for machines whose records do not carry their own).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Yardstick {
+    /// Engine pairs of the second table; empty means ours vs ours ([`yardstick::OUR_PAIRS`]).
+    pub pairs: Vec<EnginePair>,
+    pub ceilings: Ceilings,
+}
+
+impl Yardstick {
+    /// The pairs of the second table.
+    pub fn pairs(&self) -> Vec<EnginePair> {
+        if self.pairs.is_empty() {
+            yardstick::OUR_PAIRS.iter().map(|(a, b)| EnginePair::new(a, b)).collect()
+        } else {
+            self.pairs.clone()
+        }
+    }
+}
+
+/// What identifies a series: everything of a case but the engine and the context.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     pub env: String,
-    /// Engine id after `dense-` / `dsa-` (e.g. `cpu`, `cuda`).
-    pub backend: String,
     pub shape: String,
     pub phase: Phase,
     pub batch: usize,
@@ -60,11 +90,36 @@ impl SeriesKey {
             (Phase::Decode, Some(1)) => "1 token/step".to_string(),
             (Phase::Decode, Some(q)) => format!("{q} tokens/step"),
         };
-        let base = format!("{} {} {} B={} {}", self.backend, self.shape, self.precision, self.batch, q);
+        let base = format!("{} {} B={} {}", self.shape, self.precision, self.batch, q);
         if with_env {
             format!("{base} @ {}", self.env)
         } else {
             base
+        }
+    }
+
+    /// The key of a record's case.
+    pub fn of(r: &LoadedRecord) -> Self {
+        let c = &r.record.case;
+        let query_len = if c.query_len == c.context && c.phase == Phase::Prefill && c.context > 1 { None } else { Some(c.query_len) };
+        SeriesKey { env: r.env_label.clone(), shape: c.shape.name.clone(), phase: c.phase, batch: c.batch, query_len, precision: c.precision }
+    }
+}
+
+/// Which engines a series compares.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Pairing {
+    /// At every point the fastest verified engine of each method (the verdict).
+    Best,
+    /// One engine of each method, as asked for.
+    Pair(EnginePair),
+}
+
+impl Pairing {
+    pub fn label(&self) -> String {
+        match self {
+            Pairing::Best => "fastest verified of each method".into(),
+            Pairing::Pair(p) => p.label(),
         }
     }
 }
@@ -179,6 +234,30 @@ pub struct Point {
     pub fig3_request_ratio: Option<f64>,
     /// Medians of the DSA components (indexer, topk, attention), ms, where recorded.
     pub dsa_components: BTreeMap<String, f64>,
+    /// The two records were sampled in lockstep, so the CIs pair sample i with sample i.
+    pub lockstep: bool,
+    /// The DSA/dense ratio if every component ran at the ceilings.
+    pub roofline: Roofline,
+    /// Each engine's speed as a share of the fastest usable engine of its method at this point
+    /// (1 = it is the fastest), with that fastest engine.
+    pub dense_share: (f64, String),
+    pub dsa_share: (f64, String),
+}
+
+impl Point {
+    /// The engines this point compares: (DSA, dense).
+    pub fn engines<'a>(&self, set: &'a RecordSet) -> (&'a str, &'a str) {
+        (set.records[self.dsa_record].record.engine.as_str(), set.records[self.dense_record].record.engine.as_str())
+    }
+
+    /// `paired` or `unpaired`: how the CI was drawn.
+    pub fn ci_kind(&self) -> &'static str {
+        if self.lockstep {
+            "paired (sampled in lockstep)"
+        } else {
+            "unpaired (not sampled in lockstep)"
+        }
+    }
 }
 
 /// Where a ratio curve crosses a threshold (going down with context).
@@ -292,6 +371,9 @@ pub struct Unpaired {
 #[derive(Debug, Clone)]
 pub struct Series {
     pub key: SeriesKey,
+    pub pairing: Pairing,
+    /// The dense engines the series uses, e.g. `cudnn-sdpa` or `cudnn-sdpa at 16K, 64K;
+    /// dense-cuda at 4K` when the fastest differs by context.
     pub dense_engine: String,
     pub dsa_engine: String,
     pub layers: u32,
@@ -316,14 +398,17 @@ impl Series {
     pub fn max_context(&self) -> Option<usize> {
         self.points.last().map(|p| p.context)
     }
+    /// `DSA (dsa-cuda) vs dense (cudnn-sdpa)`.
+    pub fn engines_text(&self) -> String {
+        format!("DSA ({}) vs dense ({})", self.dsa_engine, self.dense_engine)
+    }
 }
 
 /// The saving of dense-bf16 -> dsa-fp8 split into the FP8 part and the sparsity part, at one
-/// context (attention-only marginal cost).
+/// context (attention-only marginal cost), each cell from the fastest verified engine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrecisionSplit {
     pub env: String,
-    pub backend: String,
     pub shape: String,
     pub phase: Phase,
     pub batch: usize,
@@ -333,42 +418,64 @@ pub struct PrecisionSplit {
     pub dense_fp8_usd: f64,
     pub dsa_fp8_usd: f64,
     pub dsa_bf16_usd: Option<f64>,
+    /// The engine of each cell.
+    pub dense_bf16_engine: String,
+    pub dense_fp8_engine: String,
+    pub dsa_fp8_engine: String,
+    pub dsa_bf16_engine: Option<String>,
     /// 1 - dsa_fp8 / dense_bf16.
     pub total_saving: f64,
     /// 1 - dense_fp8 / dense_bf16.
     pub from_fp8: f64,
     /// (dense_fp8 - dsa_fp8) / dense_bf16.
     pub from_sparsity: f64,
+    /// Cells where FP8 is slower than bf16 for the same method: a kernel defect, not a
+    /// property of FP8.
+    pub fp8_slower: Vec<String>,
+}
+
+/// One usable engine at one point, for the engine table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineRow {
+    pub key: SeriesKey,
+    pub context: usize,
+    pub method: Method,
+    pub engine: String,
+    pub record: usize,
+    pub origin: Origin,
+    pub verified: Verified,
+    pub median_ms: f64,
+    pub n_samples: usize,
+    /// Achieved rates: the record's analytic work over its median.
+    pub tflops: f64,
+    pub tbps: f64,
+    /// Median of the fastest usable engine of the same method at this point / this median.
+    pub share: f64,
+    /// The fastest usable engine of the same method at this point.
+    pub fastest: String,
+    /// Whether the verdict (`Pairing::Best`) uses this engine here.
+    pub picked: bool,
 }
 
 /// Everything the report says, computed once.
 #[derive(Debug, Clone)]
 pub struct Analysis {
     pub settings: CostSettings,
+    pub yardstick: Yardstick,
+    /// The verdict: fastest verified engine of each method at every point.
     pub series: Vec<Series>,
+    /// The engine pairs asked for (ours vs ours by default), where measured.
+    pub pairs: Vec<Series>,
+    /// Every usable engine at every point.
+    pub engines: Vec<EngineRow>,
     pub splits: Vec<PrecisionSplit>,
-    /// Records (indices) of engines that are neither dense nor DSA nor GEMM.
-    pub other_engine_records: Vec<usize>,
+    /// The ceilings used per machine, and where they came from.
+    pub ceilings: BTreeMap<String, (Ceilings, CeilingSource)>,
+    /// What a reader must see on the first screen: ratios resting on slow engines, sides never
+    /// checked against a library, verdicts resting on unverified records.
+    pub warnings: Vec<String>,
     /// Whether the records come from more than one machine.
     pub mixed_env: bool,
-}
-
-fn backend_of(engine: &str) -> Option<(bool, String)> {
-    if let Some(b) = engine.strip_prefix("dense-") {
-        Some((false, b.to_string()))
-    } else {
-        engine.strip_prefix("dsa-").map(|b| (true, b.to_string()))
-    }
-}
-
-fn key_of(r: &LoadedRecord) -> Option<(bool, SeriesKey)> {
-    let c = &r.record.case;
-    let (sparse, backend) = backend_of(&c.engine)?;
-    let query_len = if c.query_len == c.context && c.phase == Phase::Prefill && c.context > 1 { None } else { Some(c.query_len) };
-    Some((
-        sparse,
-        SeriesKey { env: r.env_label.clone(), backend, shape: c.shape.name.clone(), phase: c.phase, batch: c.batch, query_len, precision: c.precision },
-    ))
 }
 
 /// The measured per-token time of the rest of the model for a series, if GEMM records exist
@@ -378,7 +485,7 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
         .records
         .iter()
         .filter(|r| {
-            r.record.engine.starts_with("gemm")
+            yardstick::is_gemm(r)
                 && r.is_measured()
                 && r.env_label == key.env
                 && r.record.case.shape.name == key.shape
@@ -397,64 +504,172 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
     })
 }
 
+/// Usable records of a series by context and method.
+type Candidates = BTreeMap<usize, BTreeMap<Method, Vec<usize>>>;
+
+/// Why a record is not usable, for the "not measured" list.
+fn unusable_why(r: &LoadedRecord) -> String {
+    if r.record.status == ctxcost_core::record::Status::Ok && Verified::of(r) == Verified::Failed {
+        return format!("{}: output verification failed", r.record.engine);
+    }
+    match (&r.record.status, &r.record.reason) {
+        (s, Some(reason)) => format!("{} {:?}: {reason}", r.record.engine, s).to_lowercase(),
+        (s, None) => format!("{} {:?}", r.record.engine, s).to_lowercase(),
+    }
+}
+
+/// The record a verdict uses among usable ones: verified before unverified, then fastest.
+fn pick_best(set: &RecordSet, idx: &[usize]) -> Option<usize> {
+    idx.iter().copied().min_by(|&a, &b| {
+        let (ra, rb) = (&set.records[a], &set.records[b]);
+        Verified::of(rb).cmp(&Verified::of(ra)).then(ra.median_ms().total_cmp(&rb.median_ms())).then(ra.record.engine.cmp(&rb.record.engine))
+    })
+}
+
+/// The fastest usable record (verified or not): (median ms, engine).
+fn fastest(set: &RecordSet, idx: &[usize]) -> Option<(f64, String)> {
+    idx.iter().map(|&i| (set.records[i].median_ms(), set.records[i].record.engine.clone())).min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)))
+}
+
 /// Analyse a record set.
-pub fn analyse(set: &RecordSet, settings: &CostSettings, fig3: &Fig3) -> Analysis {
-    // Group measured dense/DSA records by series and context.
-    // Per series: (dense, DSA) record indices by context.
-    type ByContext = (BTreeMap<usize, usize>, BTreeMap<usize, usize>);
-    let mut groups: BTreeMap<SeriesKey, ByContext> = BTreeMap::new();
-    let mut unmeasured: BTreeMap<SeriesKey, Vec<(usize, String)>> = BTreeMap::new();
-    let mut other_engine_records = Vec::new();
+pub fn analyse(set: &RecordSet, settings: &CostSettings, yardstick: &Yardstick, fig3: &Fig3) -> Analysis {
+    let mut cands: BTreeMap<SeriesKey, Candidates> = BTreeMap::new();
+    let mut unmeasured: BTreeMap<SeriesKey, Vec<(usize, String, String)>> = BTreeMap::new();
     for (i, r) in set.records.iter().enumerate() {
-        let Some((sparse, key)) = key_of(r) else {
-            if !r.record.engine.starts_with("gemm") && r.record.endpoint.is_none() {
-                other_engine_records.push(i);
-            }
+        if !yardstick::is_attention(r) {
             continue;
-        };
+        }
+        let key = SeriesKey::of(r);
         let ctx = r.record.case.context;
-        if r.is_measured() {
-            let g = groups.entry(key).or_default();
-            if sparse {
-                g.1.insert(ctx, i);
-            } else {
-                g.0.insert(ctx, i);
-            }
+        if yardstick::usable(r) {
+            cands.entry(key).or_default().entry(ctx).or_default().entry(r.record.case.method).or_default().push(i);
         } else {
-            let why = match (&r.record.status, &r.record.reason) {
-                (s, Some(reason)) => format!("{} {:?}: {reason}", r.record.engine, s).to_lowercase(),
-                (s, None) => format!("{} {:?}", r.record.engine, s).to_lowercase(),
-            };
-            unmeasured.entry(key).or_default().push((ctx, why));
+            unmeasured.entry(key).or_default().push((ctx, r.record.engine.clone(), unusable_why(r)));
         }
     }
     for key in unmeasured.keys() {
-        groups.entry(key.clone()).or_default();
+        cands.entry(key.clone()).or_default();
     }
+    let mut ceilings = BTreeMap::new();
+    for env in set.env_labels() {
+        ceilings.insert(env.clone(), yardstick::ceilings_of(set.records.iter().filter(|r| r.env_label == env), yardstick.ceilings));
+    }
+    let ctx_of = |env: &str| ceilings.get(env).map(|c: &(Ceilings, CeilingSource)| c.0).unwrap_or(yardstick.ceilings);
+
+    // The engine table and the fastest engine of each method at each point.
+    let mut engines = Vec::new();
+    let mut best: BTreeMap<SeriesKey, (BTreeMap<usize, usize>, BTreeMap<usize, usize>)> = BTreeMap::new();
+    for (key, by_ctx) in &cands {
+        let b = best.entry(key.clone()).or_default();
+        for (&ctx, by_method) in by_ctx {
+            for (&method, idx) in by_method {
+                let Some(pick) = pick_best(set, idx) else { continue };
+                let (fast_ms, fast_engine) = fastest(set, idx).unwrap_or((f64::NAN, String::new()));
+                if method == Method::Dsa {
+                    b.1.insert(ctx, pick);
+                } else {
+                    b.0.insert(ctx, pick);
+                }
+                for &i in idx {
+                    let r = &set.records[i];
+                    let s = r.median_ms() * 1e-3;
+                    engines.push(EngineRow {
+                        key: key.clone(),
+                        context: ctx,
+                        method,
+                        engine: r.record.engine.clone(),
+                        record: i,
+                        origin: yardstick::origin(&r.record.engine),
+                        verified: Verified::of(r),
+                        median_ms: r.median_ms(),
+                        n_samples: r.record.samples_ms.len(),
+                        tflops: r.record.work.flops / s / 1e12,
+                        tbps: r.record.work.bytes / s / 1e12,
+                        share: fast_ms / r.median_ms(),
+                        fastest: fast_engine.clone(),
+                        picked: i == pick,
+                    });
+                }
+            }
+        }
+    }
+    let share_of = |i: usize| -> (f64, String) {
+        engines.iter().find(|e| e.record == i).map(|e| (e.share, e.fastest.clone())).unwrap_or((f64::NAN, String::new()))
+    };
+    let env = Env { set, settings, fig3, share_of: &share_of, ceilings: &ctx_of };
 
     let mut series = Vec::new();
-    for (key, (dense, dsa)) in groups {
-        if let Some(s) = build_series(set, settings, fig3, key.clone(), dense, dsa, unmeasured.remove(&key).unwrap_or_default()) {
+    for (key, (dense, dsa)) in best {
+        let paired: std::collections::BTreeSet<usize> = dense.keys().filter(|c| dsa.contains_key(c)).copied().collect();
+        let why = unmeasured.get(&key).map(|v| v.iter().filter(|u| !paired.contains(&u.0)).map(|u| (u.0, u.2.clone())).collect()).unwrap_or_default();
+        if let Some(s) = build_series(&env, key, Pairing::Best, dense, dsa, why) {
             series.push(s);
         }
     }
-    let splits = precision_splits(&series);
+    let mut pairs = Vec::new();
+    for pair in yardstick.pairs() {
+        for (key, by_ctx) in &cands {
+            let pick = |engine: &str| -> BTreeMap<usize, usize> {
+                by_ctx
+                    .iter()
+                    .filter_map(|(&ctx, by_method)| by_method.values().flatten().find(|&&i| set.records[i].record.engine == engine).map(|&i| (ctx, i)))
+                    .collect()
+            };
+            let (dense, dsa) = (pick(&pair.dense), pick(&pair.dsa));
+            if dense.is_empty() || dsa.is_empty() {
+                continue;
+            }
+            let why = unmeasured
+                .get(key)
+                .map(|v| v.iter().filter(|u| u.1 == pair.dense || u.1 == pair.dsa).map(|u| (u.0, u.2.clone())).collect())
+                .unwrap_or_default();
+            if let Some(s) = build_series(&env, key.clone(), Pairing::Pair(pair.clone()), dense, dsa, why) {
+                pairs.push(s);
+            }
+        }
+    }
+    let splits = precision_splits(set, &series);
     let mixed_env = set.env_labels().len() > 1;
-    Analysis { settings: settings.clone(), series, splits, other_engine_records, mixed_env }
+    let warnings = warnings(set, &series, &pairs, &engines, mixed_env);
+    Analysis { settings: settings.clone(), yardstick: yardstick.clone(), series, pairs, engines, splits, ceilings, warnings, mixed_env }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What [`build_series`] needs from the analysis.
+struct Env<'a> {
+    set: &'a RecordSet,
+    settings: &'a CostSettings,
+    fig3: &'a Fig3,
+    share_of: &'a dyn Fn(usize) -> (f64, String),
+    ceilings: &'a dyn Fn(&str) -> Ceilings,
+}
+
+/// `a` when every record uses engine `a`; else `a at 16K, 64K; b at 4K`.
+fn engines_by_context(set: &RecordSet, m: &BTreeMap<usize, usize>) -> String {
+    let mut by: Vec<(String, Vec<usize>)> = Vec::new();
+    for (&ctx, &i) in m {
+        let e = &set.records[i].record.engine;
+        match by.iter_mut().find(|x| &x.0 == e) {
+            Some(x) => x.1.push(ctx),
+            None => by.push((e.clone(), vec![ctx])),
+        }
+    }
+    if by.len() <= 1 {
+        return by.pop().map(|x| x.0).unwrap_or_default();
+    }
+    by.iter().map(|(e, cs)| format!("{e} at {}", cs.iter().map(|c| fmt_tokens(*c as f64)).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join("; ")
+}
+
 fn build_series(
-    set: &RecordSet,
-    settings: &CostSettings,
-    fig3: &Fig3,
+    env: &Env,
     key: SeriesKey,
+    pairing: Pairing,
     dense: BTreeMap<usize, usize>,
     dsa: BTreeMap<usize, usize>,
     unmeasured: Vec<(usize, String)>,
 ) -> Option<Series> {
+    let (set, settings, fig3) = (env.set, env.settings, env.fig3);
     let any = dense.values().chain(dsa.values()).next().copied().or_else(|| {
-        set.records.iter().position(|r| key_of(r).map(|(_, k)| k == key).unwrap_or(false))
+        set.records.iter().position(|r| yardstick::is_attention(r) && SeriesKey::of(r) == key)
     })?;
     let shape = &set.records[any].record.case.shape;
     let (layers, top_k, active_params) = (shape.layers, shape.top_k, shape.active_params);
@@ -484,6 +699,7 @@ fn build_series(
     // Per-point medians -> seconds per token, one layer.
     let per_tok = |rec: usize, med_ms: f64| cost::seconds_per_token(med_ms, set.records[rec].record.case.query_tokens());
     let samples = |rec: usize| -> &[f64] { &set.records[rec].record.samples_ms };
+    let in_lockstep: Vec<bool> = paired.iter().map(|&(_, d, s)| yardstick::lockstep(&set.records[d], &set.records[s])).collect();
 
     // Attention-only costs as functions of per-point per-token times (one layer).
     let request_curve = |pts: &[(f64, f64)], i: usize| -> f64 {
@@ -497,8 +713,8 @@ fn build_series(
     let dense_tok: Vec<(f64, f64)> = paired.iter().map(|&(c, d, _)| (c as f64, per_tok(d, set.records[d].median_ms()))).collect();
     let dsa_tok: Vec<(f64, f64)> = paired.iter().map(|&(c, _, s)| (c as f64, per_tok(s, set.records[s].median_ms()))).collect();
 
-    // Joint paired bootstrap of all point medians.
-    let boot = joint_bootstrap(&paired.iter().map(|&(_, d, s)| (samples(s), samples(d))).collect::<Vec<_>>(), JOINT_RESAMPLES);
+    // Joint bootstrap of all point medians.
+    let boot = joint_bootstrap(&paired.iter().zip(&in_lockstep).map(|(&(_, d, s), &l)| (samples(s), samples(d), l)).collect::<Vec<_>>(), JOINT_RESAMPLES);
     let n = paired.len();
     let mut model_r = vec![Vec::with_capacity(boot.len()); n];
     let mut attn_req_r = vec![Vec::with_capacity(boot.len()); n];
@@ -514,6 +730,7 @@ fn build_series(
         }
     }
     let ci = |ratio: f64, xs: &[f64]| RatioCi { ratio, lo: stats::percentile(xs, 2.5), hi: stats::percentile(xs, 97.5) };
+    let ceilings = (env.ceilings)(&key.env);
 
     let mut points = Vec::new();
     for (i, &(ctx, d, s)) in paired.iter().enumerate() {
@@ -531,7 +748,7 @@ fn build_series(
         };
         let dense_cost = engine_cost(dr, dt, dreq);
         let dsa_cost = engine_cost(sr, st, sreq);
-        let attn_ratio = stats::ratio_ci(&sr.record.samples_ms, &dr.record.samples_ms).unwrap_or(RatioCi { ratio: st / dt, lo: f64::NAN, hi: f64::NAN });
+        let attn_ratio = yardstick::ratio_ci(&sr.record.samples_ms, &dr.record.samples_ms, in_lockstep[i]);
         let model_ratio = ci(dsa_cost.model_marginal / dense_cost.model_marginal, &model_r[i]);
         let attn_request_ratio = ci(sreq / dreq, &attn_req_r[i]);
         let model_request_ratio = ci(dsa_cost.model_request / dense_cost.model_request, &model_req_r[i]);
@@ -553,6 +770,10 @@ fn build_series(
             fig3_ratio: if whole_prompt { fig3.request_ratio_at(key.phase, ctx as f64) } else { fig3.ratio_at(key.phase, ctx as f64) },
             fig3_request_ratio: fig3.request_ratio_at(key.phase, ctx as f64),
             dsa_components,
+            lockstep: in_lockstep[i],
+            roofline: yardstick::roofline(&dr.record.case, &sr.record.case, &ceilings),
+            dense_share: (env.share_of)(d),
+            dsa_share: (env.share_of)(s),
         });
     }
 
@@ -569,13 +790,23 @@ fn build_series(
         model_request_one: break_even(&xs, &mr, 1.0),
         model_request_half: break_even(&xs, &mr, 0.5),
     };
-    let engine_name = |m: &BTreeMap<usize, usize>, sparse: bool| {
-        m.values().next().map(|&i| set.records[i].record.engine.clone()).unwrap_or_else(|| format!("{}-{}", if sparse { "dsa" } else { "dense" }, key.backend))
+    let name = |m: &BTreeMap<usize, usize>, fallback: Option<&String>| {
+        let s = engines_by_context(set, m);
+        if s.is_empty() {
+            fallback.cloned().unwrap_or_else(|| "none measured".into())
+        } else {
+            s
+        }
+    };
+    let (pd, ps) = match &pairing {
+        Pairing::Pair(p) => (Some(&p.dense), Some(&p.dsa)),
+        Pairing::Best => (None, None),
     };
     Some(Series {
-        dense_engine: engine_name(&dense, false),
-        dsa_engine: engine_name(&dsa, true),
+        dense_engine: name(&dense, pd),
+        dsa_engine: name(&dsa, ps),
         key,
+        pairing,
         layers,
         top_k,
         active_params,
@@ -588,10 +819,11 @@ fn build_series(
     })
 }
 
-/// Joint bootstrap: for every resample, the (sparse, dense) medians of every point. Pairs are
-/// resampled jointly when both sample sets have the same length (interleaved A B A B), else
-/// independently; the generator is seeded so results are reproducible.
-pub fn joint_bootstrap(points: &[(&[f64], &[f64])], resamples: usize) -> Vec<Vec<(f64, f64)>> {
+/// Joint bootstrap: for every resample, the (sparse, dense) medians of every point. A point's
+/// samples are resampled as pairs when its flag says they were taken in lockstep (same
+/// length, interleaved A B A B), else each set on its own; the generator is seeded so results
+/// are reproducible.
+pub fn joint_bootstrap(points: &[(&[f64], &[f64], bool)], resamples: usize) -> Vec<Vec<(f64, f64)>> {
     if points.is_empty() {
         return Vec::new();
     }
@@ -605,10 +837,10 @@ pub fn joint_bootstrap(points: &[(&[f64], &[f64])], resamples: usize) -> Vec<Vec
     let mut b = Vec::new();
     for _ in 0..resamples {
         let mut meds = Vec::with_capacity(points.len());
-        for &(num, den) in points {
+        for &(num, den, paired) in points {
             a.clear();
             b.clear();
-            if num.len() == den.len() {
+            if paired && num.len() == den.len() {
                 for _ in 0..num.len() {
                     let j = below(num.len());
                     a.push(num[j]);
@@ -629,18 +861,36 @@ pub fn joint_bootstrap(points: &[(&[f64], &[f64])], resamples: usize) -> Vec<Vec
     out
 }
 
-/// FP8 vs sparsity split wherever dense-bf16, dense-fp8 and dsa-fp8 share a point.
-fn precision_splits(series: &[Series]) -> Vec<PrecisionSplit> {
-    let find = |k: &SeriesKey, p: Precision| series.iter().find(|s| s.key.precision == p && SeriesKey { precision: p, ..k.clone() } == s.key);
+/// FP8 vs sparsity split wherever dense-bf16, dense-fp8 and dsa-fp8 share a point, from the
+/// verdict's series (the fastest verified engine of each cell).
+fn precision_splits(set: &RecordSet, series: &[Series]) -> Vec<PrecisionSplit> {
+    let find = |k: &SeriesKey, p: Precision| series.iter().find(|s| s.key == SeriesKey { precision: p, ..k.clone() });
+    let engine = |i: usize| set.records[i].record.engine.clone();
     let mut out = Vec::new();
     for s16 in series.iter().filter(|s| s.key.precision == Precision::Bf16) {
         let Some(s8) = find(&s16.key, Precision::Fp8) else { continue };
         for p16 in &s16.points {
             let Some(p8) = s8.points.iter().find(|p| p.context == p16.context) else { continue };
-            let (d16, d8, sp8) = (p16.dense.attn_marginal, p8.dense.attn_marginal, p8.dsa.attn_marginal);
+            let (d16, d8, sp8, sp16) = (p16.dense.attn_marginal, p8.dense.attn_marginal, p8.dsa.attn_marginal, p16.dsa.attn_marginal);
+            let mut fp8_slower = Vec::new();
+            if d8 > d16 {
+                fp8_slower.push(format!(
+                    "dense fp8 ({}) is {:.2}x slower than dense bf16 ({}): a kernel defect, not a property of FP8",
+                    engine(p8.dense_record),
+                    d8 / d16,
+                    engine(p16.dense_record)
+                ));
+            }
+            if sp8 > sp16 {
+                fp8_slower.push(format!(
+                    "DSA fp8 ({}) is {:.2}x slower than DSA bf16 ({}): a kernel defect, not a property of FP8",
+                    engine(p8.dsa_record),
+                    sp8 / sp16,
+                    engine(p16.dsa_record)
+                ));
+            }
             out.push(PrecisionSplit {
                 env: s16.key.env.clone(),
-                backend: s16.key.backend.clone(),
                 shape: s16.key.shape.clone(),
                 phase: s16.key.phase,
                 batch: s16.key.batch,
@@ -649,12 +899,95 @@ fn precision_splits(series: &[Series]) -> Vec<PrecisionSplit> {
                 dense_bf16_usd: d16,
                 dense_fp8_usd: d8,
                 dsa_fp8_usd: sp8,
-                dsa_bf16_usd: Some(p16.dsa.attn_marginal),
+                dsa_bf16_usd: Some(sp16),
+                dense_bf16_engine: engine(p16.dense_record),
+                dense_fp8_engine: engine(p8.dense_record),
+                dsa_fp8_engine: engine(p8.dsa_record),
+                dsa_bf16_engine: Some(engine(p16.dsa_record)),
                 total_saving: 1.0 - sp8 / d16,
                 from_fp8: 1.0 - d8 / d16,
                 from_sparsity: (d8 - sp8) / d16,
+                fp8_slower,
             });
         }
+    }
+    out
+}
+
+/// A list of contexts: `4K, 16K`.
+pub fn fmt_contexts(cs: &[usize]) -> String {
+    cs.iter().map(|c| fmt_tokens(*c as f64)).collect::<Vec<_>>().join(", ")
+}
+
+/// The first-screen warnings (see [`Analysis::warnings`]).
+fn warnings(set: &RecordSet, series: &[Series], pairs: &[Series], engines: &[EngineRow], mixed_env: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    // 1. A ratio resting on an engine slower than SLOW_ENGINE_SHARE of the fastest of its method.
+    for s in series.iter().chain(pairs) {
+        for (method, side) in [(Method::Dense, 0), (Method::Dsa, 1)] {
+            let mut slow: BTreeMap<(String, String), Vec<(usize, f64)>> = BTreeMap::new();
+            for p in &s.points {
+                let (rec, (share, fastest)) = if side == 0 { (p.dense_record, &p.dense_share) } else { (p.dsa_record, &p.dsa_share) };
+                if *share < SLOW_ENGINE_SHARE {
+                    slow.entry((set.records[rec].record.engine.clone(), fastest.clone())).or_default().push((p.context, *share));
+                }
+            }
+            for ((engine, fastest), at) in slow {
+                let (lo, hi) = at.iter().fold((f64::INFINITY, 0f64), |(l, h), x| (l.min(x.1), h.max(x.1)));
+                let share = if (hi - lo).abs() < 0.005 { format!("{lo:.2}") } else { format!("{lo:.2}-{hi:.2}") };
+                let what = match &s.pairing {
+                    Pairing::Best => "the verdict".to_string(),
+                    Pairing::Pair(p) => format!("the pair {}", p.label()),
+                };
+                let unverified = if s.pairing == Pairing::Best { " (the faster one is not verified)" } else { "" };
+                out.push(format!(
+                    "{} {}: {what} rests on {engine}, which runs at {share} of the fastest {} engine ({fastest}{unverified}) at {}.",
+                    s.key.phase,
+                    s.key.label(mixed_env),
+                    method,
+                    fmt_contexts(&at.iter().map(|x| x.0).collect::<Vec<_>>())
+                ));
+            }
+        }
+    }
+    // 2. A side never checked against a library peer.
+    for (method, what) in [(Method::Dense, "dense baseline"), (Method::Dsa, "DSA")] {
+        let mut lacking = Vec::new();
+        let mut ours: Vec<String> = Vec::new();
+        let mut checked = 0;
+        for s in series.iter().filter(|s| !s.points.is_empty()) {
+            let rows: Vec<&EngineRow> = engines.iter().filter(|e| e.key == s.key && e.method == method).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            if rows.iter().any(|e| e.origin == Origin::Library) {
+                checked += 1;
+            } else {
+                lacking.push(format!("{} {}", s.key.phase, s.key.label(mixed_env)));
+                ours.extend(rows.iter().map(|e| e.engine.clone()));
+            }
+        }
+        ours.sort();
+        ours.dedup();
+        if !lacking.is_empty() {
+            let scope = if checked == 0 { "in any series".to_string() } else { format!("for {}", lacking.join("; ")) };
+            out.push(format!("{what} not checked against a library: no library {method} engine was measured {scope} (only {}).", ours.join(", ")));
+        }
+    }
+    // 3. A verdict resting on records that were never verified.
+    let mut unverified: Vec<String> = series
+        .iter()
+        .flat_map(|s| s.points.iter().flat_map(|p| [p.dense_record, p.dsa_record]))
+        .filter(|&i| Verified::of(&set.records[i]) == Verified::NotRun)
+        .map(|i| set.records[i].record.engine.clone())
+        .collect();
+    unverified.sort();
+    unverified.dedup();
+    if !unverified.is_empty() {
+        out.push(format!(
+            "The verdict rests on records whose output was not verified against the reference ({}): run without `--no-verify` to check them.",
+            unverified.join(", ")
+        ));
     }
     out
 }

@@ -2,6 +2,10 @@
 //! latency vs context, cost per million tokens vs position with DeepSeek's Fig. 3 curves,
 //! the sparse/dense cost ratio with its CI band and break-evens, DSA's time split and memory.
 //!
+//! Every range handed to plotters is finite, positive where the axis is logarithmic, and
+//! bounded ([`VALUE_LIMIT`]): points that are not (NaN, infinite, zero on a log axis, beyond
+//! 1e300) are left out of the drawing, so no input can make a chart loop or spin.
+//!
 //! Text is drawn with DejaVu Sans shipped in `reports/assets/` (registered with plotters'
 //! ab_glyph font table), so charts need no system fonts and look the same everywhere.
 
@@ -42,6 +46,9 @@ pub enum ChartKind {
 
 impl ChartKind {
     pub const ALL: [ChartKind; 5] = [ChartKind::Ratio, ChartKind::Cost, ChartKind::Latency, ChartKind::DsaSplit, ChartKind::Memory];
+    /// Every chart a report may draw (the kernel charts and the endpoint chart).
+    pub const EVERY: [ChartKind; 6] =
+        [ChartKind::Ratio, ChartKind::Cost, ChartKind::Latency, ChartKind::DsaSplit, ChartKind::Memory, ChartKind::Endpoint];
 
     /// File stem and HTML id.
     pub fn id(self) -> &'static str {
@@ -60,7 +67,7 @@ impl ChartKind {
         match self {
             ChartKind::Latency => "Latency of one layer's attention vs context (log-log)",
             ChartKind::Cost => "Whole-model marginal cost per million tokens vs position, with DeepSeek's Fig. 3",
-            ChartKind::Ratio => "Sparse/dense cost ratio vs context (attention-only; 95% CI band; break-evens marked)",
+            ChartKind::Ratio => "Sparse/dense cost ratio vs context (attention-only; 95% CI band; break-evens; roofline bound dotted)",
             ChartKind::DsaSplit => "DSA time split: indexer / top-k / attention vs context",
             ChartKind::Memory => "KV bytes per token (modelled) and measured peak memory vs context",
             ChartKind::Endpoint => "Remote endpoints: TTFT (prefill cases) and TPOT (decode cases) vs prompt length",
@@ -162,6 +169,7 @@ enum Swatch {
     Line(RGBColor, u32),
     Dashed(RGBColor, u32),
     Block(RGBColor),
+    Dotted(RGBColor),
     Triangle,
 }
 
@@ -211,6 +219,11 @@ where
                 }
             }
             Swatch::Block(c) => area.draw(&Rectangle::new([(x + 4, y - 6), (x + 20, y + 6)], c.filled()))?,
+            Swatch::Dotted(c) => {
+                for k in 0..5 {
+                    area.draw(&PathElement::new(vec![(x + k * 6, y), (x + k * 6 + 2, y)], c.stroke_width(2)))?;
+                }
+            }
             Swatch::Triangle => area.draw(&TriangleMarker::new((x + 13, y), 7, BLACK.filled()))?,
         }
         let max_chars = ((col_w as f64 - 44.0) / LEGEND_CHAR_PX).max(10.0) as usize;
@@ -254,14 +267,29 @@ where
     Ok(())
 }
 
-/// Bounds of positive values padded by a factor for a log axis.
+/// Largest magnitude a chart draws; beyond it (or below its inverse on a log axis) a value is
+/// left out, so padding a range can never overflow.
+pub const VALUE_LIMIT: f64 = 1e300;
+
+/// Whether `v` can be drawn on a linear axis.
+fn drawable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= VALUE_LIMIT
+}
+
+/// Whether `v` can be drawn on a log axis.
+fn drawable_log(v: f64) -> bool {
+    drawable(v) && v >= 1.0 / VALUE_LIMIT
+}
+
+/// Bounds of positive values padded by a factor for a log axis; `None` when no value is
+/// drawable. The bounds are finite, positive and apart.
 fn log_bounds(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     let (mut lo, mut hi) = (f64::INFINITY, 0f64);
-    for v in vals.filter(|v| v.is_finite() && *v > 0.0) {
+    for v in vals.filter(|v| drawable_log(*v)) {
         lo = lo.min(v);
         hi = hi.max(v);
     }
-    if hi <= 0.0 {
+    if hi <= 0.0 || !lo.is_finite() {
         return None;
     }
     if hi / lo < 3.0 {
@@ -272,21 +300,30 @@ fn log_bounds(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
     }
 }
 
-/// Tick values 1, 2, 5 x 10^k inside [lo, hi] (thinned to 1 x 10^k when there are many).
+/// Tick values 1, 2, 5 x 10^k inside [lo, hi] (thinned to 1 x 10^k when there are many, then
+/// to at most 12). Empty when the range is not finite and positive.
 fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && hi >= lo) {
+        return Vec::new();
+    }
+    // Exponents over a bounded integer range: no loop condition on a float that may overflow.
+    let e0 = (lo.log10().floor() as i32 - 1).clamp(-330, 330);
+    let e1 = (hi.log10().ceil() as i32 + 1).clamp(-330, 330);
     let mut v = Vec::new();
-    let mut e = lo.log10().floor() as i32 - 1;
-    while 10f64.powi(e) <= hi * 10.0 {
+    for e in e0..=e1 {
         for m in [1.0, 2.0, 5.0] {
             let t = m * 10f64.powi(e);
-            if t >= lo && t <= hi {
+            if t.is_finite() && t >= lo && t <= hi {
                 v.push(t);
             }
         }
-        e += 1;
     }
     if v.len() > 10 {
         v.retain(|t| (t.log10() - t.log10().round()).abs() < 1e-9);
+    }
+    if v.len() > 12 {
+        let step = v.len().div_ceil(12);
+        v = v.into_iter().step_by(step).collect();
     }
     v
 }
@@ -342,9 +379,10 @@ fn fmt_bytes(v: f64) -> String {
     }
 }
 
+/// The context axis: finite, positive, apart (contexts that are not drawable are left out).
 fn context_range(xs: impl Iterator<Item = f64>, extend_to: Option<f64>) -> (f64, f64) {
     let (mut lo, mut hi) = (f64::INFINITY, 0f64);
-    for x in xs.chain(extend_to) {
+    for x in xs.chain(extend_to).filter(|x| drawable_log(*x)) {
         lo = lo.min(x);
         hi = hi.max(x);
     }
@@ -396,6 +434,11 @@ fn draw_log_lines<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    let lines: Vec<Line<(f64, f64, f64, f64)>> = lines
+        .iter()
+        .map(|(l, c, pts)| (l.clone(), *c, pts.iter().copied().filter(|p| drawable_log(p.0) && drawable_log(p.1)).collect::<Vec<_>>()))
+        .filter(|l| !l.2.is_empty())
+        .collect();
     let Some((ylo, yhi)) = log_bounds(lines.iter().flat_map(|l| l.2.iter().flat_map(|p| [p.1, p.2, p.3]))) else {
         return no_data(area, caption, "not measured: no records for this phase");
     };
@@ -420,13 +463,13 @@ where
         .y_label_formatter(&|y| fmt_si(*y))
         .label_style((FAMILY, 13))
         .draw()?;
-    for (_, color, pts) in lines {
+    for (_, color, pts) in &lines {
         let c = *color;
         chart.draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), c.stroke_width(2)))?;
         chart.draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 3, c.filled())))?;
         chart.draw_series(
             pts.iter()
-                .filter(|p| p.2.is_finite() && p.3.is_finite() && p.2 > 0.0 && p.3 > p.2)
+                .filter(|p| drawable_log(p.2) && drawable_log(p.3) && p.3 > p.2)
                 .map(|p| PathElement::new(vec![(p.0, p.2), (p.0, p.3)], c.stroke_width(2))),
         )?;
     }
@@ -483,8 +526,12 @@ where
     let mut lines = Vec::new();
     for (i, s) in ser.iter().enumerate() {
         for (sparse, color) in [(false, DENSE_COLORS[i % 4]), (true, DSA_COLORS[i % 4])] {
-            let pts: Vec<(f64, f64)> =
-                s.points.iter().map(|p| (p.context as f64, if sparse { p.dsa.model_marginal } else { p.dense.model_marginal })).collect();
+            let pts: Vec<(f64, f64)> = s
+                .points
+                .iter()
+                .map(|p| (p.context as f64, if sparse { p.dsa.model_marginal } else { p.dense.model_marginal }))
+                .filter(|p| drawable_log(p.0) && drawable_log(p.1))
+                .collect();
             if pts.is_empty() {
                 continue;
             }
@@ -525,17 +572,23 @@ where
     DB::ErrorType: 'static,
 {
     let caption = format!("{phase}: sparse / dense cost (attention-only)");
-    let ser: Vec<&Series> = series_of(a, phase).into_iter().filter(|s| !s.points.is_empty()).collect();
+    let ser: Vec<&Series> =
+        series_of(a, phase).into_iter().filter(|s| s.points.iter().any(|p| drawable_log(p.context as f64) && drawable(p.attn_ratio.ratio))).collect();
     if ser.is_empty() {
         return no_data(area, &caption, "not measured: no paired dense/DSA points for this phase");
     }
     let ymax = ser
         .iter()
-        .flat_map(|s| s.points.iter().flat_map(|p| [p.attn_ratio.hi, p.attn_ratio.ratio, p.attn_request_ratio.ratio]))
+        .flat_map(|s| s.points.iter().flat_map(|p| [p.attn_ratio.hi, p.attn_ratio.ratio, p.attn_request_ratio.ratio, p.roofline.ratio]))
         .filter(|v| v.is_finite())
         .fold(1.45f64, f64::max)
         .min(6.0)
         * 1.08;
+    // Points that can be drawn: a drawable context, a finite ratio (clamped to the axis).
+    let at = |p: &crate::analysis::Point, v: f64| -> Option<(f64, f64)> {
+        let x = p.context as f64;
+        (drawable_log(x) && v.is_finite()).then(|| (x, v.clamp(0.0, ymax)))
+    };
     let measured: Vec<f64> = ser.iter().flat_map(|s| s.points.iter().map(|p| p.context as f64)).collect();
     let (xlo, xhi) = context_range(measured.iter().copied().chain([1024.0]), Some(fig3.max_position()));
     let mut legend: Legend = vec![
@@ -548,6 +601,7 @@ where
         let c = DSA_COLORS[i % 4];
         legend.push((format!("{}: marginal, band = 95% CI", short_label(a, s)), Swatch::Line(c, 3)));
         legend.push((format!("{}: per request over 0..L", short_label(a, s)), Swatch::Dashed(c, 2)));
+        legend.push((format!("{}: roofline bound (every component at the ceilings)", short_label(a, s)), Swatch::Dotted(c)));
     }
     let (plot, strip) = with_legend_strip(area, &legend);
     let mut chart = ChartBuilder::on(&plot)
@@ -566,33 +620,37 @@ where
         .draw()?;
     chart.draw_series(LineSeries::new([(xlo, 1.0), (xhi, 1.0)], ONE_LINE.stroke_width(2)))?;
     chart.draw_series(LineSeries::new([(xlo, 0.5), (xhi, 0.5)], HALF_LINE.stroke_width(2)))?;
-    let fig: Vec<(f64, f64)> =
-        fig3.rows.iter().filter(|r| r.position > 0.0).filter_map(|r| fig3.ratio_at(phase, r.position).map(|v| (r.position, v))).collect();
+    let fig: Vec<(f64, f64)> = fig3
+        .rows
+        .iter()
+        .filter(|r| r.position > 0.0)
+        .filter_map(|r| fig3.ratio_at(phase, r.position).map(|v| (r.position, v)))
+        .filter(|p| drawable_log(p.0) && drawable(p.1))
+        .collect();
     chart.draw_series(DashedLineSeries::new(fig, 8, 5, FIG3_DENSE.stroke_width(2)))?;
     for (i, s) in ser.iter().enumerate() {
         let color = DSA_COLORS[i % 4];
         let band: Vec<(f64, f64)> = s
             .points
             .iter()
-            .map(|p| (p.context as f64, p.attn_ratio.hi.min(ymax)))
-            .chain(s.points.iter().rev().map(|p| (p.context as f64, p.attn_ratio.lo.max(0.0))))
-            .filter(|p| p.1.is_finite())
+            .filter_map(|p| at(p, p.attn_ratio.hi))
+            .chain(s.points.iter().rev().filter_map(|p| at(p, p.attn_ratio.lo)))
             .collect();
         if band.len() >= 4 {
             chart.draw_series(std::iter::once(Polygon::new(band, color.mix(0.22))))?;
-        } else if let Some(p) = s.points.first() {
+        } else if let Some((lo, hi)) = s.points.first().and_then(|p| Some((at(p, p.attn_ratio.lo)?, at(p, p.attn_ratio.hi)?))) {
             // One point: its CI as a whisker.
-            chart.draw_series(std::iter::once(PathElement::new(
-                vec![(p.context as f64, p.attn_ratio.lo.max(0.0)), (p.context as f64, p.attn_ratio.hi.min(ymax))],
-                color.mix(0.5).stroke_width(4),
-            )))?;
+            chart.draw_series(std::iter::once(PathElement::new(vec![lo, hi], color.mix(0.5).stroke_width(4))))?;
         }
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.context as f64, p.attn_ratio.ratio.min(ymax))).collect();
+        let pts: Vec<(f64, f64)> = s.points.iter().filter_map(|p| at(p, p.attn_ratio.ratio)).collect();
         chart.draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))?;
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
-        let req: Vec<(f64, f64)> = s.points.iter().map(|p| (p.context as f64, p.attn_request_ratio.ratio.min(ymax))).collect();
+        let req: Vec<(f64, f64)> = s.points.iter().filter_map(|p| at(p, p.attn_request_ratio.ratio)).collect();
         chart.draw_series(DashedLineSeries::new(req, 5, 4, color.mix(0.8).stroke_width(2)))?;
-        let last = s.max_context().map(|c| c as f64).unwrap_or(xhi);
+        let roof: Vec<(f64, f64)> = s.points.iter().filter_map(|p| at(p, p.roofline.ratio)).collect();
+        chart.draw_series(DashedLineSeries::new(roof.clone(), 2, 4, color.stroke_width(2)))?;
+        chart.draw_series(roof.iter().map(|p| Cross::new(*p, 4, color.stroke_width(2))))?;
+        let last = s.max_context().map(|c| c as f64).filter(|c| drawable_log(*c)).unwrap_or(xhi);
         for be in [s.break_evens.attn_one, s.break_evens.attn_half] {
             mark_break_even(&mut chart, &be, color, (xlo, last))?;
         }
@@ -615,14 +673,15 @@ where
         Crossing::BelowRange { first } => Some((first as f64).max(xlo)),
         Crossing::AboveRange { last: l } => Some(l as f64),
         Crossing::NoData => None,
-    };
+    }
+    .filter(|x| drawable_log(*x));
     if let (Some(lo), Some(hi)) = (bound(&be.lo), bound(&be.hi)) {
         let hi = hi.min(last);
         if hi > lo {
             chart.draw_series(std::iter::once(PathElement::new(vec![(lo, t), (hi, t)], color.mix(0.7).stroke_width(7))))?;
         }
     }
-    if let Crossing::At(x) = be.estimate {
+    if let Some(x) = be.estimate.tokens().filter(|x| drawable_log(*x)) {
         let open = if matches!(be.hi, Crossing::AboveRange { .. }) { ", CI open" } else { "" };
         let label = format!("{t} at {}{open}", fmt_tokens(x));
         chart.draw_series(std::iter::once(
@@ -649,13 +708,14 @@ where
             let r = &set.records[i];
             let total = r.median_ms();
             let comp = |n: &str| r.record.components_ms.get(n).map(|v| stats::median(v)).filter(|m| m.is_finite()).unwrap_or(0.0);
-            if r.record.components_ms.is_empty() || total.is_nan() || total <= 0.0 {
+            if r.record.components_ms.is_empty() || !drawable_log(total) || !drawable_log(ctx as f64) {
                 return None;
             }
             let parts = [comp("indexer"), comp("topk"), comp("attention")];
             let sum: f64 = parts.iter().sum();
             let denom = total.max(sum);
-            Some((ctx as f64, parts.map(|p| p / denom)))
+            let shares = parts.map(|p| p / denom);
+            shares.iter().all(|v| v.is_finite() && *v >= 0.0).then_some((ctx as f64, shares))
         })
         .collect();
     let measured: Vec<f64> = rows.iter().map(|r| r.0).collect();
@@ -703,35 +763,36 @@ where
 {
     let caption = "modelled KV cache bytes per token per layer";
     // One line per (engine, precision, shape): kv_bytes_model / (batch * context).
-    let mut lines: std::collections::BTreeMap<String, Vec<(f64, f64)>> = std::collections::BTreeMap::new();
+    // (is DSA, points) by line label.
+    let mut lines: std::collections::BTreeMap<String, (bool, Vec<(f64, f64)>)> = std::collections::BTreeMap::new();
     for s in &a.series {
         for recs in [&s.dense_records, &s.dsa_records] {
             for (&ctx, &i) in recs {
                 let c = &set.records[i].record.case;
                 let kv = set.records[i].record.memory.kv_bytes_model / (c.batch * c.context) as f64;
-                if kv > 0.0 {
-                    let e = lines.entry(format!("{} {} ({})", c.engine, c.precision, c.shape.name)).or_default();
-                    if !e.iter().any(|p| p.0 == ctx as f64) {
-                        e.push((ctx as f64, kv));
+                if drawable(kv) && kv > 0.0 && drawable_log(ctx as f64) {
+                    let e = lines.entry(format!("{} {} ({})", c.engine, c.precision, c.shape.name)).or_insert((c.is_sparse(), Vec::new()));
+                    if !e.1.iter().any(|p| p.0 == ctx as f64) {
+                        e.1.push((ctx as f64, kv));
                     }
                 }
             }
         }
     }
     for v in lines.values_mut() {
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v.1.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    let ymax = lines.values().flatten().map(|p| p.1).fold(0f64, f64::max);
+    let ymax = lines.values().flat_map(|v| &v.1).map(|p| p.1).fold(0f64, f64::max);
     if ymax <= 0.0 {
         return no_data(area, caption, "not measured: no kv_bytes_model in the records");
     }
-    let measured: Vec<f64> = lines.values().flatten().map(|p| p.0).collect();
+    let measured: Vec<f64> = lines.values().flat_map(|v| &v.1).map(|p| p.0).collect();
     let (xlo, xhi) = context_range(measured.iter().copied(), None);
     let colored: Vec<Line<(f64, f64)>> = lines
         .into_iter()
         .enumerate()
-        .map(|(k, (label, pts))| {
-            let c = if label.starts_with("dsa") { DSA_COLORS[k % 4] } else { DENSE_COLORS[k % 4] };
+        .map(|(k, (label, (sparse, pts)))| {
+            let c = if sparse { DSA_COLORS[k % 4] } else { DENSE_COLORS[k % 4] };
             (format!("{label}: {}", fmt_bytes(pts[0].1)), c, pts)
         })
         .collect();
@@ -822,7 +883,7 @@ where
         .label_style((FAMILY, 13))
         .draw()?;
     for (_, c, dashed, pts) in lines {
-        let pts: Vec<(f64, f64)> = pts.into_iter().filter(|p| p.1 > 0.0).collect();
+        let pts: Vec<(f64, f64)> = pts.into_iter().filter(|p| drawable_log(p.0) && drawable_log(p.1)).collect();
         if dashed {
             chart.draw_series(DashedLineSeries::new(pts, 6, 4, c.stroke_width(1)))?;
         } else {
@@ -831,4 +892,31 @@ where
         }
     }
     draw_legend(&strip, &legend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ticks_end_on_any_range() {
+        // hi * 10 overflows here; the old loop never ended.
+        let t = log_ticks(1e300, 1.3e308);
+        assert!(!t.is_empty() && t.len() <= 12, "{t:?}");
+        let t = log_ticks(1e-300, 1e300);
+        assert!(t.len() <= 12 && t.iter().all(|v| v.is_finite()), "{t:?}");
+        assert!(log_ticks(f64::NAN, 1.0).is_empty());
+        assert!(log_ticks(0.0, 1.0).is_empty());
+        assert!(log_ticks(1.0, f64::INFINITY).is_empty());
+        assert_eq!(log_ticks(1.0, 10.0), vec![1.0, 2.0, 5.0, 10.0]);
+    }
+
+    #[test]
+    fn bounds_are_finite_positive_and_apart() {
+        assert_eq!(log_bounds([f64::NAN, f64::INFINITY, 0.0, -1.0].into_iter()), None);
+        let (lo, hi) = log_bounds([1e-320, 1e200, f64::MAX].into_iter()).unwrap();
+        assert!(lo > 0.0 && hi.is_finite() && hi > lo, "{lo} {hi}");
+        let (lo, hi) = context_range([0.0, f64::NAN, 1.0].into_iter(), None);
+        assert!(lo > 0.0 && hi > lo && hi.is_finite(), "{lo} {hi}");
+    }
 }

@@ -5,8 +5,11 @@
 //!   write it (HTML, Markdown, charts, `summary.csv`, `records.parquet`).
 //! - [`load`]: JSONL record files into typed records and a polars frame.
 //! - [`cost`]: the cost model (USD per million tokens; marginal and per request).
-//! - [`analysis`]: dense/DSA pairing, ratios with CIs, break-evens, FP8 vs sparsity split.
-//! - [`verdict`]: the verdict sentences.
+//! - [`analysis`]: series of the fastest verified engines (and of the engine pairs asked for),
+//!   ratios with CIs, break-evens, the engine table, FP8 vs sparsity split, first-screen warnings.
+//! - [`yardstick`]: ours vs library peers, verification, lockstep sampling, ceilings and the
+//!   roofline bound of a ratio.
+//! - [`verdict`]: the headline per phase and the verdict sentences.
 //! - [`endpoint`]: remote endpoint cases: metrics per side, B/A with paired CIs, cache flags.
 //! - [`reference`]: DeepSeek's Fig. 3 curves and API prices, shipped as data.
 //! - [`charts`]: plotters charts (SVG and PNG, shipped font).
@@ -22,3 +25,4 @@ pub mod reference;
 pub mod render;
 pub mod report;
 pub mod verdict;
+pub mod yardstick;

@@ -4,12 +4,14 @@
 //! scripts, no external resources); the Markdown links the PNGs written beside it.
 
 use ctxcost_core::record::Status;
+use ctxcost_core::Phase;
 
 use crate::analysis::{fmt_tokens, BreakEven, Crossing, Series};
 use crate::charts::{Chart, ChartKind};
 use crate::reference::FIG3_CITATION;
 use crate::report::Report;
 use crate::verdict::{self, HEADLINE_BASIS, QUESTION};
+use crate::yardstick::{self, CeilingSource, SLOW_ENGINE_SHARE};
 
 /// One piece of the document.
 #[derive(Debug, Clone)]
@@ -43,6 +45,15 @@ fn ci(r: &ctxcost_core::stats::RatioCi) -> String {
 
 fn opt(x: Option<f64>) -> String {
     x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "not in Fig. 3".into())
+}
+
+/// `0.45 of cudnn-sdpa`, or `1.00` for the fastest.
+fn share(s: &(f64, String)) -> String {
+    if s.0 >= 0.995 {
+        format!("{:.2}", s.0)
+    } else {
+        format!("{:.2} of {}", s.0, s.1)
+    }
 }
 
 fn be_text(b: &BreakEven) -> String {
@@ -144,22 +155,96 @@ fn document(r: &Report) -> (String, Vec<Block>) {
     };
     let mut b = Vec::new();
 
-    // 1. Verdict first.
+    // 1. Verdict first: one headline per phase, the warnings, the table, then the long sentences.
     b.push(Block::H2 { id: "verdict", text: "Verdict".into() });
     b.push(Block::Strong(QUESTION.into()));
-    b.push(Block::P(format!("Basis: {HEADLINE_BASIS}. \"Holds\" means the median ratio is at most 0.5; where the 95% CI straddles 0.5 the report says so.")));
-    let mut items: Vec<String> = a.series.iter().map(|s| verdict::series_sentence(a, s, &r.fig3)).collect();
-    if items.is_empty() {
-        items.push("Not measured: the records hold no dense/DSA pair (engines `dense-*` and `dsa-*` at the same point).".into());
+    let mut heads: Vec<String> = [Phase::Prefill, Phase::Decode].into_iter().filter_map(|p| verdict::headline(a, p)).collect();
+    if heads.is_empty() && r.endpoints.is_empty() {
+        heads.push(format!("Not {}", verdict::NOT_MEASURED.trim_start_matches("not ")));
     }
-    items.extend(crate::endpoint::ab_sentences(&r.endpoints));
-    b.push(Block::List { id: Some("verdict-lines"), items });
+    heads.extend(crate::endpoint::ab_sentences(&r.endpoints));
+    b.push(Block::List { id: Some("verdict-headline"), items: heads });
+    if !a.warnings.is_empty() {
+        b.push(Block::List { id: Some("verdict-warnings"), items: a.warnings.iter().map(|w| format!("Warning: {w}")).collect() });
+    }
+    if !a.series.is_empty() {
+        b.push(Block::Table {
+            id: Some("verdict-table"),
+            header: [
+                "series", "context", "DSA engine", "dense engine", "DSA/dense [95% CI]", "CI", "roofline bound", "DeepSeek Fig. 3", "claim",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows: a
+                .series
+                .iter()
+                .flat_map(|s| {
+                    s.points.iter().map(move |p| {
+                        let (dsa, dense) = p.engines(set);
+                        vec![
+                            format!("{} {}", s.key.phase, label(r, s)),
+                            fmt_tokens(p.context as f64),
+                            dsa.to_string(),
+                            dense.to_string(),
+                            ci(&p.attn_ratio),
+                            if p.lockstep { "paired".into() } else { "unpaired: not sampled in lockstep".into() },
+                            format!("{:.3}", p.roofline.ratio),
+                            opt(p.fig3_ratio),
+                            p.verdict.wording(),
+                        ]
+                    })
+                })
+                .collect(),
+        });
+    }
+    let pair_rows: Vec<Vec<String>> = a
+        .pairs
+        .iter()
+        .flat_map(|s| {
+            s.points.iter().map(move |p| {
+                vec![
+                    format!("{} {}", s.key.phase, label(r, s)),
+                    s.pairing.label(),
+                    fmt_tokens(p.context as f64),
+                    ci(&p.attn_ratio),
+                    if p.lockstep { "paired".into() } else { "unpaired: not sampled in lockstep".into() },
+                    format!("{:.3}", p.roofline.ratio),
+                    share(&p.dsa_share),
+                    share(&p.dense_share),
+                    p.verdict.wording(),
+                ]
+            })
+        })
+        .collect();
+    if !pair_rows.is_empty() {
+        b.push(Block::P(format!(
+            "Engine pairs asked for ({}): the same ratio on a fixed pair of engines, with each engine's speed as a share of the fastest engine of its method at that point.",
+            if a.yardstick.pairs.is_empty() { "ours vs ours by default; `--pair DSA:DENSE` names others".to_string() } else { a.yardstick.pairs().iter().map(|p| p.label()).collect::<Vec<_>>().join(", ") }
+        )));
+        b.push(Block::Table {
+            id: Some("pair-table"),
+            header: ["series", "pair", "context", "DSA/dense [95% CI]", "CI", "roofline bound", "DSA share of fastest DSA", "dense share of fastest dense", "claim"]
+                .map(String::from)
+                .to_vec(),
+            rows: pair_rows,
+        });
+    }
+    b.push(Block::P(format!(
+        "Basis: {HEADLINE_BASIS}. \"Holds\" means the median ratio is at most 0.5; where the 95% CI straddles 0.5 the report says so. \
+The verdict compares, at every point, the fastest verified DSA engine with the fastest verified dense engine of the same machine. \
+Roofline bound: the ratio if every component ran at the ceilings (see Method); the gap between it and the measured ratio is the kernels', not the method's."
+    )));
+    let mut items: Vec<String> = a.series.iter().map(|s| verdict::series_sentence(a, s, &r.fig3)).collect();
+    items.extend(a.pairs.iter().filter(|s| !verdict::same_as_verdict(a, s)).map(|s| verdict::series_sentence(a, s, &r.fig3)));
+    if !items.is_empty() {
+        b.push(Block::List { id: Some("verdict-lines"), items });
+    }
     let cav = verdict::caveats(a, set);
     if !cav.is_empty() {
         b.push(Block::List { id: None, items: cav });
     }
     b.push(Block::Table {
-        id: Some("verdict-table"),
+        id: Some("series-table"),
         header: vec![
             "series".into(),
             "measured contexts".into(),
@@ -233,6 +318,39 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
                         opt(p.fig3_request_ratio),
                     ]
                 })
+            })
+            .collect(),
+    });
+
+    b.push(Block::H2 { id: "engines", text: "Every engine at every point".into() });
+    b.push(Block::P(format!(
+        "Each usable engine (measured, verification not failed) at each point of the same machine: median with its sample count, achieved rates (the record's analytic FLOPs and bytes over the median), \
+and its speed as a share of the fastest engine of the same method there (1.00 = the fastest; below {SLOW_ENGINE_SHARE} it is flagged on the first screen when a ratio rests on it). \
+`verdict` marks the engine the verdict uses (the fastest verified one). Ours: {}; every other engine is a library peer.",
+        yardstick::OUR_ENGINES.map(|e| format!("`{e}`")).join(", ")
+    )));
+    b.push(Block::Table {
+        id: Some("engine-table"),
+        header: ["series", "context", "method", "engine", "origin", "verified", "median ms", "TFLOP/s", "TB/s", "share of fastest of its method", "verdict"]
+            .map(String::from)
+            .to_vec(),
+        rows: a
+            .engines
+            .iter()
+            .map(|e| {
+                vec![
+                    format!("{} {}", e.key.phase, e.key.label(a.mixed_env)),
+                    fmt_tokens(e.context as f64),
+                    e.method.to_string(),
+                    e.engine.clone(),
+                    e.origin.as_str().into(),
+                    e.verified.as_str().into(),
+                    format!("{} (n={})", sig(e.median_ms, 4), e.n_samples),
+                    sig(e.tflops, 3),
+                    sig(e.tbps, 3),
+                    if e.share < SLOW_ENGINE_SHARE { format!("{:.2} (slow; fastest: {})", e.share, e.fastest) } else { format!("{:.2}", e.share) },
+                    if e.picked { "verdict".into() } else { String::new() },
+                ]
             })
             .collect(),
     });
@@ -312,12 +430,13 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
         ));
     } else {
         b.push(Block::P(
-            "Attention-only marginal cost. Total saving = 1 - dsa-fp8 / dense-bf16 = from FP8 (1 - dense-fp8 / dense-bf16) + from sparsity ((dense-fp8 - dsa-fp8) / dense-bf16)."
+            "Attention-only marginal cost (USD per million tokens), each cell from the fastest verified engine there (named). Total saving = 1 - dsa-fp8 / dense-bf16 = from FP8 (1 - dense-fp8 / dense-bf16) + from sparsity ((dense-fp8 - dsa-fp8) / dense-bf16). \
+A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads half the bytes, so that is a kernel defect, not a property of FP8."
                 .into(),
         ));
         b.push(Block::Table {
             id: Some("fp8-table"),
-            header: ["phase", "backend", "shape", "context", "dense bf16", "dense fp8", "DSA fp8", "DSA bf16", "total saving", "from FP8", "from sparsity"]
+            header: ["phase", "shape", "context", "dense bf16", "dense fp8", "DSA fp8", "DSA bf16", "total saving", "from FP8", "from sparsity", "flag"]
                 .map(String::from)
                 .to_vec(),
             rows: a
@@ -326,16 +445,19 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
                 .map(|x| {
                     vec![
                         x.phase.to_string(),
-                        x.backend.clone(),
                         x.shape.clone(),
                         fmt_tokens(x.context as f64),
-                        sig(x.dense_bf16_usd, 4),
-                        sig(x.dense_fp8_usd, 4),
-                        sig(x.dsa_fp8_usd, 4),
-                        x.dsa_bf16_usd.map(|v| sig(v, 4)).unwrap_or_else(|| "not measured".into()),
+                        format!("{} ({})", sig(x.dense_bf16_usd, 4), x.dense_bf16_engine),
+                        format!("{} ({})", sig(x.dense_fp8_usd, 4), x.dense_fp8_engine),
+                        format!("{} ({})", sig(x.dsa_fp8_usd, 4), x.dsa_fp8_engine),
+                        match (x.dsa_bf16_usd, &x.dsa_bf16_engine) {
+                            (Some(v), Some(e)) => format!("{} ({e})", sig(v, 4)),
+                            _ => "not measured".into(),
+                        },
                         format!("{:.1}%", 100.0 * x.total_saving),
                         format!("{:.1}%", 100.0 * x.from_fp8),
                         format!("{:.1}%", 100.0 * x.from_sparsity),
+                        if x.fp8_slower.is_empty() { "-".into() } else { x.fp8_slower.join("; ") },
                     ]
                 })
                 .collect(),
@@ -375,7 +497,10 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
             "Median of the raw samples of each case (recomputed from `samples_ms`). seconds_per_token = median case seconds / query tokens (B x q: per chunk token in prefill, per sequence token of the batch in decode).".into(),
             "usd_per_million_tokens = seconds_per_token x usd_per_gpu_hour / 3600 x 1e6; attention-only = layers x one layer; whole model = layers x one layer + the rest of the model per token.".into(),
             "Per request of L tokens = the average of the marginal cost over positions 0..L: power-law (straight in log-log) interpolation between measured contexts, the first measured value below the smallest one. Whole-prompt prefill cases (q = L) are per-request costs already.".into(),
-            "Ratio CIs: attention-only marginal ratios use a paired bootstrap of the ratio of medians (2000 resamples, ctxcost-core `ratio_ci`; dense and DSA samples of a point are interleaved, so sample i of each was taken together). Whole-model and per-request ratios use one joint paired bootstrap over all points of a series (2000 resamples, fixed seed).".into(),
+            "Which engines: the verdict uses, at every point, the fastest verified engine of each method on the same machine (verified = output checked against the f64 reference and passed; an unverified record is used only where no verified one of its method exists, and the first screen says so; a record that failed verification never is). Engine pairs (`--pair`, ours vs ours by default) are shown beside it.".into(),
+            "Lockstep: two records were sampled in lockstep when they come from the same record file and machine, hold the same number of samples, and their [started_at, finished_at] windows overlap (the runner interleaves the engines of one point A B A B in one process). Only then is sample i of one paired with sample i of the other.".into(),
+            "Ratio CIs: attention-only marginal ratios use a bootstrap of the ratio of medians (2000 resamples): paired (ctxcost-core `ratio_ci`) where the two records were sampled in lockstep, else unpaired (each sample set resampled on its own, fixed seed). Whole-model and per-request ratios use one joint bootstrap over all points of a series (2000 resamples, fixed seed; paired per point where sampled in lockstep).".into(),
+            "Roofline bound: for each point, the DSA/dense ratio if every component ran at the ceilings. Each component takes max(FLOPs / GEMM rate, bytes / copy bandwidth), with the FLOPs and bytes of the analytic model (DSA.md section 3): dense attention (MHA mode in prefill, MQA mode in decode); DSA's indexer (its keys over all L keys, its queries), top-k (no FLOPs or bytes in the model: a fused top-k keeps the scores on chip) and sparse MQA attention over the selected keys. FP8 matrix work (the indexer at fp8) counts at twice the bf16 GEMM rate; attention computes in bf16 at every precision. It is a floor no kernel beats: the gap between it and the measured ratio is the kernels'.".into(),
             "Break-even: the context from which the ratio stays at or below the threshold, interpolated linearly in the ratio against log-context between the last measured point above and the next; its bracket is where the CI bounds cross.".into(),
             format!("DeepSeek's numbers: {FIG3_CITATION}. Positions in K are read as multiples of 1024 tokens; values between the 1K samples are interpolated linearly."),
         ],
@@ -393,6 +518,20 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
         "When no GEMM record (engine `gemm-*`) exists for a series, the rest of the model is analytic: 2 x active parameters / {} TFLOP/s (`--other-tflops`), an assumed achieved rate.",
         a.settings.other_tflops
     ));
+    for (env, (c, source)) in &a.ceilings {
+        let from = match source {
+            CeilingSource::Records => "stored in this machine's records (same run)".to_string(),
+            CeilingSource::Inputs if *c == yardstick::Ceilings::default() => {
+                "not in the records: the defaults, an H200's `ctxcost ceilings` of bench/NOTES.md (2026-11-29), not measured with these records".to_string()
+            }
+            CeilingSource::Inputs => "not in the records: given as report inputs".to_string(),
+        };
+        let on = if a.mixed_env { format!(" for {env}") } else { String::new() };
+        assumptions.push(format!(
+            "Roofline ceilings{on}: copy {} TB/s, bf16 GEMM {} TFLOP/s (FP8 matrix work at twice that), {from}.",
+            c.copy_tbps, c.gemm_tflops
+        ));
+    }
     b.push(Block::List { id: None, items: assumptions });
 
     // Not measured / data quality.
@@ -410,9 +549,6 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
         if rec.record.verification.as_ref().map(|v| !v.passed).unwrap_or(false) {
             dq.push(format!("{}: output verification FAILED; its timing is reported but should not be trusted", rec.record.key));
         }
-    }
-    for &i in &a.other_engine_records {
-        dq.push(format!("{}: engine `{}` is neither dense nor DSA; not part of the verdict", set.records[i].record.key, set.records[i].record.engine));
     }
     if !set.superseded.is_empty() {
         dq.push(format!("{} record(s) superseded by a later record of the same case on the same machine (the later one is used).", set.superseded.len()));
@@ -467,14 +603,14 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
 /// An endpoint-only report: drop the dense/DSA tables and charts, which would only say "not
 /// measured".
 fn without_kernel_sections(blocks: Vec<Block>) -> Vec<Block> {
-    const KERNEL: [&str; 5] = ["charts", "ratios", "break-even", "costs", "fp8-split"];
+    const KERNEL: [&str; 6] = ["charts", "ratios", "engines", "break-even", "costs", "fp8-split"];
     let mut out = Vec::new();
     let mut skipping = false;
     for blk in blocks {
         if let Block::H2 { id, .. } = &blk {
             skipping = KERNEL.contains(id);
         }
-        let verdict_table = matches!(&blk, Block::Table { id: Some("verdict-table"), .. });
+        let verdict_table = matches!(&blk, Block::Table { id: Some("verdict-table" | "series-table" | "pair-table"), .. });
         if !skipping && !verdict_table {
             out.push(blk);
         }
@@ -504,6 +640,7 @@ const CSS: &str = "body{font-family:'DejaVu Sans',Verdana,sans-serif;max-width:1
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}\
 #verdict{background:#f5f9ff;border:1px solid #b8cfee;border-radius:6px;padding:.6em 1.2em}\
 #verdict h2{margin-top:.3em;border:none}\
+#verdict-headline{font-size:1.08em;font-weight:bold}#verdict-warnings li{color:#8a3b00}\
 table{border-collapse:collapse;font-size:.85em;margin:.6em 0;display:block;overflow-x:auto}\
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#eee}\
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}figcaption{font-size:.9em;color:#555}\

@@ -9,12 +9,16 @@
 //! - `summary.csv`: one row per series and context (costs, ratios with CIs, verdicts);
 //! - `records.parquet`: every record used (the latest per case and machine), one row each,
 //!   raw samples included.
+//!
+//! A report folder may be reused: [`write`] removes the files an earlier report wrote there
+//! that this one does not (a chart this report has no data for), and nothing else; it only
+//! ever deletes names it writes itself ([`OUTPUT_NAMES`] and the chart files).
 
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use crate::analysis::{self, Analysis, CostSettings};
+use crate::analysis::{self, Analysis, CostSettings, Yardstick};
 use crate::charts;
 use crate::load::{self, RecordSet};
 use crate::reference::{self, ApiPrice, Fig3};
@@ -70,6 +74,8 @@ impl ReportOptions {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub options: ReportOptions,
+    /// What the verdict is measured against: engine pairs and ceilings.
+    pub yardstick: Yardstick,
     pub set: RecordSet,
     pub analysis: Analysis,
     pub fig3: Fig3,
@@ -87,18 +93,39 @@ impl Report {
     }
 }
 
+/// Check the yardstick inputs; the error names the flag.
+pub fn validate_yardstick(y: &Yardstick) -> Result<(), ReportError> {
+    for (flag, v) in [("--copy-tbps", y.ceilings.copy_tbps), ("--gemm-tflops", y.ceilings.gemm_tflops)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(ReportError::Setting { flag, value: v.to_string(), why: "must be a positive number".into() });
+        }
+    }
+    Ok(())
+}
+
 /// Read record files and compute the report.
 pub fn build(paths: &[PathBuf], options: &ReportOptions) -> Result<Report, ReportError> {
+    build_with(paths, options, &Yardstick::default())
+}
+
+/// Read record files and compute the report against a yardstick (`--pair`, ceilings).
+pub fn build_with(paths: &[PathBuf], options: &ReportOptions, yardstick: &Yardstick) -> Result<Report, ReportError> {
     if paths.is_empty() {
         return Err(ReportError::NoRecords("give at least one record file (JSONL written by `ctxcost run`)".into()));
     }
     let set = load::load_files(paths)?;
-    build_from_set(set, options)
+    build_from_set_with(set, options, yardstick)
 }
 
 /// Compute the report of records already read.
 pub fn build_from_set(set: RecordSet, options: &ReportOptions) -> Result<Report, ReportError> {
+    build_from_set_with(set, options, &Yardstick::default())
+}
+
+/// Compute the report of records already read, against a yardstick.
+pub fn build_from_set_with(set: RecordSet, options: &ReportOptions, yardstick: &Yardstick) -> Result<Report, ReportError> {
     options.validate()?;
+    validate_yardstick(yardstick)?;
     if set.records.is_empty() {
         let why = match set.problems.first() {
             Some(p) => format!("no line of the record files is a record ({} bad line(s); first: {}:{}: {})", set.problems.len(), p.file, p.line, p.why),
@@ -114,16 +141,47 @@ pub fn build_from_set(set: RecordSet, options: &ReportOptions) -> Result<Report,
         None => (reference::parse_api_prices(reference::API_PRICES_CSV)?, "shipped (core/data/deepseek-api-prices.csv)".to_string()),
     };
     let fig3 = Fig3::shipped();
-    let analysis = analysis::analyse(&set, &options.cost, &fig3);
+    let analysis = analysis::analyse(&set, &options.cost, yardstick, &fig3);
     let endpoints = crate::endpoint::analyse(&set);
-    Ok(Report { options: options.clone(), set, analysis, fig3, prices, prices_from, endpoints })
+    Ok(Report { options: options.clone(), yardstick: yardstick.clone(), set, analysis, fig3, prices, prices_from, endpoints })
 }
 
 /// What [`write`] produced.
 #[derive(Debug, Clone)]
 pub struct Written {
     pub files: Vec<PathBuf>,
+    /// Files of an earlier report in the same folder that this report no longer produces,
+    /// removed.
+    pub removed: Vec<PathBuf>,
     pub verdict_lines: Vec<String>,
+}
+
+/// The files every report writes, besides its charts.
+pub const OUTPUT_NAMES: [&str; 4] = ["index.html", "REPORT.md", "summary.csv", "records.parquet"];
+
+/// Every name a report may write into its folder.
+pub fn known_names() -> Vec<String> {
+    let mut v: Vec<String> = OUTPUT_NAMES.iter().map(|s| s.to_string()).collect();
+    for k in charts::ChartKind::EVERY {
+        v.push(format!("{}.svg", k.id()));
+        v.push(format!("{}.png", k.id()));
+    }
+    v
+}
+
+/// Remove the files of an earlier report in `out` that this report did not write: only names
+/// a report writes ([`known_names`]), never anything else.
+fn remove_stale(out: &Path, written: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
+    let mut removed = Vec::new();
+    for name in known_names() {
+        let p = out.join(&name);
+        if written.contains(&p) || !p.is_file() {
+            continue;
+        }
+        std::fs::remove_file(&p).map_err(|source| ReportError::Write { path: p.display().to_string(), source })?;
+        removed.push(p);
+    }
+    Ok(removed)
 }
 
 /// Write the report into `out` (created if missing).
@@ -153,7 +211,8 @@ pub fn write(report: &Report, out: &Path) -> Result<Written, ReportError> {
     let pq = out.join("records.parquet");
     load::write_parquet(&report.set, &pq)?;
     files.push(pq);
-    Ok(Written { files, verdict_lines: report.verdict_lines() })
+    let removed = remove_stale(out, &files)?;
+    Ok(Written { files, removed, verdict_lines: report.verdict_lines() })
 }
 
 /// One row per series and context: costs (USD per million tokens), ratios with CIs, verdicts,
@@ -172,8 +231,8 @@ pub fn summary_frame(report: &Report) -> PolarsResult<DataFrame> {
     };
     let columns = vec![
         s("env", &|s, _| s.key.env.clone()),
-        s("dense_engine", &|s, _| s.dense_engine.clone()),
-        s("dsa_engine", &|s, _| s.dsa_engine.clone()),
+        s("dense_engine", &|_, p| report.set.records[p.dense_record].record.engine.clone()),
+        s("dsa_engine", &|_, p| report.set.records[p.dsa_record].record.engine.clone()),
         s("shape", &|s, _| s.key.shape.clone()),
         s("phase", &|s, _| s.key.phase.to_string()),
         u("batch", &|s, _| s.key.batch as u64),
@@ -197,6 +256,10 @@ pub fn summary_frame(report: &Report) -> PolarsResult<DataFrame> {
         fl("attn_ratio", &|_, p| Some(p.attn_ratio.ratio)),
         fl("attn_ratio_lo", &|_, p| Some(p.attn_ratio.lo)),
         fl("attn_ratio_hi", &|_, p| Some(p.attn_ratio.hi)),
+        s("ci", &|_, p| if p.lockstep { "paired".into() } else { "unpaired".into() }),
+        fl("roofline_ratio", &|_, p| Some(p.roofline.ratio)),
+        fl("dense_share_of_fastest", &|_, p| Some(p.dense_share.0)),
+        fl("dsa_share_of_fastest", &|_, p| Some(p.dsa_share.0)),
         fl("model_ratio", &|_, p| Some(p.model_ratio.ratio)),
         fl("model_ratio_lo", &|_, p| Some(p.model_ratio.lo)),
         fl("model_ratio_hi", &|_, p| Some(p.model_ratio.hi)),

@@ -1,11 +1,17 @@
-//! The words of the report: one verdict sentence per series answering "at which context
-//! lengths does sparse attention cost at most half of dense, here, and how sure are we?",
-//! worded only as far as the evidence goes ("holds", "does not hold", "not measured"), with
-//! the CI caveats and DeepSeek's Fig. 3 at the same positions beside it.
+//! The words of the report, answering "at which context lengths does sparse attention cost at
+//! most half of dense, here, and how sure are we?", worded only as far as the evidence goes
+//! ("holds", "does not hold", "not measured"):
+//!
+//! - [`headline`]: one short line per phase, on the fastest verified engines, naming them;
+//! - the first-screen warnings ([`crate::analysis::Analysis::warnings`]);
+//! - [`series_sentence`]: the long sentence of a series (CI caveats, break-even, whole-model
+//!   and per-request ratios, the roofline bound and DeepSeek's Fig. 3 at the same positions),
+//!   shown below the verdict table.
 
 use ctxcost_core::Phase;
 
-use crate::analysis::{fmt_tokens, crossing, Analysis, Crossing, Series};
+use crate::analysis::{fmt_tokens, crossing, Analysis, Crossing, Pairing, Series};
+use crate::load::RecordSet;
 use crate::reference::Fig3;
 
 /// Where DeepSeek's own Fig. 3 marginal ratio crosses a threshold for a phase.
@@ -31,10 +37,61 @@ pub const QUESTION: &str = "At which context lengths does sparse attention (DSA)
 pub const HEADLINE_BASIS: &str =
     "sparse/dense attention-only marginal cost per token (the cost of a token at that position, as in DeepSeek's Fig. 3), median ratio with its 95% bootstrap CI over paired samples";
 
+/// The measured contexts of a series: `4K` or `4K-128K`.
+fn context_span(s: &Series) -> String {
+    match (s.points.first(), s.points.last()) {
+        (Some(f), Some(l)) if f.context == l.context => fmt_tokens(f.context as f64),
+        (Some(f), Some(l)) => format!("{}-{}", fmt_tokens(f.context as f64), fmt_tokens(l.context as f64)),
+        _ => "none".into(),
+    }
+}
+
+/// Where the claim holds for a series, in a few words: `holds from about 3.4K [3.1K, 3.6K] up
+/// to 8K`, `holds at every measured context (4K-128K)`, `does not hold (4K-16K; lowest ratio
+/// 0.62 at 16K)`, `not measured`.
+pub fn claim_clause(s: &Series) -> String {
+    let Some(last) = s.points.last() else { return "not measured".into() };
+    let half = &s.break_evens.attn_half;
+    match half.estimate {
+        Crossing::BelowRange { .. } => format!("holds at every measured context ({})", context_span(s)),
+        Crossing::At(x) => format!("holds from about {} [{}, {}] up to {}", fmt_tokens(x), half.lo.text(), half.hi.text(), fmt_tokens(last.context as f64)),
+        Crossing::AboveRange { .. } | Crossing::NoData => {
+            let best = s.points.iter().min_by(|a, b| a.attn_ratio.ratio.total_cmp(&b.attn_ratio.ratio)).unwrap_or(last);
+            format!("does not hold ({}; lowest ratio {:.2} at {})", context_span(s), best.attn_ratio.ratio, fmt_tokens(best.context as f64))
+        }
+    }
+}
+
+/// One headline line for a phase: the claim on the fastest verified engines, each series of the
+/// phase with its engines named. `None` when the records hold no series of the phase.
+pub fn headline(a: &Analysis, phase: Phase) -> Option<String> {
+    let ser: Vec<&Series> = a.series.iter().filter(|s| s.key.phase == phase).collect();
+    if ser.is_empty() {
+        return None;
+    }
+    let measured: Vec<&&Series> = ser.iter().filter(|s| !s.points.is_empty()).collect();
+    if measured.is_empty() {
+        return Some(format!("{phase}: not measured (no context has a usable record of both methods)."));
+    }
+    let parts: Vec<String> =
+        measured.iter().map(|s| format!("{}: {}; {}", s.key.label(a.mixed_env), claim_clause(s), s.engines_text())).collect();
+    Some(format!("{phase}: {}.", parts.join(" | ")))
+}
+
+/// Whether a pair series compares exactly the records the verdict compares.
+pub fn same_as_verdict(a: &Analysis, s: &Series) -> bool {
+    let Some(best) = a.series.iter().find(|b| b.key == s.key) else { return false };
+    best.points.len() == s.points.len()
+        && best.points.iter().zip(&s.points).all(|(x, y)| x.dense_record == y.dense_record && x.dsa_record == y.dsa_record)
+}
+
 /// One verdict sentence for a series.
 pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
     let label = s.key.label(a.mixed_env);
-    let head = format!("{} ({label}, {} vs {})", s.key.phase, s.dsa_engine, s.dense_engine);
+    let head = match &s.pairing {
+        Pairing::Best => format!("{} ({label}, {})", s.key.phase, s.engines_text()),
+        Pairing::Pair(p) => format!("{} ({label}, pair {})", s.key.phase, p.label()),
+    };
     let (Some(first), Some(last)) = (s.points.first(), s.points.last()) else {
         let why = s.unpaired.first().map(|u| format!(": {}", u.why)).unwrap_or_default();
         return format!("{head}: not measured, no context has both engines measured{why}.");
@@ -76,7 +133,13 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
             ));
         }
     }
-    out.push_str(&format!("; ratio at {}: {}", fmt_tokens(last.context as f64), r3(&last.attn_ratio)));
+    out.push_str(&format!(
+        "; ratio at {}: {} ({} CI); roofline bound there: {:.2}",
+        fmt_tokens(last.context as f64),
+        r3(&last.attn_ratio),
+        if last.lockstep { "paired" } else { "unpaired, not sampled in lockstep" },
+        last.roofline.ratio
+    ));
     let sure = ctx_list(&|p| p.attn_ratio.hi <= 0.5);
     if sure.is_empty() {
         out.push_str("; at no measured context is the whole 95% CI at or below 0.5");
@@ -126,7 +189,7 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
 }
 
 /// Caveats that change how far the verdict carries.
-pub fn caveats(a: &Analysis, set: &crate::load::RecordSet) -> Vec<String> {
+pub fn caveats(a: &Analysis, set: &RecordSet) -> Vec<String> {
     let mut out = Vec::new();
     let mut shapes: Vec<(&str, usize)> = a.series.iter().map(|s| (s.key.shape.as_str(), s.top_k)).collect();
     shapes.sort();
@@ -154,11 +217,23 @@ pub fn caveats(a: &Analysis, set: &crate::load::RecordSet) -> Vec<String> {
     out
 }
 
-/// The verdict as printed at the end of `ctxcost run` and by `ctxcost report`.
-pub fn lines(a: &Analysis, set: &crate::load::RecordSet, fig3: &Fig3) -> Vec<String> {
-    let mut out = vec![format!("verdict: {QUESTION}"), format!("  basis: {HEADLINE_BASIS}.")];
+/// The text when the records hold no dense/DSA pair.
+pub const NOT_MEASURED: &str = "not measured: the records hold no point with a usable record of both methods (a dense and a DSA engine at the same point).";
+
+/// The verdict as printed at the end of `ctxcost run` and by `ctxcost report`: the headlines,
+/// the warnings, then the long sentences.
+pub fn lines(a: &Analysis, set: &RecordSet, fig3: &Fig3) -> Vec<String> {
+    let mut out = vec![format!("verdict: {QUESTION}")];
+    for phase in [Phase::Prefill, Phase::Decode] {
+        if let Some(h) = headline(a, phase) {
+            out.push(format!("  {h}"));
+        }
+    }
     if a.series.is_empty() {
-        out.push("  not measured: the records hold no dense/DSA pair (engines `dense-*` and `dsa-*` at the same point).".into());
+        out.push(format!("  {NOT_MEASURED}"));
+    }
+    for w in &a.warnings {
+        out.push(format!("  warning: {w}"));
     }
     let e = crate::endpoint::analyse(set);
     for s in crate::endpoint::ab_sentences(&e) {
@@ -167,11 +242,14 @@ pub fn lines(a: &Analysis, set: &crate::load::RecordSet, fig3: &Fig3) -> Vec<Str
     for w in crate::endpoint::cache_warnings(set, &e) {
         out.push(format!("  note: {w}"));
     }
-    for s in &a.series {
-        out.push(format!("  - {}", series_sentence(a, s, fig3)));
-    }
     for c in caveats(a, set) {
         out.push(format!("  note: {c}"));
+    }
+    if !a.series.is_empty() {
+        out.push(format!("  details ({HEADLINE_BASIS}):"));
+    }
+    for s in a.series.iter().chain(a.pairs.iter().filter(|s| !same_as_verdict(a, s))) {
+        out.push(format!("  - {}", series_sentence(a, s, fig3)));
     }
     out
 }

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use ctxcost_core::{Phase, Precision};
-use ctxcost_reports::analysis::{Band, Claim, Crossing, Series};
+use ctxcost_reports::analysis::{Band, Claim, Crossing, Pairing, Series, Yardstick};
 use ctxcost_reports::report::{self, Report, ReportError, ReportOptions};
+use ctxcost_reports::yardstick::{Ceilings, EnginePair};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -37,7 +38,7 @@ fn bad_lines_are_flagged_not_fatal() {
     assert_eq!(r.set.problems.len(), 3, "{:?}", r.set.problems);
     assert!(r.set.problems[0].why.contains("not JSON"));
     assert!(r.set.problems[1].why.contains("schema_version"));
-    assert!(r.set.problems[2].why.contains("newer"));
+    assert!(r.set.problems[2].why.contains("schema_version 99"), "{:?}", r.set.problems[2]);
     assert_eq!(r.set.records.len(), 18);
     assert_eq!(r.analysis.series.len(), 4);
 }
@@ -120,7 +121,10 @@ fn decode_verdict_and_break_evens_by_hand() {
     // The 16K point has a skipped DSA record: not measured, with its reason.
     assert!(s.unpaired.iter().any(|u| u.context == 16384 && u.why.contains("skipped") && u.why.contains("limit")), "{:?}", s.unpaired);
     let lines = r.verdict_lines().join("\n");
-    assert!(lines.contains("decode (cpu tiny f32 B=4 1 token/step, dsa-cpu vs dense-cpu): holds from about 3.4K [3.4K, 3.4K] up to 8K"), "{lines}");
+    // The headline names the engines; the long sentence follows below it.
+    assert!(lines.contains("decode: tiny f32 B=4 1 token/step: holds from about 3.4K [3.4K, 3.4K] up to 8K; DSA (dsa-cpu) vs dense (dense-cpu)."), "{lines}");
+    assert!(lines.contains("decode (tiny f32 B=4 1 token/step, DSA (dsa-cpu) vs dense (dense-cpu)): holds from about 3.4K [3.4K, 3.4K] up to 8K"), "{lines}");
+    assert!(lines.find("decode: tiny f32").unwrap() < lines.find("details").unwrap(), "{lines}");
     assert!(lines.contains("break-even with dense at 1.4K [1.4K, 1.4K]"), "{lines}");
     assert!(lines.contains("whole 95% CI at or below 0.5 at 4K, 8K"), "{lines}");
     assert!(lines.contains("DeepSeek Fig. 3 at 8K: 0.75"), "{lines}");
@@ -295,4 +299,206 @@ fn api_price_table_can_be_replaced() {
     // The shipped table: DeepSeek's before/after prices with their date.
     let shipped = golden();
     assert_eq!(shipped.prices.iter().map(|x| (x.before, x.after)).collect::<Vec<_>>(), vec![(0.07, 0.028), (0.56, 0.28), (1.68, 0.42)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Peers: three dense engines (one of them ours, slower than 0.8 of the best), a fourth whose
+// output failed verification, and ours on the DSA side (tests/fixtures/README.md, `peers.jsonl`).
+
+fn peers_with(y: &Yardstick) -> Report {
+    report::build_with(&[fixture("peers.jsonl")], &ReportOptions::default(), y).expect("peers report builds")
+}
+
+fn peers() -> Report {
+    peers_with(&Yardstick::default())
+}
+
+#[test]
+fn verdict_uses_the_fastest_verified_engine_of_each_method() {
+    let r = peers();
+    let s = series(&r, Phase::Decode, Precision::Bf16);
+    assert_eq!(s.pairing, Pairing::Best);
+    assert_eq!(s.contexts(), vec![1024, 4096]);
+    for p in &s.points {
+        // cudnn-sdpa (4 ms, 16 ms) beats flash-sdpa (4.4, 17.6) and dense-cuda (10, 40); the
+        // 1 ms torch-eager-dense record failed verification and is never picked.
+        assert_eq!(p.engines(&r.set), ("dsa-cuda", "cudnn-sdpa"));
+        // Ours ran at 10:00, the library peers at 11:00: not sampled in lockstep.
+        assert!(!p.lockstep);
+        assert!(p.ci_kind().contains("not sampled in lockstep"));
+    }
+    // 3 / 4 and 4 / 16; constant samples, so the unpaired CI collapses onto the ratio.
+    close(s.points[0].attn_ratio.ratio, 0.75, 1e-12);
+    close(s.points[1].attn_ratio.ratio, 0.25, 1e-12);
+    close(s.points[1].attn_ratio.lo, 0.25, 1e-12);
+    assert_eq!(s.engines_text(), "DSA (dsa-cuda) vs dense (cudnn-sdpa)");
+    // 0.5 between 1K (0.75) and 4K (0.25): halfway in log-context, 1024 x 4^0.5 = 2048.
+    let lines = r.verdict_lines().join("\n");
+    assert!(lines.contains("decode: tiny bf16 B=4 1 token/step: holds from about 2K [2K, 2K] up to 4K; DSA (dsa-cuda) vs dense (cudnn-sdpa)"), "{lines}");
+    // The CLI and the report say the CI is unpaired.
+    assert!(lines.contains("unpaired, not sampled in lockstep"), "{lines}");
+}
+
+#[test]
+fn slow_engine_and_unchecked_sides_are_warned_on_the_first_screen() {
+    let r = peers();
+    let w = r.analysis.warnings.join("\n");
+    // dense-cuda: 4 / 10 = 0.40 of cudnn-sdpa at both contexts.
+    assert!(
+        w.contains("the pair dsa-cuda vs dense-cuda rests on dense-cuda, which runs at 0.40 of the fastest dense engine (cudnn-sdpa) at 1K, 4K"),
+        "{w}"
+    );
+    // flash-sdpa (0.91) is not flagged, and the verdict itself rests on the fastest.
+    assert!(!w.contains("flash-sdpa") && !w.contains("the verdict rests on"), "{w}");
+    // No library DSA engine anywhere; no library dense engine at fp8.
+    assert!(w.contains("DSA not checked against a library: no library dsa engine was measured in any series (only dsa-cuda)"), "{w}");
+    assert!(w.contains("dense baseline not checked against a library: no library dense engine was measured for decode tiny fp8 B=4 1 token/step (only dense-cuda)"), "{w}");
+    // Every record here was verified.
+    assert!(!w.contains("not verified"), "{w}");
+
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers-report");
+    let _ = std::fs::remove_dir_all(&out);
+    report::write(&r, &out).unwrap();
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    let at = |needle: &str| html.find(needle).unwrap_or_else(|| panic!("{needle} not in the page"));
+    // First screen: headline, then warnings, then the verdict table, then the long sentences.
+    assert!(at("id=\"verdict-headline\"") < at("id=\"verdict-warnings\""));
+    assert!(at("rests on dense-cuda") < at("id=\"verdict-table\""));
+    assert!(at("id=\"verdict-table\"") < at("id=\"pair-table\""));
+    assert!(at("id=\"pair-table\"") < at("id=\"verdict-lines\""));
+    assert!(at("id=\"verdict-lines\"") < at("<figure"));
+}
+
+#[test]
+fn pair_table_keeps_ours_vs_ours() {
+    let r = peers();
+    let pair = r.analysis.pairs.iter().find(|s| s.key.precision == Precision::Bf16).expect("ours vs ours");
+    assert_eq!(pair.pairing, Pairing::Pair(EnginePair::new("dsa-cuda", "dense-cuda")));
+    // 3 / 10 and 4 / 40, sampled in lockstep (one file, one window, 5 samples each): paired.
+    close(pair.points[0].attn_ratio.ratio, 0.3, 1e-12);
+    close(pair.points[1].attn_ratio.ratio, 0.1, 1e-12);
+    assert!(pair.points.iter().all(|p| p.lockstep));
+    close(pair.points[0].dense_share.0, 0.4, 1e-12);
+    assert_eq!(pair.points[0].dense_share.1, "cudnn-sdpa");
+    close(pair.points[0].dsa_share.0, 1.0, 1e-12);
+    // `--pair dsa-cuda:flash-sdpa` replaces the default pair: 3 / 4.4.
+    let y = Yardstick { pairs: vec![EnginePair::parse("dsa-cuda:flash-sdpa").unwrap()], ..Yardstick::default() };
+    let r2 = peers_with(&y);
+    assert_eq!(r2.analysis.pairs.len(), 1, "{:?}", r2.analysis.pairs.iter().map(|s| s.pairing.label()).collect::<Vec<_>>());
+    close(r2.analysis.pairs[0].points[0].attn_ratio.ratio, 3.0 / 4.4, 1e-12);
+    assert!(!r2.analysis.pairs[0].points[0].lockstep);
+}
+
+#[test]
+fn engine_table_by_hand() {
+    let r = peers();
+    let row = |engine: &str, ctx: usize| {
+        r.analysis
+            .engines
+            .iter()
+            .find(|e| e.engine == engine && e.context == ctx && e.key.precision == Precision::Bf16)
+            .unwrap_or_else(|| panic!("no row for {engine} at {ctx}"))
+    };
+    // cudnn-sdpa at 1K: tiny decode B=4, 1K keys: 4 x 1024 x 2304 = 9,437,184 FLOPs and
+    // 4 x 1024 x 160 + 4 x 8 x 144 x 2 = 664,576 bytes in 4 ms.
+    let c = row("cudnn-sdpa", 1024);
+    close(c.tflops, 9_437_184.0 / 4e-3 / 1e12, 1e-12);
+    close(c.tbps, 664_576.0 / 4e-3 / 1e12, 1e-12);
+    close(c.share, 1.0, 1e-12);
+    assert!(c.picked);
+    close(row("flash-sdpa", 1024).share, 4.0 / 4.4, 1e-12);
+    close(row("dense-cuda", 4096).share, 16.0 / 40.0, 1e-12);
+    assert!(!row("dense-cuda", 4096).picked);
+    assert!(row("dsa-cuda", 1024).picked);
+    // The record that failed verification is not in the table.
+    assert!(!r.analysis.engines.iter().any(|e| e.engine == "torch-eager-dense"));
+    assert!(r.analysis.series.iter().flat_map(|s| &s.unpaired).all(|u| !u.why.contains("torch")), "a failed record at a paired point is not 'not measured'");
+}
+
+#[test]
+fn roofline_bound_by_hand() {
+    // Ceilings: copy 1 TB/s, GEMM 10 TFLOP/s (bf16). tiny decode, B=4, one query each, bf16.
+    let y = Yardstick { ceilings: Ceilings { copy_tbps: 1.0, gemm_tflops: 10.0 }, ..Yardstick::default() };
+    let r = peers_with(&y);
+    let s = series(&r, Phase::Decode, Precision::Bf16);
+    // L = 1K.
+    //   dense: 4 x 1024 x 2304 = 9,437,184 FLOPs / 1e13 = 9.437184e-7 s;
+    //          664,576 B / 1e12 = 6.64576e-7 s;                      -> 9.437184e-7 s.
+    //   indexer: 4 x 1024 x 256 = 1,048,576 FLOPs / 1e13 = 1.048576e-7 s;
+    //          keys 4 x 1024 x 64 + queries 4 x 4 x 32 x 2 = 263,168 B  -> 2.63168e-7 s.
+    //   top-k: 0.
+    //   attention: 4 x 64 x 2304 = 589,824 FLOPs / 1e13 = 5.89824e-8 s;
+    //          4 x 64 x 160 + 4 x 8 x 80 x 2 + 4 x 8 x 64 x 2 = 50,176 B -> 5.0176e-8 s; -> 5.89824e-8 s.
+    //   ratio = (2.63168e-7 + 5.89824e-8) / 9.437184e-7 = 3.221504 / 9.437184 = 0.341363...
+    let p = &s.points[0];
+    close(p.roofline.dense_s, 9.437184e-7, 1e-12);
+    close(p.roofline.indexer_s, 2.63168e-7, 1e-12);
+    close(p.roofline.attention_s, 5.89824e-8, 1e-12);
+    close(p.roofline.ratio, 3.221504 / 9.437184, 1e-12);
+    // L = 4K.
+    //   dense: 4 x 4096 x 2304 = 37,748,736 FLOPs -> 3.7748736e-6 s;
+    //          4 x 4096 x 160 + 9,216 = 2,630,656 B -> 2.630656e-6 s;  -> 3.7748736e-6 s.
+    //   indexer: 4 x 4096 x 256 = 4,194,304 FLOPs -> 4.194304e-7 s;
+    //          4 x 4096 x 64 + 1,024 = 1,049,600 B -> 1.0496e-6 s;     -> 1.0496e-6 s.
+    //   attention: the same 64 selected keys as at 1K                  -> 5.89824e-8 s.
+    //   ratio = (1.0496e-6 + 5.89824e-8) / 3.7748736e-6 = 1.1085824 / 3.7748736 = 0.293673...
+    let p = &s.points[1];
+    close(p.roofline.ratio, 1.1085824 / 3.7748736, 1e-12);
+    // The bound is the same whichever engines ran (it comes from the case): ours vs ours too.
+    let pair = r.analysis.pairs.iter().find(|x| x.key == s.key).unwrap();
+    close(pair.points[1].roofline.ratio, 1.1085824 / 3.7748736, 1e-12);
+    // Beside the measured ratio in the verdict table, and in summary.csv.
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("roofline-report");
+    let _ = std::fs::remove_dir_all(&out);
+    report::write(&r, &out).unwrap();
+    let md = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    assert!(md.contains("| decode tiny bf16 B=4 1 token/step | 1K | dsa-cuda | cudnn-sdpa | 0.750 [0.750, 0.750] | unpaired: not sampled in lockstep | 0.341 |"), "{md}");
+    assert!(md.contains("| 4K | dsa-cuda | cudnn-sdpa | 0.250 [0.250, 0.250] | unpaired: not sampled in lockstep | 0.294 |"), "{md}");
+    assert!(md.contains("copy 1 TB/s, bf16 GEMM 10 TFLOP/s"), "the ceilings are stated");
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().contains("roofline_ratio"));
+}
+
+#[test]
+fn fp8_table_names_engines_and_flags_slow_fp8() {
+    let r = peers();
+    let x = r.analysis.splits.iter().find(|x| x.context == 1024).expect("split at 1K");
+    assert_eq!(x.dense_bf16_engine, "cudnn-sdpa");
+    assert_eq!(x.dense_fp8_engine, "dense-cuda");
+    assert_eq!(x.dsa_fp8_engine, "dsa-cuda");
+    // dense fp8 12 ms vs dense bf16 4 ms: FP8 slower for the same method.
+    assert_eq!(x.fp8_slower.len(), 1, "{:?}", x.fp8_slower);
+    assert!(x.fp8_slower[0].contains("dense fp8 (dense-cuda) is 3.00x slower than dense bf16 (cudnn-sdpa): a kernel defect, not a property of FP8"));
+    // DSA fp8 (1.5 ms) is faster than DSA bf16 (3 ms): no flag on that side.
+    assert!(!x.fp8_slower.iter().any(|f| f.starts_with("DSA")));
+    // The golden fixture's fp8 (8 ms) is faster than its bf16 (10 ms): nothing flagged.
+    assert!(golden().analysis.splits.iter().all(|x| x.fp8_slower.is_empty()));
+}
+
+#[test]
+fn reused_folder_loses_stale_files_and_keeps_others() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reused-report");
+    let _ = std::fs::remove_dir_all(&out);
+    report::write(&golden(), &out).unwrap();
+    assert!(out.join("chart-ratio.png").exists() && out.join("chart-memory.svg").exists());
+    // Files the report never writes stay, whatever their names look like.
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    std::fs::write(out.join("chart-mine.png"), "mine").unwrap();
+    // An endpoint-only report draws only the endpoint chart.
+    let endpoint = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/example-endpoint-ab/records.jsonl");
+    let r = report::build(&[endpoint], &ReportOptions::default()).unwrap();
+    let w = report::write(&r, &out).unwrap();
+    for k in ctxcost_reports::charts::ChartKind::ALL {
+        for ext in ["png", "svg"] {
+            assert!(!out.join(format!("{}.{ext}", k.id())).exists(), "stale {}.{ext} left behind", k.id());
+        }
+    }
+    assert_eq!(w.removed.len(), 10, "{:?}", w.removed);
+    assert!(out.join("chart-endpoint.png").exists() && out.join("index.html").exists());
+    assert_eq!(std::fs::read_to_string(out.join("notes.txt")).unwrap(), "mine");
+    assert_eq!(std::fs::read_to_string(out.join("chart-mine.png")).unwrap(), "mine");
+    // And back: the endpoint chart of the earlier report goes.
+    report::write(&golden(), &out).unwrap();
+    assert!(!out.join("chart-endpoint.png").exists() && !out.join("chart-endpoint.svg").exists());
+    assert!(out.join("notes.txt").exists());
 }
