@@ -40,6 +40,12 @@ pub enum FaultKind {
     MalformedSse,
     /// The stream ended before `data: [DONE]` or a finish reason.
     StreamCut,
+    /// A success status whose body is not an event stream at all (an HTML page, one JSON
+    /// object): a proxy, a login page or a server that ignored `stream: true`.
+    NotAStream,
+    /// A redirect to another server (scheme, host or port), not followed: the measured server
+    /// would not be the one asked for.
+    Redirect,
     /// The server sent an error object inside the stream.
     StreamError,
     /// Any other transport error.
@@ -55,6 +61,8 @@ impl FaultKind {
         FaultKind::Client,
         FaultKind::MalformedSse,
         FaultKind::StreamCut,
+        FaultKind::NotAStream,
+        FaultKind::Redirect,
         FaultKind::StreamError,
         FaultKind::Transport,
     ];
@@ -68,6 +76,8 @@ impl FaultKind {
             FaultKind::Client => "client",
             FaultKind::MalformedSse => "malformed-sse",
             FaultKind::StreamCut => "stream-cut",
+            FaultKind::NotAStream => "not-a-stream",
+            FaultKind::Redirect => "redirect",
             FaultKind::StreamError => "stream-error",
             FaultKind::Transport => "transport",
         }
@@ -112,6 +122,10 @@ pub struct RequestLog {
     /// Failed attempts, in order; a request that finally succeeded may have some (429).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// Where a same-server redirect took the request (the URL without credentials or query
+    /// values); absent when it was not redirected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirected_to: Option<String>,
     /// Whether the final attempt succeeded.
     pub ok: bool,
 }
@@ -250,6 +264,108 @@ pub struct EndpointMetrics {
     pub slo_attainment: Option<f64>,
     /// Failed attempts by kind (retried 429s included).
     pub faults: BTreeMap<String, usize>,
+    /// The server's prompt tokens against the target (absent when the server reported none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_check: Option<PromptCheck>,
+}
+
+/// The server-reported prompt length of a case against the length asked for: a prompt far
+/// from its target (a server that counts differently, truncates, or a calibration that
+/// missed) means the case measured another prompt length.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct PromptCheck {
+    /// Median `usage.prompt_tokens` of the successful requests.
+    pub measured_median: u64,
+    pub target: usize,
+    /// `measured_median / target`.
+    pub ratio: f64,
+    /// The ratio is outside `[1 / (1 + tolerance), 1 + tolerance]`.
+    pub flagged: bool,
+    pub tolerance: f64,
+}
+
+/// Relative distance from the target beyond which a case's prompt length is flagged.
+pub const PROMPT_TOLERANCE: f64 = 0.2;
+
+/// Compare the server's prompt tokens with the target; `None` when no successful request
+/// reported any.
+pub fn prompt_check(requests: &[RequestLog], target: usize) -> Option<PromptCheck> {
+    let mut p: Vec<u64> = requests.iter().filter(|r| r.ok).filter_map(|r| r.prompt_tokens).collect();
+    if p.is_empty() {
+        return None;
+    }
+    p.sort_unstable();
+    let measured_median = p[(p.len() - 1) / 2];
+    let ratio = measured_median as f64 / target.max(1) as f64;
+    let tolerance = PROMPT_TOLERANCE;
+    let flagged = ratio > 1.0 + tolerance || ratio < 1.0 / (1.0 + tolerance);
+    Some(PromptCheck { measured_median, target, ratio, flagged, tolerance })
+}
+
+impl PromptCheck {
+    /// One line for the terminal and the record's reason.
+    pub fn describe(&self) -> String {
+        format!(
+            "the server measured {} prompt tokens against a target of {} ({:.2}x): this case measured another prompt length",
+            self.measured_median, self.target, self.ratio
+        )
+    }
+}
+
+/// Summary of one metric's values, safe to store: non-finite values are left out, `None`
+/// when none is left, and every field is a finite number. Where the relative CI width is
+/// undefined (a median of 0, as TPOT and ITL are when a buffering proxy delivers a whole
+/// stream in one read) it is 0 for a CI of zero width, else the largest finite number (no
+/// relative precision at all).
+pub fn summary(xs: &[f64]) -> Option<Summary> {
+    let v: Vec<f64> = xs.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = stats::summarize(&v);
+    if !s.rel_half_width.is_finite() {
+        s.rel_half_width = if s.ci_hi == s.ci_lo { 0.0 } else { f64::MAX };
+    }
+    Some(s)
+}
+
+/// Why a case gave no value of its primary metric: each group of requests with its cause,
+/// e.g. `3 of 4 requests failed (2 timeout, 1 server); 1 succeeded with one output token
+/// (completion_tokens = 1), for which TPOT is undefined`.
+pub fn why_no_primary(phase: crate::Phase, requests: &[RequestLog], faults: &BTreeMap<String, usize>) -> String {
+    let name = primary_name(phase);
+    if requests.is_empty() {
+        return "no request was sent (the case's time ran out first)".into();
+    }
+    let n = requests.len();
+    let mut parts = Vec::new();
+    let failed = requests.iter().filter(|r| !r.ok).count();
+    if failed > 0 {
+        let kinds: Vec<String> = faults.iter().map(|(k, c)| format!("{c} {k}")).collect();
+        let kinds = if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) };
+        parts.push(format!("{failed} of {n} requests failed{kinds}"));
+    }
+    let ok: Vec<&RequestLog> = requests.iter().filter(|r| r.ok).collect();
+    let no_text = ok.iter().filter(|r| r.chunks_ms.is_empty()).count();
+    if no_text > 0 {
+        parts.push(format!("{no_text} of {n} succeeded without any generated text, so {name} is undefined"));
+    }
+    if phase == crate::Phase::Decode {
+        let short: Vec<u64> =
+            ok.iter().filter(|r| !r.chunks_ms.is_empty()).filter_map(|r| r.output_tokens()).filter(|&t| t < 2).collect();
+        if !short.is_empty() {
+            parts.push(format!(
+                "{} of {n} succeeded with one output token (completion_tokens = {}), for which TPOT is undefined \
+                 (the server stopped early: it may not honour ignore_eos or max_tokens)",
+                short.len(),
+                short[0]
+            ));
+        }
+    }
+    if parts.is_empty() {
+        parts.push(format!("no request of {n} gave a {name}"));
+    }
+    parts.join("; ")
 }
 
 /// Prompt tokens the server reported as cached.
@@ -393,7 +509,6 @@ pub fn metrics(requests: &[RequestLog], slo: &Slo, load: &Load) -> EndpointMetri
     let prompt_tokens_total: u64 = ok.iter().filter_map(|r| r.prompt_tokens).sum();
     let output_tokens_total: u64 = ok.iter().filter_map(|r| r.output_tokens()).sum();
     let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
-    let summ = |xs: &[f64]| (!xs.is_empty()).then(|| stats::summarize(xs));
     let mut faults = BTreeMap::new();
     for f in requests.iter().flat_map(|r| &r.faults) {
         *faults.entry(f.kind.as_str().to_string()).or_insert(0) += 1;
@@ -408,11 +523,11 @@ pub fn metrics(requests: &[RequestLog], slo: &Slo, load: &Load) -> EndpointMetri
         requests: requests.len(),
         ok: ok.len(),
         failed: requests.len() - ok.len(),
-        ttft_ms: summ(&ttft),
-        tpot_ms: summ(&tpot),
-        itl_ms: summ(&itl),
-        e2e_ms: summ(&e2e),
-        send_lag_ms: summ(&lag),
+        ttft_ms: summary(&ttft),
+        tpot_ms: summary(&tpot),
+        itl_ms: summary(&itl),
+        e2e_ms: summary(&e2e),
+        send_lag_ms: summary(&lag),
         duration_s,
         request_rate_rps: per_s(ok.len() as f64),
         output_tokens_per_s: per_s(output_tokens_total as f64),
@@ -422,6 +537,7 @@ pub fn metrics(requests: &[RequestLog], slo: &Slo, load: &Load) -> EndpointMetri
         goodput_rps,
         slo_attainment,
         faults,
+        prompt_check: None,
     }
 }
 
@@ -491,6 +607,7 @@ mod tests {
             cached_tokens: Some(10),
             faults: vec![],
             ok: true,
+            redirected_to: None,
         }
     }
 
@@ -573,5 +690,55 @@ mod tests {
         assert!((busy_ms(&[a, c, b]) - 210.0).abs() < 1e-12);
         assert_eq!(busy_ms(&[]), 0.0);
         assert_eq!(Load::Alternate { concurrency: 2 }.key(), "alt2");
+    }
+
+    #[test]
+    fn one_output_token_is_named_as_the_reason_for_no_tpot() {
+        let one = |i| req(i, 0.0, &[50.0], 51.0, Some(1));
+        let mut bad = req(2, 0.0, &[], 30.0, None);
+        bad.ok = false;
+        bad.faults.push(Fault { kind: FaultKind::Timeout, http_status: None, detail: "x".into(), at_ms: 30.0 });
+        let reqs = vec![one(0), one(1), bad];
+        let m = metrics(&reqs, &Slo::default(), &CLOSED);
+        assert!(m.tpot_ms.is_none());
+        let why = why_no_primary(crate::Phase::Decode, &reqs, &m.faults);
+        assert!(why.contains("2 of 3 succeeded with one output token") && why.contains("TPOT is undefined"), "{why}");
+        assert!(why.contains("1 of 3 requests failed (1 timeout)"), "{why}");
+        assert!(!why.contains("()"), "{why}");
+        assert_eq!(why_no_primary(crate::Phase::Prefill, &[], &BTreeMap::new()), "no request was sent (the case's time ran out first)");
+    }
+
+    #[test]
+    fn a_prompt_far_from_its_target_is_flagged() {
+        let mut r = req(0, 0.0, &[10.0], 20.0, Some(1));
+        r.prompt_tokens = Some(3072);
+        let p = prompt_check(&[r.clone()], 1024).unwrap();
+        assert!(p.flagged && (p.ratio - 3.0).abs() < 1e-12 && p.measured_median == 3072);
+        assert!(p.describe().contains("3072") && p.describe().contains("1024"), "{}", p.describe());
+        r.prompt_tokens = Some(1030);
+        assert!(!prompt_check(&[r.clone()], 1024).unwrap().flagged);
+        r.prompt_tokens = Some(300);
+        assert!(prompt_check(&[r.clone()], 1024).unwrap().flagged);
+        r.prompt_tokens = None;
+        assert!(prompt_check(&[r], 1024).is_none());
+    }
+
+    #[test]
+    fn summaries_of_degenerate_values_are_finite_or_absent() {
+        for xs in [vec![0.0; 5], vec![0.0], vec![0.0, 0.0, 0.0, 7.0, 9.0, 0.0, 0.0], vec![f64::NAN, 1.0], vec![1e-300, 0.0]] {
+            let s = summary(&xs).unwrap();
+            let fields = [s.median, s.mean, s.min, s.max, s.p10, s.p90, s.ci_lo, s.ci_hi, s.rel_half_width];
+            assert!(fields.iter().all(|f| f.is_finite()), "{xs:?}: {s:?}");
+            let back: Summary = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(back, s);
+        }
+        assert!(summary(&[]).is_none() && summary(&[f64::NAN, f64::INFINITY]).is_none());
+        // A buffered stream: five tokens in one read -> TPOT and ITL medians 0, still a number.
+        let r = req(0, 0.0, &[40.0; 5], 40.0, Some(5));
+        let m = metrics(&[r.clone(), r], &Slo::default(), &CLOSED);
+        assert_eq!(m.tpot_ms.unwrap().median, 0.0);
+        assert_eq!(m.itl_ms.unwrap().rel_half_width, 0.0);
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(!text.contains("null"), "{text}");
     }
 }

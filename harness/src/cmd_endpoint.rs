@@ -4,7 +4,7 @@
 //! The work is in `ctxcost_engines::http`; this module owns the command line, records,
 //! progress, the summary table and the report at the end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use ctxcost_core::endpoint::{self, EndpointBlock, Load, Slo};
 use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
 use ctxcost_core::stats::{self, ratio_ci};
-use ctxcost_core::units::{format_tokens, parse_contexts};
+use ctxcost_core::units::{format_tokens, parse_contexts, parse_duration_secs};
 use ctxcost_core::{analytic, Case, ModelShape, Phase, Precision};
 use ctxcost_engines::http::mock::{MockConfig, MockFault, MockServer, UsageStyle};
 use ctxcost_engines::http::openai::Api;
@@ -35,7 +35,9 @@ usage.prompt_tokens is the ground truth of its length, and a case with more than
 --cache-threshold of its prompt tokens reported cached is flagged.
 
 Examples:
-  ctxcost endpoint --url http://gpu:8000/v1 --contexts 1k,8k,32k --phase prefill
+  ctxcost endpoint --url http://gpu:8000/v1 --contexts 1k,8k,32k --phase prefill --slo ttft=2s
+  ctxcost endpoint --url https://res.openai.azure.com/openai/deployments/d?api-version=2024-06-01 \\
+                   --model d --key-env AZURE_KEY --timeout 120s --max-seconds 10m
   ctxcost endpoint --a http://h1:8000/v1 --a-label terminus --a-price v3.1-terminus \\
                    --b http://h2:8000/v1 --b-label v32exp --b-price v3.2-exp \\
                    --contexts 4k..64k --concurrency 4 --usd-per-gpu-hour 2 --gpus 8
@@ -47,7 +49,8 @@ Examples:
 #[derive(Debug, Clone, clap::Args)]
 #[command(after_help = AFTER_HELP)]
 pub struct EndpointArgs {
-    /// Base URL of the endpoint (side A), ending in /v1, e.g. http://gpu-host:8000/v1.
+    /// Base URL of the endpoint (side A), ending in /v1, e.g. http://gpu-host:8000/v1; a query
+    /// string (`?api-version=...`) is kept and sent; no credentials in it (use --key-env).
     #[arg(long = "a", visible_alias = "url", value_name = "URL")]
     pub a: String,
     /// Base URL of side B for an A/B run (both sides get the same prompts, request by request;
@@ -105,12 +108,12 @@ pub struct EndpointArgs {
     /// Requests per side per case.
     #[arg(long, default_value_t = 16)]
     pub requests: usize,
-    /// Stop scheduling new requests of a case after this many seconds.
-    #[arg(long, default_value_t = 300.0)]
-    pub max_seconds: f64,
-    /// Per-request timeout in seconds (whole stream, 429 waits included).
-    #[arg(long, default_value_t = 300.0)]
-    pub timeout: f64,
+    /// Stop scheduling new requests of a case after this long, with its unit: 60s, 10m.
+    #[arg(long, default_value = "300s", value_name = "DURATION")]
+    pub max_seconds: String,
+    /// Per-request timeout (whole stream, 429 waits included), with its unit: 300s, 2m.
+    #[arg(long, default_value = "300s", value_name = "DURATION")]
+    pub timeout: String,
     /// Retries of a request answered 429, each after its Retry-After (at most 30 s).
     #[arg(long, default_value_t = 2)]
     pub retries: usize,
@@ -121,8 +124,8 @@ pub struct EndpointArgs {
     /// locally (else calibration requests fit the length).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
-    /// Service-level objectives for goodput, e.g. `ttft=2s,tpot=50ms,e2e=30s`.
-    #[arg(long)]
+    /// Service-level objectives for goodput, each with its unit, e.g. `ttft=2s,tpot=50ms,e2e=30s`.
+    #[arg(long, value_name = "LIST")]
     pub slo: Option<String>,
     /// Price of one GPU-hour (USD) of the deployment: cost per token from measured throughput.
     #[arg(long)]
@@ -173,30 +176,24 @@ pub struct MockArgs {
     /// Faults by request number: `N=KIND`, comma-separated; KIND is 500, 429[:s], malformed, cut, stall[:s].
     #[arg(long, value_name = "LIST")]
     pub fault: Option<String>,
+    /// Send each stream in one write at its end, as a buffering proxy does (TPOT and ITL are
+    /// then 0 at the client).
+    #[arg(long)]
+    pub buffered: bool,
 }
 
-fn parse_ms(v: &str) -> Result<f64> {
-    let v = v.trim();
-    let (num, scale) = if let Some(x) = v.strip_suffix("ms") {
-        (x, 1.0)
-    } else if let Some(x) = v.strip_suffix('s') {
-        (x, 1000.0)
-    } else {
-        (v, 1.0)
-    };
-    let x: f64 = num.trim().parse().map_err(|_| anyhow!("`{v}` is not a duration (write e.g. 2s or 50ms)"))?;
-    if !(x > 0.0 && x.is_finite()) {
-        bail!("`{v}`: a duration must be positive");
-    }
-    Ok(x * scale)
+/// A duration flag's value in seconds: a unit is required (`2s`, `50ms`, `5m`); a bare
+/// number, zero, negative and non-finite values are refused with the form to write.
+fn duration_flag(flag: &str, v: &str) -> Result<f64> {
+    parse_duration_secs(v).map_err(|e| anyhow!("{flag}: {e}"))
 }
 
-/// `ttft=2s,tpot=50ms,e2e=30s`.
+/// `ttft=2s,tpot=50ms,e2e=30s` (each with its unit).
 pub fn parse_slo(s: &str) -> Result<Slo> {
     let mut slo = Slo::default();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--slo `{part}`: write NAME=DURATION, e.g. ttft=2s"))?;
-        let ms = parse_ms(v).with_context(|| format!("--slo {k}"))?;
+        let (k, v) = part.split_once('=').ok_or_else(|| anyhow!("--slo `{part}`: write NAME=DURATION, e.g. ttft=2s,tpot=50ms"))?;
+        let ms = duration_flag(&format!("--slo {}", k.trim()), v)? * 1e3;
         match k.trim() {
             "ttft" => slo.ttft_ms = Some(ms),
             "tpot" => slo.tpot_ms = Some(ms),
@@ -273,7 +270,13 @@ struct Plan {
     report_dir: Option<PathBuf>,
 }
 
-async fn plan(a: &EndpointArgs) -> Result<Plan> {
+/// A resumed output opened before any request: its writer and the keys already recorded.
+type Opened = (recordio::RecordWriter, HashSet<String>);
+
+/// Validate every flag, then check the output file (and open it when resuming, so a file that
+/// cannot be resumed stops the run before any request), then ask the servers for model names
+/// not given.
+async fn plan(a: &EndpointArgs) -> Result<(Plan, Option<Opened>)> {
     let api = Api::parse(&a.api).map_err(|e| anyhow!("--api: {e}"))?;
     let contexts = parse_contexts(&a.contexts).map_err(|e| anyhow!("--contexts: {e}"))?;
     let phases = match a.phase.trim().to_ascii_lowercase().as_str() {
@@ -286,11 +289,8 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
     if a.requests == 0 {
         bail!("--requests must be at least 1");
     }
-    for (name, v) in [("--max-seconds", a.max_seconds), ("--timeout", a.timeout)] {
-        if !(v > 0.0 && v.is_finite()) {
-            bail!("{name} must be a positive number of seconds");
-        }
-    }
+    let max_seconds = duration_flag("--max-seconds", &a.max_seconds)?;
+    let timeout = duration_flag("--timeout", &a.timeout)?;
     if !(0.0..=1.0).contains(&a.cache_threshold) {
         bail!("--cache-threshold must be between 0 and 1");
     }
@@ -321,18 +321,21 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
     if let Some(b) = &a.b {
         urls.push((b.clone(), a.b_label.clone(), a.b_model.clone(), a.b_key_env.clone(), prices[1].clone()));
     }
-    let mut sides = Vec::new();
-    for (i, (url, label, model, key_env, price)) in urls.into_iter().enumerate() {
+    for (i, (url, _, _, key_env, _)) in urls.iter().enumerate() {
         let side = ["a", "b"][i];
-        let u = http::client::parse_url(&url).map_err(|e| anyhow!("--{side} `{}`: {e}", http::client::public_url(&url)))?;
-        if !matches!(u.scheme(), "http" | "https") {
-            bail!("--{side} `{}`: the scheme must be http or https", http::client::public_url(&url));
-        }
-        if let Some(var) = &key_env {
+        http::client::parse_base_url(url).map_err(|e| anyhow!("--{side}: {e}"))?;
+        if let Some(var) = key_env {
             if std::env::var(var).is_err() {
                 bail!("--{side}-key-env {var}: the variable is not set");
             }
         }
+    }
+    let (out, report_dir) = a.output.paths("endpoint");
+    recordio::check_output(&out, a.output.resume, a.output.force)?;
+    let opened = if a.output.resume && out.exists() { Some(recordio::open_output(&out, true, false)?) } else { None };
+    let mut sides = Vec::new();
+    for (i, (url, label, model, key_env, price)) in urls.into_iter().enumerate() {
+        let side = ["a", "b"][i];
         let model = match model {
             Some(m) => m,
             None => {
@@ -358,11 +361,10 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
             }
         }
     }
-    let (out, report_dir) = a.output.paths("endpoint");
     let settings = RunSettings {
         requests: a.requests,
-        max_duration: Duration::from_secs_f64(a.max_seconds),
-        limits: RequestLimits { timeout: Duration::from_secs_f64(a.timeout), retries: a.retries, max_retry_wait: Duration::from_secs(30) },
+        max_duration: Duration::from_secs_f64(max_seconds),
+        limits: RequestLimits { timeout: Duration::from_secs_f64(timeout), retries: a.retries, max_retry_wait: Duration::from_secs(30) },
         warmup: a.warmup,
         slo,
         seed: a.seed,
@@ -370,7 +372,7 @@ async fn plan(a: &EndpointArgs) -> Result<Plan> {
         gpus: a.gpus,
         cache_threshold: a.cache_threshold,
     };
-    Ok(Plan { sides, settings, cases, shape, out, report_dir })
+    Ok((Plan { sides, settings, cases, shape, out, report_dir }, opened))
 }
 
 /// The case of one side (`label`) of an endpoint case.
@@ -381,6 +383,7 @@ fn case_of(plan: &Plan, case: &CaseSpec, label: &str) -> Case {
     };
     Case {
         engine: format!("http-{label}"),
+        method: ctxcost_core::Method::Dense,
         shape: plan.shape.clone(),
         phase: case.phase,
         context: case.context,
@@ -402,14 +405,15 @@ fn record(plan: &Plan, machine: &(Tool, Environment), case: &CaseSpec, block: En
     let c = case_of(plan, case, &block.label);
     let samples = http::primary_samples(case.phase, &block.requests);
     let m = &block.metrics;
-    let (status, reason) = if samples.is_empty() {
-        let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        (Status::Failed, Some(format!("no request of {} gave a {} ({})", m.requests, endpoint::primary_name(case.phase), faults.join(", "))))
-    } else if block.cache.flagged {
-        (Status::Ok, Some(format!("{:.1}% of prompt tokens were served from the server's cache", block.cache.fraction * 100.0)))
+    let mut notes = Vec::new();
+    let status = if samples.is_empty() {
+        notes.push(endpoint::why_no_primary(case.phase, &block.requests, &m.faults));
+        Status::Failed
     } else {
-        (Status::Ok, None)
+        Status::Ok
     };
+    notes.extend(flags(&block));
+    let reason = (!notes.is_empty()).then(|| notes.join("; "));
     Record {
         schema_version: SCHEMA_VERSION,
         tool: machine.0.clone(),
@@ -418,7 +422,7 @@ fn record(plan: &Plan, machine: &(Tool, Environment), case: &CaseSpec, block: En
         engine: c.engine.clone(),
         status,
         reason,
-        stats: (!samples.is_empty()).then(|| stats::summarize(&samples)),
+        stats: endpoint::summary(&samples),
         samples_ms: samples,
         components_ms: BTreeMap::new(),
         timer: "client-monotonic".into(),
@@ -435,29 +439,44 @@ fn record(plan: &Plan, machine: &(Tool, Environment), case: &CaseSpec, block: En
     }
 }
 
+/// What a case's record must warn of beyond its numbers: a prompt far from its target, a
+/// prompt served from cache, redirects followed, a stream delivered in one read.
+fn flags(block: &EndpointBlock) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(p) = block.metrics.prompt_check.filter(|p| p.flagged) {
+        notes.push(p.describe());
+    }
+    if block.cache.flagged {
+        notes.push(format!("{:.1}% of prompt tokens were served from the server's cache", block.cache.fraction * 100.0));
+    }
+    let redirected: Vec<&str> = block.requests.iter().filter_map(|r| r.redirected_to.as_deref()).collect();
+    if let Some(to) = redirected.first() {
+        notes.push(format!("{} of {} requests were redirected within the server, to {to}", redirected.len(), block.requests.len()));
+    }
+    let multi: Vec<_> = block.requests.iter().filter(|r| r.ok && r.chunks_ms.len() >= 2).collect();
+    if !multi.is_empty() && multi.iter().all(|r| r.chunks_ms.first() == r.chunks_ms.last()) {
+        notes.push(
+            "every request's text arrived in one read (a buffering proxy?): TPOT and ITL are 0 and measure the delivery, not the server"
+                .into(),
+        );
+    }
+    notes
+}
+
 pub fn run(a: EndpointArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run_async(a))
 }
 
 async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
-    let plan = plan(&a).await?;
-    // Before the calibration requests; `open_output` comes after them, so a failed calibration
-    // leaves no file behind.
-    recordio::check_output(&plan.out, a.output.resume, a.output.force)?;
+    // A resumed file is checked and opened in `plan`, before any request; a new one is only
+    // made after calibration, so a failed calibration leaves no file behind.
+    let (plan, opened) = plan(&a).await?;
     let labels: Vec<String> = plan.sides.iter().map(|s| s.label.clone()).collect();
     for s in &plan.sides {
         eprintln!("side {}: {} model {} ({} API)", s.label, http::client::public_url(&s.url), s.model, s.api.as_str());
     }
-    let mut bench = Bench::new(plan.sides.clone(), plan.settings.clone(), a.tokenizer.as_deref()).map_err(|e| anyhow!(e))?;
-    let max_ctx = plan.cases.iter().map(|c| c.context).max().unwrap_or(1024);
-    for c in bench.calibrate(max_ctx).await.map_err(|e| anyhow!(e))? {
-        eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
-    }
-    let (mut writer, done) = recordio::open_output(&plan.out, a.output.resume, a.output.force)?;
-    let machine = (envinfo::tool(), envinfo::capture());
-    let started = Instant::now();
-    let mut failed_cases = 0;
+    let done = opened.as_ref().map(|o| o.1.clone()).unwrap_or_default();
     let todo: Vec<(usize, &CaseSpec)> = plan
         .cases
         .iter()
@@ -467,6 +486,20 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     if todo.len() < plan.cases.len() {
         eprintln!("resuming: {} of {} cases already recorded", plan.cases.len() - todo.len(), plan.cases.len());
     }
+    let mut bench = Bench::new(plan.sides.clone(), plan.settings.clone(), a.tokenizer.as_deref()).map_err(|e| anyhow!(e))?;
+    if !todo.is_empty() {
+        let max_ctx = todo.iter().map(|(_, c)| c.context).max().unwrap_or(1024);
+        for c in bench.calibrate(max_ctx).await.map_err(|e| anyhow!(e))? {
+            eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
+        }
+    }
+    let mut writer = match opened {
+        Some((w, _)) => w,
+        None => recordio::open_output(&plan.out, a.output.resume, a.output.force)?.0,
+    };
+    let machine = (envinfo::tool(), envinfo::capture());
+    let started = Instant::now();
+    let mut failed_cases = 0;
     let per_case = plan.settings.requests * labels.len();
     let bar = indicatif::ProgressBar::new((todo.len() * per_case) as u64);
     bar.set_style(
@@ -613,6 +646,7 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
         usage,
         cached_fraction: a.cached_fraction,
         faults,
+        buffered: a.buffered,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -625,4 +659,168 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
         eprintln!("{} requests served", server.received.load(Ordering::SeqCst));
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctxcost_core::endpoint::{Fault, FaultKind, RequestLog};
+    use ctxcost_core::inputs::splitmix64;
+
+    fn test_plan() -> Plan {
+        Plan {
+            sides: vec![],
+            settings: RunSettings {
+                requests: 4,
+                max_duration: Duration::from_secs(60),
+                limits: RequestLimits::default(),
+                warmup: 0,
+                slo: Slo { ttft_ms: Some(100.0), tpot_ms: Some(5.0), e2e_ms: None },
+                seed: 0,
+                usd_per_gpu_hour: Some(2.0),
+                gpus: None,
+                cache_threshold: 0.05,
+            },
+            cases: vec![],
+            shape: ModelShape::by_name("tiny").unwrap(),
+            out: PathBuf::from("unused.jsonl"),
+            report_dir: None,
+        }
+    }
+
+    /// Request logs drawn from `seed`: none to five requests, failed or ok, with no text,
+    /// one chunk, chunks all in one read (a buffering proxy) or spread out, zero latencies,
+    /// one or many output tokens, with or without usage.
+    fn generated_requests(seed: u64) -> Vec<RequestLog> {
+        let mut k = 0u64;
+        let mut next = |n: u64| {
+            k += 1;
+            splitmix64(seed.wrapping_mul(0x9E37_79B9) ^ k) % n
+        };
+        let count = next(6) as usize;
+        (0..count)
+            .map(|i| {
+                let sent = [0.0, 5.0, 1e-3][next(3) as usize];
+                let first = sent + [0.0, 0.5, 80.0][next(3) as usize];
+                let chunks: Vec<f64> = match next(4) {
+                    0 => vec![],
+                    1 => vec![first],
+                    2 => vec![first; 1 + next(6) as usize],
+                    _ => (0..1 + next(6)).map(|j| first + j as f64 * 3.0).collect(),
+                };
+                let end = chunks.last().copied().unwrap_or(first);
+                let ok = next(5) != 0;
+                let completion = [None, Some(1), Some(chunks.len() as u64), Some(0)][next(4) as usize];
+                RequestLog {
+                    index: i,
+                    intended_ms: sent,
+                    sent_ms: sent,
+                    chunks_ms: if ok { chunks } else { vec![] },
+                    end_ms: end,
+                    prompt_tokens: [None, Some(0), Some(1024), Some(3000)][next(4) as usize],
+                    completion_tokens: completion,
+                    cached_tokens: [None, Some(0), Some(512)][next(3) as usize],
+                    faults: if ok {
+                        vec![]
+                    } else {
+                        vec![Fault { kind: FaultKind::ALL[next(FaultKind::ALL.len() as u64) as usize], http_status: None, detail: "x".into(), at_ms: end }]
+                    },
+                    ok,
+                    redirected_to: None,
+                }
+            })
+            .collect()
+    }
+
+    fn block_of(requests: Vec<RequestLog>, case: &CaseSpec, plan: &Plan) -> EndpointBlock {
+        let st = &plan.settings;
+        let mut metrics = endpoint::metrics(&requests, &st.slo, &case.load);
+        metrics.prompt_check = endpoint::prompt_check(&requests, case.context);
+        let cache = endpoint::cache_check(&requests, st.cache_threshold);
+        let price = ctxcost_core::prices::pricing_for("v3.2-exp").ok();
+        let cost = endpoint::cost(&requests, &metrics, price, st.usd_per_gpu_hour, st.gpus);
+        EndpointBlock {
+            side: "a".into(),
+            label: "gen".into(),
+            url: "http://127.0.0.1:1/v1?api-version=<redacted>".into(),
+            model: "m".into(),
+            api: "chat".into(),
+            load: case.load.clone(),
+            target_prompt_tokens: case.context,
+            prompt_fit: "calibrated".into(),
+            max_tokens: case.max_tokens,
+            slo: st.slo,
+            requests,
+            metrics,
+            cache,
+            cost,
+        }
+    }
+
+    /// Every generated endpoint record, zero and single samples included, reads back with the
+    /// one record reader as it was written: no statistic is written as `null`.
+    #[test]
+    fn generated_endpoint_records_round_trip() {
+        let plan = test_plan();
+        let machine = (Tool::default(), Environment::default());
+        let mut zero_medians = 0;
+        for seed in 0..400u64 {
+            let phase = if seed % 2 == 0 { Phase::Decode } else { Phase::Prefill };
+            let load = if seed % 3 == 0 { Load::Open { rate_rps: 2.5 } } else { Load::Closed { concurrency: 1 } };
+            let case = CaseSpec { phase, context: 1024, max_tokens: if phase == Phase::Prefill { 1 } else { 8 }, load };
+            let block = block_of(generated_requests(seed), &case, &plan);
+            zero_medians += block.metrics.tpot_ms.is_some_and(|s| s.median == 0.0) as usize;
+            let text = serde_json::to_string(&block).unwrap();
+            assert!(!text.contains("null"), "seed {seed}: {text}");
+            let rec = record(&plan, &machine, &case, block.clone(), "t".into());
+            let line = serde_json::to_string(&rec).unwrap();
+            let back = Record::from_line(&line).unwrap_or_else(|e| panic!("seed {seed}: {e}\n{line}"));
+            assert_eq!(back.endpoint.as_ref(), Some(&block), "seed {seed}");
+            assert_eq!(back.stats, rec.stats, "seed {seed}");
+            assert!(rec.reason.as_deref().is_none_or(|r| !r.contains("()")), "seed {seed}: {:?}", rec.reason);
+        }
+        assert!(zero_medians > 5, "the generator must reach TPOT medians of 0 ({zero_medians})");
+    }
+
+    #[test]
+    fn record_reasons_name_their_causes() {
+        let plan = test_plan();
+        let machine = (Tool::default(), Environment::default());
+        let case = CaseSpec { phase: Phase::Decode, context: 1024, max_tokens: 8, load: Load::Closed { concurrency: 1 } };
+        let one = |i: usize, prompt: u64| RequestLog {
+            index: i,
+            chunks_ms: vec![10.0],
+            end_ms: 11.0,
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(1),
+            ok: true,
+            ..Default::default()
+        };
+        // completion_tokens = 1 on every request: TPOT undefined, said so.
+        let r = record(&plan, &machine, &case, block_of(vec![one(0, 1024), one(1, 1024)], &case, &plan), "t".into());
+        assert_eq!(r.status, Status::Failed);
+        let why = r.reason.unwrap();
+        assert!(why.contains("one output token") && why.contains("TPOT is undefined"), "{why}");
+        // A server-reported prompt 3x the target: flagged in the record and its reason.
+        let buffered = |i: usize| RequestLog { chunks_ms: vec![10.0; 8], completion_tokens: Some(8), ..one(i, 3072) };
+        let r = record(&plan, &machine, &case, block_of(vec![buffered(0), buffered(1)], &case, &plan), "t".into());
+        assert_eq!(r.status, Status::Ok);
+        assert!(r.endpoint.as_ref().unwrap().metrics.prompt_check.unwrap().flagged);
+        let why = r.reason.unwrap();
+        assert!(why.contains("3072 prompt tokens against a target of 1024"), "{why}");
+        assert!(why.contains("one read"), "{why}");
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_slo("ttft=2s,tpot=50ms").unwrap(), Slo { ttft_ms: Some(2000.0), tpot_ms: Some(50.0), e2e_ms: None });
+        for bad in ["ttft=2", "tpot=50", "ttft=infs", "ttft=NaNms", "ttft=0s", "ttft=-1s", "ttft=fast"] {
+            let e = format!("{:#}", parse_slo(bad).unwrap_err());
+            assert!(e.contains("--slo") && e.contains("2s"), "{bad}: {e}");
+        }
+        for bad in ["300", "inf", "0s", "-5s", "NaN"] {
+            assert!(duration_flag("--timeout", bad).is_err(), "{bad}");
+        }
+        assert_eq!(duration_flag("--max-seconds", "2m").unwrap(), 120.0);
+    }
 }

@@ -48,7 +48,7 @@ fn ab_run_records_both_sides_and_reports_the_ratio() {
     let dir = tmp("ab");
     let out = dir.join("ab.jsonl");
     let args = [
-        "endpoint", "--a", &a.url, "--a-label", "fast", "--a-price", "v3.1-terminus", "--b", &b.url, "--b-label", "slow", "--b-price",
+        "endpoint", "--timeout", "30s", "--max-seconds", "2m", "--a", &a.url, "--a-label", "fast", "--a-price", "v3.1-terminus", "--b", &b.url, "--b-label", "slow", "--b-price",
         "v3.2-exp", "--contexts", "256,1k", "--phase", "both", "--output-tokens", "6", "--requests", "5", "--warmup", "0", "--slo",
         "ttft=1s,tpot=100ms", "--usd-per-gpu-hour", "2", "--gpus", "8", "--out",
     ];
@@ -60,7 +60,7 @@ fn ab_run_records_both_sides_and_reports_the_ratio() {
     let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.len(), 8, "2 sides x 2 prompt lengths x 2 phases");
     for r in &recs {
-        assert_eq!(r["schema_version"], 2);
+        assert_eq!(r["schema_version"], ctxcost_core::record::SCHEMA_VERSION);
         assert_eq!(r["status"], "ok", "{}", r["reason"]);
         let e = &r["endpoint"];
         assert_eq!(e["requests"].as_array().unwrap().len(), 5);
@@ -97,6 +97,15 @@ fn bad_input_is_one_error_before_any_request() {
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--contexts", "0"], "--contexts"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--rate", "0"], "--rate"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--slo", "ttft=fast"], "duration"),
+        // Every duration flag needs its unit (a bare `2` was once 2 ms here and 2 s there).
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--slo", "ttft=2"], "2s"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--slo", "tpot=infms"], "--slo tpot"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--timeout", "300"], "--timeout"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--timeout", "0s"], "--timeout"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--max-seconds", "inf"], "--max-seconds"),
+        (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--max-seconds", "NaNs"], "--max-seconds"),
+        // Credentials in the URL: refused, pointing at --key-env, without repeating them.
+        (vec!["--a", "http://user:hunter2pw@127.0.0.1:9/v1", "--a-model", "m"], "--key-env"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--a-price", "gpt"], "--a-price"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--key-env", "CTXCOST_SURELY_UNSET_VAR"], "CTXCOST_SURELY_UNSET_VAR"),
         (vec!["--a", "http://127.0.0.1:9/v1", "--a-model", "m", "--b-label", "x"], "--b URL"),
@@ -108,6 +117,7 @@ fn bad_input_is_one_error_before_any_request() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("hunter2pw"), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?} created the output");
     }
     // A server that is not there: calibration fails with the cause, exit 2.
@@ -120,5 +130,113 @@ fn bad_input_is_one_error_before_any_request() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("connect"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every line of a record file, read with the one record reader.
+fn read_back(path: &std::path::Path) -> Vec<ctxcost_core::record::Record> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| ctxcost_core::record::Record::from_line(l).unwrap_or_else(|e| panic!("line {} does not read back: {e}\n{l}", i + 1)))
+        .collect()
+}
+
+#[test]
+fn buffered_streams_give_records_that_read_back_and_compare() {
+    let m = mock(&["--ttft-ms", "5", "--tpot-ms", "1", "--buffered"]);
+    let dir = tmp("buffered");
+    let out = dir.join("b.jsonl");
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "256", "--phase", "decode", "--output-tokens", "6"])
+        .args(["--requests", "3", "--warmup", "0", "--slo", "tpot=50ms", "--no-report", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let recs = read_back(&out);
+    assert_eq!(recs.len(), 1);
+    let e = recs[0].endpoint.as_ref().unwrap();
+    assert_eq!(e.metrics.tpot_ms.unwrap().median, 0.0, "every token arrived in one read");
+    assert!(recs[0].stats.is_some(), "the record keeps its statistics");
+    assert!(stderr.contains("one read"), "the terminal says why TPOT is 0: {stderr}");
+    assert!(stdout.contains("decode"), "the summary keeps the row: {stdout}");
+    let c = Command::new(BIN).arg("compare").arg(&out).arg(&out).output().unwrap();
+    assert!(c.status.success(), "compare reads them: {}{}", String::from_utf8_lossy(&c.stdout), String::from_utf8_lossy(&c.stderr));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn secrets_reach_no_output() {
+    let key = "sk-endpoint-test-77aa11bb";
+    let q = "qs-endpoint-secret-3c4d";
+    let query = format!("?api_key={q}&api-version=2031-01-01-preview");
+    // Arrivals 5, 7 and 9 are 500s that echo the request line and the Authorization header;
+    // calibration takes the first two to five.
+    let m = mock(&["--ttft-ms", "5", "--tpot-ms", "1", "--fault", "5=500,7=500,9=500"]);
+    let dir = tmp("secrets");
+    let out = dir.join("s.jsonl");
+    let report = dir.join("rep");
+    let o = Command::new(BIN)
+        .env("CTXCOST_ENDPOINT_TEST_KEY", key)
+        .args(["endpoint", "--a", &format!("{}{query}", m.url), "--a-model", "mock", "--key-env", "CTXCOST_ENDPOINT_TEST_KEY"])
+        .args(["--contexts", "256", "--phase", "prefill", "--requests", "4", "--warmup", "0", "--report-dir"])
+        .arg(&report)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let mut outputs = vec![String::from_utf8_lossy(&o.stdout).to_string(), String::from_utf8_lossy(&o.stderr).to_string()];
+    let records = std::fs::read_to_string(&out).unwrap_or_else(|_| panic!("no records: {}", outputs[1]));
+    assert!(records.contains("\"server\"") && records.contains("<redacted>"), "a 500 echoed the secrets: {records}");
+    outputs.push(records);
+    for f in std::fs::read_dir(&report).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        if let Ok(t) = std::fs::read_to_string(f.path()) {
+            outputs.push(t);
+        }
+    }
+    // A server that is not there: the transport error names the URL, query and all.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let o = Command::new(BIN)
+        .env("CTXCOST_ENDPOINT_TEST_KEY", key)
+        .args(["endpoint", "--a", &format!("http://127.0.0.1:{port}/v1{query}"), "--key-env", "CTXCOST_ENDPOINT_TEST_KEY", "--no-report", "--out"])
+        .arg(dir.join("gone.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    outputs.push(String::from_utf8_lossy(&o.stderr).to_string());
+    for text in &outputs {
+        for s in [key, q, "2031-01-01-preview"] {
+            assert!(!text.contains(s), "`{s}` leaked into:\n{text}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn resume_checks_the_file_before_any_request() {
+    let dir = tmp("resume-first");
+    let out = dir.join("notes.txt");
+    let notes = "my notes\nmore notes\n";
+    std::fs::write(&out, notes).unwrap();
+    // A listener that would see any request: the model is not given, so a run that asked
+    // the server first would connect to it for /v1/models.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://127.0.0.1:{}/v1", listener.local_addr().unwrap().port());
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", &url, "--timeout", "3s", "--resume", "--no-report", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("notes.txt"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), notes, "the file is untouched");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a request went out before the file was checked"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -4,7 +4,9 @@
 //!
 //! Token accounting: a prompt's tokens are its whitespace-separated words, plus a fixed chat
 //! template overhead on `/v1/chat/completions`; it always generates exactly `max_tokens`
-//! tokens, one word per token. HTTP/1.1 with keep-alive; streams use chunked encoding.
+//! tokens, one word per token. HTTP/1.1 with keep-alive; streams use chunked encoding, each
+//! event its own write (or the whole stream in one write with `buffered`, as a buffering
+//! proxy delivers it). A query string on the path (`?api-version=`) is accepted.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,8 +30,9 @@ pub enum UsageStyle {
 /// A fault injected into one request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum MockFault {
-    /// HTTP 500 with a body that echoes the request's Authorization header (so tests can
-    /// check that keys never reach records).
+    /// HTTP 500 with a body that echoes the request's Authorization header and its request
+    /// line with the query string (so tests can check that keys and query secrets never
+    /// reach records).
     Server,
     /// HTTP 429 with `Retry-After: seconds`.
     RateLimited { retry_after_s: f64 },
@@ -74,6 +77,9 @@ pub struct MockConfig {
     pub cached_fraction: f64,
     /// Faults by request number (0-based, in order of arrival).
     pub faults: BTreeMap<usize, MockFault>,
+    /// Send each stream in one write after the generation delays (a buffering proxy): every
+    /// text chunk arrives at once, so TPOT and ITL are 0 at the client.
+    pub buffered: bool,
 }
 
 impl Default for MockConfig {
@@ -86,6 +92,7 @@ impl Default for MockConfig {
             chat_overhead: 6,
             cached_fraction: 0.0,
             faults: BTreeMap::new(),
+            buffered: false,
         }
     }
 }
@@ -201,7 +208,8 @@ async fn respond(
     headers: &BTreeMap<String, String>,
     body: &[u8],
 ) -> std::io::Result<bool> {
-    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let target = request_line.split_whitespace().nth(1).unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
     if request_line.starts_with("GET ") && path.ends_with("/models") {
         return plain(sock, "200 OK", "", r#"{"object":"list","data":[{"id":"mock","object":"model"}]}"#).await;
     }
@@ -217,7 +225,7 @@ async fn respond(
     match fault {
         Some(MockFault::Server) => {
             let auth = headers.get("authorization").cloned().unwrap_or_default();
-            let msg = json!({"error": {"message": format!("internal error (request had authorization `{auth}`)")}});
+            let msg = json!({"error": {"message": format!("internal error (request `{request_line}` had authorization `{auth}`)")}});
             return plain(sock, "500 Internal Server Error", "", &msg.to_string()).await;
         }
         Some(MockFault::RateLimited { retry_after_s }) => {
@@ -245,6 +253,8 @@ async fn respond(
     };
     let with_usage = req["stream_options"]["include_usage"].as_bool().unwrap_or(false);
     sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n").await?;
+    // Buffered: events are gathered and sent in one chunk at the end.
+    let mut out = Events { held: cfg.buffered.then(String::new) };
     let event = |text: &str, finish: Option<&str>| {
         let choice = if chat {
             json!({"index": 0, "delta": {"content": text}, "finish_reason": finish})
@@ -255,7 +265,7 @@ async fn respond(
     };
     if chat {
         // vLLM first sends the role with empty content.
-        chunk(sock, &format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))).await?;
+        out.send(sock, &format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))).await?;
     }
     let ttft = cfg.ttft_ms + cfg.ttft_ms_per_1k_prompt * prompt_words as f64 / 1000.0;
     let start = tokio::time::Instant::now();
@@ -263,24 +273,54 @@ async fn respond(
         let due = start + Duration::from_secs_f64((ttft + cfg.tpot_ms * t as f64) / 1000.0);
         tokio::time::sleep_until(due).await;
         if fault == Some(MockFault::CutMidway) && t >= max_tokens / 2 {
-            // Half a chunk, then close.
+            // What was held, then half a chunk, then close.
+            out.release(sock).await?;
             sock.write_all(b"20\r\ndata: {\"choices\":[{\"delta\"").await?;
             return Ok(false);
         }
         if fault == Some(MockFault::MalformedSse) && t == 1.min(max_tokens - 1) {
-            chunk(sock, "data: {\"choices\": [oops\n\n").await?;
+            out.send(sock, "data: {\"choices\": [oops\n\n").await?;
             continue;
         }
         let finish = (t + 1 == max_tokens).then_some("length");
-        chunk(sock, &event(&format!(" w{t}"), finish)).await?;
+        out.send(sock, &event(&format!(" w{t}"), finish)).await?;
     }
     if with_usage {
-        chunk(sock, &format!("data: {}\n\n", json!({"id": "mock", "choices": [], "usage": usage}))).await?;
+        out.send(sock, &format!("data: {}\n\n", json!({"id": "mock", "choices": [], "usage": usage}))).await?;
     }
-    chunk(sock, "data: [DONE]\n\n").await?;
+    out.send(sock, "data: [DONE]\n\n").await?;
+    out.release(sock).await?;
     sock.write_all(b"0\r\n\r\n").await?;
     sock.flush().await?;
     Ok(true)
+}
+
+/// The events of one stream: written one by one, or held and written at once.
+struct Events {
+    held: Option<String>,
+}
+
+impl Events {
+    async fn send(&mut self, sock: &mut TcpStream, data: &str) -> std::io::Result<()> {
+        match &mut self.held {
+            Some(h) => {
+                h.push_str(data);
+                Ok(())
+            }
+            None => chunk(sock, data).await,
+        }
+    }
+
+    async fn release(&mut self, sock: &mut TcpStream) -> std::io::Result<()> {
+        match self.held.take() {
+            Some(h) if !h.is_empty() => {
+                let r = chunk(sock, &h).await;
+                self.held = Some(String::new());
+                r
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn words(v: &Value) -> u64 {

@@ -4,7 +4,9 @@
 //! - [`sse`]: incremental server-sent-events parser (any byte split gives the same events).
 //! - [`openai`]: request bodies and the meaning of streamed events (vLLM and DeepSeek usage).
 //! - [`prompt`]: prompts of an exact token length with a unique leading nonce.
-//! - [`client`]: one streamed request with raw timestamps; faults classified, keys redacted.
+//! - [`client`]: one streamed request with raw timestamps; faults classified; URLs joined
+//!   and redacted (credentials and query values never reach a text), redirects to another
+//!   server refused.
 //! - [`load`]: closed-loop (concurrency) and open-loop (Poisson) load over one or two sides.
 //! - [`mock`]: a local OpenAI-style streaming server with injected delays and faults.
 //!
@@ -250,7 +252,8 @@ impl Bench {
     fn block(&self, s: usize, case: &CaseSpec, requests: Vec<RequestLog>) -> EndpointBlock {
         let side = &self.sides[s];
         let st = &self.settings;
-        let metrics = endpoint::metrics(&requests, &st.slo, &case.load);
+        let mut metrics = endpoint::metrics(&requests, &st.slo, &case.load);
+        metrics.prompt_check = endpoint::prompt_check(&requests, case.context);
         let cache = endpoint::cache_check(&requests, st.cache_threshold);
         let cost = endpoint::cost(&requests, &metrics, side.spec.price.clone(), st.usd_per_gpu_hour, st.gpus);
         EndpointBlock {

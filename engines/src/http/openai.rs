@@ -82,23 +82,24 @@ pub enum StreamItem {
     Error(String),
 }
 
-/// Interpret one event's data. `Err` is a malformed event.
+/// Interpret one event's data. `Err` is a malformed event. Texts are whole (the caller
+/// removes secrets, then shortens them: a secret cut in two would no longer be found).
 pub fn interpret(data: &str, api: Api) -> Result<StreamItem, String> {
     let d = data.trim();
     if d == "[DONE]" {
         return Ok(StreamItem::Done);
     }
-    let v: Value = serde_json::from_str(d).map_err(|e| format!("event data is not JSON ({e}): {}", clip(d, 80)))?;
+    let v: Value = serde_json::from_str(d).map_err(|e| format!("event data is not JSON ({e}): {d}"))?;
     if let Some(e) = v.get("error") {
         let msg = e.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| e.to_string());
-        return Ok(StreamItem::Error(clip(&msg, 200)));
+        return Ok(StreamItem::Error(msg));
     }
     let usage = v.get("usage").filter(|u| u.is_object()).map(Usage::from_json);
     let choices = match v.get("choices") {
         Some(Value::Array(c)) => c,
         Some(_) => return Err("`choices` is not an array".into()),
         None if usage.is_some() => return Ok(StreamItem::Chunk { text: false, finished: false, usage }),
-        None => return Err(format!("event has neither `choices` nor `usage`: {}", clip(d, 80))),
+        None => return Err(format!("event has neither `choices` nor `usage`: {d}")),
     };
     let non_empty = |x: Option<&Value>| x.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
     let mut text = false;

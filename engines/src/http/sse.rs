@@ -6,7 +6,13 @@
 //! line dispatches the event; `:` lines are comments; `event:` sets the type; other fields
 //! (`id`, `retry`) are ignored. One space after the colon is dropped. Bytes are buffered until
 //! a line is complete, so multi-byte UTF-8 split across chunks is never cut; a line that is
-//! not UTF-8 is an error.
+//! not UTF-8 is an error. A line, or an event's data, longer than [`MAX_LINE_BYTES`] is an
+//! error too: memory stays bounded whatever the server sends (an endless line without a line
+//! end, a stream of `data:` lines without a blank line).
+
+/// Longest line, and longest data of one event, the parser holds (4 MiB; a streamed token
+/// event is well under 1 KiB).
+pub const MAX_LINE_BYTES: usize = 4 << 20;
 
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -16,11 +22,15 @@ pub struct SseEvent {
     pub data: String,
 }
 
-/// A line that is not valid UTF-8.
+/// A stream the parser refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("event stream line {line} is not UTF-8")]
-pub struct SseError {
-    pub line: usize,
+pub enum SseError {
+    #[error("event stream line {line} is not UTF-8")]
+    NotUtf8 { line: usize },
+    #[error("event stream line {line} is longer than {limit} bytes without a line end (the parser holds at most that much)")]
+    LineTooLong { line: usize, limit: usize },
+    #[error("event ending at line {line} has more than {limit} bytes of data without a blank line to end it")]
+    EventTooLong { line: usize, limit: usize },
 }
 
 /// Incremental SSE parser.
@@ -33,11 +43,26 @@ pub struct SseParser {
     data: String,
     has_data: bool,
     lines: usize,
+    /// [`MAX_LINE_BYTES`] unless set by [`SseParser::with_limit`]; 0 means the default.
+    limit: usize,
 }
 
 impl SseParser {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A parser that holds at most `limit` bytes of one line or one event's data.
+    pub fn with_limit(limit: usize) -> Self {
+        SseParser { limit: limit.max(1), ..Self::default() }
+    }
+
+    fn limit(&self) -> usize {
+        if self.limit == 0 {
+            MAX_LINE_BYTES
+        } else {
+            self.limit
+        }
     }
 
     /// Feed bytes; return the events completed by them.
@@ -56,7 +81,12 @@ impl SseParser {
                     self.end_line(&mut out)?;
                     self.after_cr = true;
                 }
-                _ => self.line.push(b),
+                _ => {
+                    if self.line.len() >= self.limit() {
+                        return Err(SseError::LineTooLong { line: self.lines + 1, limit: self.limit() });
+                    }
+                    self.line.push(b)
+                }
             }
         }
         Ok(out)
@@ -80,7 +110,7 @@ impl SseParser {
             }
             return Ok(());
         }
-        let line = std::str::from_utf8(&raw).map_err(|_| SseError { line: self.lines })?;
+        let line = std::str::from_utf8(&raw).map_err(|_| SseError::NotUtf8 { line: self.lines })?;
         if line.starts_with(':') {
             return Ok(());
         }
@@ -95,6 +125,9 @@ impl SseParser {
             "data" => {
                 if self.has_data {
                     self.data.push('\n');
+                }
+                if self.data.len() + value.len() + 1 > self.limit() {
+                    return Err(SseError::EventTooLong { line: self.lines, limit: self.limit() });
                 }
                 self.data.push_str(value);
                 self.has_data = true;
@@ -141,6 +174,24 @@ mod tests {
         let mut q = SseParser::new();
         assert_eq!(q.push(b"data: a\n\n").unwrap(), vec![ev("a")]);
         assert!(!q.pending());
+    }
+
+    #[test]
+    fn an_endless_line_is_refused_with_bounded_memory() {
+        let mut p = SseParser::with_limit(1000);
+        assert!(p.push(&[b'a'; 600]).unwrap().is_empty());
+        let e = p.push(&[b'a'; 600]).unwrap_err();
+        assert!(matches!(e, SseError::LineTooLong { line: 1, limit: 1000 }), "{e:?}");
+        assert!(p.line.capacity() < 4096, "the line buffer grew past the limit");
+        // Exactly the limit is fine; data lines that add up past it are refused.
+        let mut q = SseParser::with_limit(8);
+        assert_eq!(q.push(b"data:123\n\n").unwrap(), vec![ev("123")]);
+        assert!(matches!(q.push(b"data:1\ndata:2\ndata:3\ndata:4\ndata:5\n"), Err(SseError::EventTooLong { .. })));
+        // The default limit is a few MiB.
+        let mut d = SseParser::new();
+        let big = vec![b'x'; MAX_LINE_BYTES];
+        assert!(d.push(&big).is_ok());
+        assert!(matches!(d.push(b"x"), Err(SseError::LineTooLong { .. })));
     }
 
     #[test]
