@@ -42,9 +42,7 @@ class DeepGemmDsa(DsaParts, TorchAdapter):
         # attention operands: bf16 queries, the latent as the fp8 case rounds it (f32)
         self.Q = self.tensor("mqa_q", torch.bfloat16).float().view(B, q, H, s.mqa_kv_dim)
         lat = self.tensor("latent", torch.float32)
-        head, _ = quant_e4m3_torch(torch, lat[..., : s.kv_lora_rank].reshape(B, L, -1, 128), "fp32")
-        sc = torch.stack([lat[..., i * 128 : (i + 1) * 128].abs().amax(-1) for i in range(s.kv_lora_rank // 128)], -1)
-        sc = sc.clamp_min(1e-12) / 448.0
+        head, sc = quant_e4m3_torch(torch, lat[..., : s.kv_lora_rank].reshape(B, L, -1, 128), "fp32")
         deq = (head.float() * sc[..., None]).reshape(B, L, s.kv_lora_rank)
         self.KV = torch.cat([deq, lat[..., s.kv_lora_rank :].to(torch.bfloat16).float()], -1)
         del lat, head, deq
