@@ -463,6 +463,15 @@ fn flags(block: &EndpointBlock) -> Vec<String> {
     notes
 }
 
+/// The environment as recorded, without API keys: the recorded `CTXCOST_*` settings would
+/// otherwise hold a key whose variable has that prefix.
+fn without_keys(mut env: Environment, sides: &[SideSpec]) -> Environment {
+    let vars: Vec<&str> = sides.iter().filter_map(|s| s.key_env.as_deref()).collect();
+    let keys: Vec<String> = vars.iter().filter_map(|v| std::env::var(v).ok()).filter(|k| !k.is_empty()).collect();
+    env.settings.retain(|name, value| !vars.contains(&name.as_str()) && !keys.iter().any(|k| value.contains(k.as_str())));
+    env
+}
+
 pub fn run(a: EndpointArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(run_async(a))
@@ -497,7 +506,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
         Some((w, _)) => w,
         None => recordio::open_output(&plan.out, a.output.resume, a.output.force)?.0,
     };
-    let machine = (envinfo::tool(), envinfo::capture());
+    let machine = (envinfo::tool(), without_keys(envinfo::capture(), &plan.sides));
     let started = Instant::now();
     let mut failed_cases = 0;
     let per_case = plan.settings.requests * labels.len();
