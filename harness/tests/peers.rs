@@ -134,7 +134,7 @@ fn faulty_workers_fail_their_case_and_the_sweep_completes() {
     let expect = [
         ("crash-on-prepare", "exited"),
         ("crash-on-run", "run"),
-        ("hang-on-run", "did not answer `run` within 6 s"),
+        ("hang-on-run", "within 6 s and was killed"),
         ("garbage", "not JSON"),
         ("wrong", "over tolerance"),
         ("nan", "NaN or infinite"),
