@@ -472,7 +472,8 @@ pub struct Analysis {
     /// The ceilings used per machine, and where they came from.
     pub ceilings: BTreeMap<String, (Ceilings, CeilingSource)>,
     /// What a reader must see on the first screen: ratios resting on slow engines, sides never
-    /// checked against a library, verdicts resting on unverified records.
+    /// checked against a library, ratios below their roofline bound, verdicts resting on
+    /// unverified records.
     pub warnings: Vec<String>,
     /// Whether the records come from more than one machine.
     pub mixed_env: bool,
@@ -919,6 +920,10 @@ pub fn fmt_contexts(cs: &[usize]) -> String {
     cs.iter().map(|c| fmt_tokens(*c as f64)).collect::<Vec<_>>().join(", ")
 }
 
+/// A measured ratio below this share of its roofline bound is flagged: the dense side is far
+/// from the ceilings.
+pub const BELOW_ROOFLINE: f64 = 0.8;
+
 /// The first-screen warnings (see [`Analysis::warnings`]).
 fn warnings(set: &RecordSet, series: &[Series], pairs: &[Series], engines: &[EngineRow], mixed_env: bool) -> Vec<String> {
     let mut out = Vec::new();
@@ -974,7 +979,25 @@ fn warnings(set: &RecordSet, series: &[Series], pairs: &[Series], engines: &[Eng
             out.push(format!("{what} not checked against a library: no library {method} engine was measured {scope} (only {}).", ours.join(", ")));
         }
     }
-    // 3. A verdict resting on records that were never verified.
+    // 3. A measured ratio well below its roofline bound: the dense side runs far from the
+    // ceilings, so the ratio flatters DSA (GPU machines only: a CPU is not measured against the
+    // GPU ceilings).
+    for s in series.iter().filter(|s| s.points.iter().any(|p| set.records[p.dense_record].record.env.gpu.contains_key("name"))) {
+        let below: Vec<&Point> = s.points.iter().filter(|p| p.attn_ratio.ratio < BELOW_ROOFLINE * p.roofline.ratio).collect();
+        if let Some(p) = below.last() {
+            out.push(format!(
+                "{} {}: the measured ratio is below its roofline bound at {} ({:.3} vs {:.3} at {}): the dense side ({}) runs far from the ceilings, so the ratio flatters DSA.",
+                s.key.phase,
+                s.key.label(mixed_env),
+                fmt_contexts(&below.iter().map(|p| p.context).collect::<Vec<_>>()),
+                p.attn_ratio.ratio,
+                p.roofline.ratio,
+                fmt_tokens(p.context as f64),
+                set.records[p.dense_record].record.engine
+            ));
+        }
+    }
+    // 4. A verdict resting on records that were never verified.
     let mut unverified: Vec<String> = series
         .iter()
         .flat_map(|s| s.points.iter().flat_map(|p| [p.dense_record, p.dsa_record]))

@@ -23,8 +23,10 @@
 //!   FLOPs and bytes of the analytic model (`ctxcost_core::analytic`, DSA.md section 3). FP8
 //!   matrix work (the indexer at `fp8`) counts at twice the bf16 GEMM rate; attention computes
 //!   in bf16 at every precision (the FP8 cache is dequantised). The analytic model gives top-k
-//!   no FLOPs and no bytes (the scores stay on chip in a fused kernel), so its bound is zero:
-//!   the roofline ratio is a floor no kernel can beat, not a forecast.
+//!   no FLOPs and no bytes (the scores stay on chip in a fused kernel), so its bound is zero.
+//!   The roofline ratio is what the method gives with both sides at the hardware's limits: a
+//!   measured ratio above it is the DSA kernels' gap, one below it a dense side far from its
+//!   ceilings.
 
 use ctxcost_core::analytic::{case_work, indexer_bytes_per_token};
 use ctxcost_core::record::Status;

@@ -355,6 +355,10 @@ fn slow_engine_and_unchecked_sides_are_warned_on_the_first_screen() {
     assert!(w.contains("dense baseline not checked against a library: no library dense engine was measured for decode tiny fp8 B=4 1 token/step (only dense-cuda)"), "{w}");
     // Every record here was verified.
     assert!(!w.contains("not verified"), "{w}");
+    // At the default (H200) ceilings, dense fp8 (dense-cuda, 12 and 48 ms) is far from its
+    // roofline: the measured ratio (1.5 / 12, 3 / 48) lies well below the bound.
+    assert!(w.contains("decode tiny fp8 B=4 1 token/step: the measured ratio is below its roofline bound at 1K, 4K"), "{w}");
+    assert!(w.contains("the dense side (dense-cuda) runs far from the ceilings"), "{w}");
 
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("peers-report");
     let _ = std::fs::remove_dir_all(&out);
