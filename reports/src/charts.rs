@@ -293,7 +293,8 @@ fn log_bounds(vals: impl Iterator<Item = f64>) -> Option<(f64, f64)> {
         return None;
     }
     if hi / lo < 3.0 {
-        let mid = (hi * lo).sqrt();
+        // sqrt(hi) * sqrt(lo), not sqrt(hi * lo): the product overflows beyond 1e154.
+        let mid = hi.sqrt() * lo.sqrt();
         Some((mid / 2.5, mid * 2.5))
     } else {
         Some((lo / 1.3, hi * 1.3))
