@@ -35,7 +35,7 @@ pub const QUESTION: &str = "At which context lengths does sparse attention (DSA)
 
 /// What the headline ratio is.
 pub const HEADLINE_BASIS: &str =
-    "sparse/dense attention-only marginal cost per token (the cost of a token at that position, as in DeepSeek's Fig. 3), median ratio with its 95% bootstrap CI over paired samples";
+    "sparse/dense attention-only marginal cost per token (the cost of a token at that position, as in DeepSeek's Fig. 3), median ratio with its 95% bootstrap CI (paired where the two engines were sampled in lockstep)";
 
 /// The measured contexts of a series: `4K` or `4K-128K`.
 fn context_span(s: &Series) -> String {
@@ -134,10 +134,10 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
         }
     }
     out.push_str(&format!(
-        "; ratio at {}: {} ({} CI); roofline bound there: {:.2}",
+        "; ratio at {}: {} (CI {}); roofline bound there: {:.2}",
         fmt_tokens(last.context as f64),
         r3(&last.attn_ratio),
-        if last.lockstep { "paired" } else { "unpaired, not sampled in lockstep" },
+        if last.lockstep { "paired" } else { "unpaired: not sampled in lockstep" },
         last.roofline.ratio
     ));
     let sure = ctx_list(&|p| p.attn_ratio.hi <= 0.5);

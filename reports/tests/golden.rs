@@ -336,7 +336,7 @@ fn verdict_uses_the_fastest_verified_engine_of_each_method() {
     let lines = r.verdict_lines().join("\n");
     assert!(lines.contains("decode: tiny bf16 B=4 1 token/step: holds from about 2K [2K, 2K] up to 4K; DSA (dsa-cuda) vs dense (cudnn-sdpa)"), "{lines}");
     // The CLI and the report say the CI is unpaired.
-    assert!(lines.contains("unpaired, not sampled in lockstep"), "{lines}");
+    assert!(lines.contains("ratio at 4K: 0.25 [0.25, 0.25] (CI unpaired: not sampled in lockstep); roofline bound there: 0.42"), "{lines}");
 }
 
 #[test]
