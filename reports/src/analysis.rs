@@ -505,6 +505,9 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
     })
 }
 
+/// The record of each side by context: (dense, DSA).
+type ByContext = (BTreeMap<usize, usize>, BTreeMap<usize, usize>);
+
 /// Usable records of a series by context and method.
 type Candidates = BTreeMap<usize, BTreeMap<Method, Vec<usize>>>;
 
@@ -559,7 +562,7 @@ pub fn analyse(set: &RecordSet, settings: &CostSettings, yardstick: &Yardstick, 
 
     // The engine table and the fastest engine of each method at each point.
     let mut engines = Vec::new();
-    let mut best: BTreeMap<SeriesKey, (BTreeMap<usize, usize>, BTreeMap<usize, usize>)> = BTreeMap::new();
+    let mut best: BTreeMap<SeriesKey, ByContext> = BTreeMap::new();
     for (key, by_ctx) in &cands {
         let b = best.entry(key.clone()).or_default();
         for (&ctx, by_method) in by_ctx {
