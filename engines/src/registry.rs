@@ -91,6 +91,7 @@ pub const ENGINES: &[EngineEntry] = &[
     peer!("flashinfer", Method::Dense, "library peer: FlashInfer MLA decode (BatchMLAPagedAttentionWrapper, fa3 on sm_90; bf16, fp8 per-tensor scaled KV)"),
     peer!("flash-mla", Method::Dense, "library peer: FlashMLA dense MLA decode"),
     peer!("flash-mla-dsa", Method::Dsa, "library peer: DSA from DeepGEMM's FP8 indexer logits, exact top-k and FlashMLA's sparse attention"),
+    peer!("deep-gemm", Method::Dsa, "library peer: DSA with DeepGEMM's FP8 MQA logits as the indexer, exact top-k and sparse MQA in PyTorch"),
     peer!("numpy-dense", Method::Dense, "library peer on the CPU: dense attention in numpy (the protocol's CPU example; tiny/small shapes)"),
     peer!("numpy-dsa", Method::Dsa, "library peer on the CPU: DSA in numpy (the protocol's CPU example; tiny/small shapes)"),
 ];

@@ -267,3 +267,41 @@ fn timing_tiny_8k() {
         }
     }
 }
+
+/// Every engine of the table that can run here (probe ok, case supported) passes the same
+/// verification on fresh seeds: ours, and the library peers whose libraries are installed
+/// (external workers speak the protocol of `peers/PROTOCOL.md`).
+#[test]
+fn every_available_engine_of_the_table_matches_the_reference() {
+    let grid = [(Phase::Prefill, 100, 9, 1), (Phase::Prefill, 64, 64, 1), (Phase::Decode, 300, 1, 2), (Phase::Decode, 200, 2, 2)];
+    let mut verified = Vec::new();
+    for entry in ctxcost_engines::ENGINES {
+        if (entry.probe)().is_err() {
+            eprintln!("{}: not available here", entry.id);
+            continue;
+        }
+        for precision in [Precision::F32, Precision::Bf16] {
+            for &(phase, context, query_len, batch) in &grid {
+                let mut c = case(entry.id, phase, precision, context, query_len, batch);
+                c.method = entry.method;
+                let mut e = (entry.make)();
+                if let Support::No(why) = e.supports(&c) {
+                    eprintln!("{}: skips {}: {why}", entry.id, c.key());
+                    continue;
+                }
+                let inputs = Inputs::seeded(c.seed);
+                e.prepare(&c, &inputs).unwrap_or_else(|err| panic!("prepare {} seed {}: {err}", c.key(), c.seed));
+                let out = e.output().unwrap_or_else(|err| panic!("output {}: {err}", c.key()));
+                let v = verify(&c, &inputs, &out, &e.verify_rows(&c));
+                assert!(v.passed, "{} seed {}: {:?}", c.key(), c.seed, v);
+                let t = e.run().unwrap_or_else(|err| panic!("run {}: {err}", c.key()));
+                assert!(t.total_ms > 0.0 && t.total_ms.is_finite(), "{}: {} ms", c.key(), t.total_ms);
+                e.release();
+                verified.push(c.key());
+            }
+        }
+    }
+    for ours in ["dense-cpu", "dsa-cpu"] {
+        assert!(verified.iter().any(|k| k.starts_with(ours)), "{ours} was not verified: {verified:?}");
+    }
+}
