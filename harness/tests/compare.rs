@@ -228,7 +228,7 @@ fn bad_input_exits_2() {
     std::fs::write(&bad, "{\"schema_version\": 1}\n").unwrap();
     let o = compare(&[good.as_os_str(), bad.as_os_str()]);
     assert_eq!(o.status.code(), Some(2), "{}", show(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.jsonl line 1"), "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.jsonl:1"), "{}", show(&o));
     // A bad threshold.
     let o = compare(&[good.as_os_str(), good.as_os_str(), "--threshold=-0.1".as_ref()]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("--threshold -0.1"), "{}", show(&o));
