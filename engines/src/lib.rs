@@ -22,7 +22,7 @@ pub mod registry;
 
 use ctxcost_core::{Case, Inputs};
 
-pub use registry::{available_engines, backend_of, engine_ids, make_engine, make_engine_with, method_of, EngineEntry, EngineInfo, ENGINES};
+pub use registry::{available_engines, backend_of, engine_ids, engines, make_engine, make_engine_with, method_of, EngineEntry, EngineInfo};
 
 /// Errors of engines.
 #[derive(Debug, thiserror::Error)]

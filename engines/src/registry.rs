@@ -3,17 +3,27 @@
 //! Each entry gives an engine's id, method (`dense` | `dsa`), backend (`cpu`, `cuda`,
 //! `external`, `http`), description, availability probe and constructor. Code asks the table
 //! for an engine's method and backend; it never reads them from the id's spelling. Adding a
-//! native engine is one module and one entry here; adding a library peer is one adapter in
-//! `peers/` and one entry; a user's own worker needs no entry at all (`--external
-//! ID:METHOD=COMMAND` makes one at run time).
+//! native engine is one module and one entry here. The library peers of `peers/` are listed
+//! once, in `peers/ctxcost_peers/adapters.json`, which both this table and the Python package
+//! read: adding a peer is its adapter module and one entry there. A user's own worker needs
+//! no entry at all (`--external ID:METHOD=COMMAND` makes one at run time).
 
 use ctxcost_core::{Backend, Method};
 
 use crate::external::{ExternalSpec, External};
 use crate::{cpu, Engine};
 
-/// One engine this build knows.
+/// How an entry makes its engine.
 #[derive(Debug, Clone, Copy)]
+pub enum Make {
+    /// A native engine's constructor.
+    Native(fn() -> Box<dyn Engine>),
+    /// A library peer served by `python3 -m ctxcost_peers ID`.
+    Peer,
+}
+
+/// One engine this build knows.
+#[derive(Debug, Clone)]
 pub struct EngineEntry {
     pub id: &'static str,
     pub method: Method,
@@ -22,7 +32,17 @@ pub struct EngineEntry {
     /// `Ok(())` when it may run here, else why not. Cheap: external entries only check that
     /// their worker package can be found (the worker's own `hello` says more when it runs).
     pub probe: fn() -> Result<(), String>,
-    pub make: fn() -> Box<dyn Engine>,
+    pub make: Make,
+}
+
+impl EngineEntry {
+    /// A new engine of this entry.
+    pub fn make(&self) -> Box<dyn Engine> {
+        match self.make {
+            Make::Native(f) => f(),
+            Make::Peer => Box::new(External::new(ExternalSpec::peer(self.id, self.method))),
+        }
+    }
 }
 
 fn always() -> Result<(), String> {
@@ -36,29 +56,15 @@ fn peers_found() -> Result<(), String> {
     }
 }
 
-/// A library peer served by `python3 -m ctxcost_peers ID`.
-macro_rules! peer {
-    ($id:literal, $method:expr, $desc:literal) => {
-        EngineEntry {
-            id: $id,
-            method: $method,
-            backend: Backend::External,
-            description: $desc,
-            probe: peers_found,
-            make: || Box::new(External::new(ExternalSpec::peer($id, $method))),
-        }
-    };
-}
-
-/// Every engine of this build.
-pub const ENGINES: &[EngineEntry] = &[
+/// Our native engines.
+const NATIVE: &[EngineEntry] = &[
     EngineEntry {
         id: "dense-cpu",
         method: Method::Dense,
         backend: Backend::Cpu,
         description: "dense MLA on the CPU (candle-core; MHA-mode prefill, MQA-mode decode; f32, bf16)",
         probe: always,
-        make: || Box::new(cpu::DenseCpu::new()),
+        make: Make::Native(|| Box::new(cpu::DenseCpu::new())),
     },
     EngineEntry {
         id: "dsa-cpu",
@@ -66,7 +72,7 @@ pub const ENGINES: &[EngineEntry] = &[
         backend: Backend::Cpu,
         description: "DSA on the CPU (candle-core; indexer, top-k, sparse MQA; f32, bf16)",
         probe: always,
-        make: || Box::new(cpu::DsaCpu::new()),
+        make: Make::Native(|| Box::new(cpu::DsaCpu::new())),
     },
     EngineEntry {
         id: "dense-cuda",
@@ -74,7 +80,7 @@ pub const ENGINES: &[EngineEntry] = &[
         backend: Backend::Cuda,
         description: "dense MLA on an NVIDIA GPU (NVRTC kernels; bf16 prefill, bf16/fp8 decode)",
         probe: cuda_available,
-        make: make_dense_cuda,
+        make: Make::Native(make_dense_cuda),
     },
     EngineEntry {
         id: "dsa-cuda",
@@ -82,28 +88,42 @@ pub const ENGINES: &[EngineEntry] = &[
         backend: Backend::Cuda,
         description: "DSA on an NVIDIA GPU (NVRTC kernels; bf16/fp8 indexer, radix top-k, sparse MQA)",
         probe: cuda_available,
-        make: make_dsa_cuda,
+        make: Make::Native(make_dsa_cuda),
     },
-    peer!("cudnn-sdpa", Method::Dense, "library peer: PyTorch SDPA on its cuDNN backend (dense MHA-mode prefill, bf16, bottom-right causal)"),
-    peer!("flash-sdpa", Method::Dense, "library peer: PyTorch SDPA on its FlashAttention backend (dense MHA-mode prefill, bf16)"),
-    peer!("torch-eager-dense", Method::Dense, "library peer: dense MLA in plain PyTorch (matmul, softmax), the floor every engine must beat"),
-    peer!("torch-eager-dsa", Method::Dsa, "library peer: DSA in plain PyTorch (indexer by matmul, torch.topk, gather)"),
-    peer!("flashinfer", Method::Dense, "library peer: FlashInfer MLA decode (BatchMLAPagedAttentionWrapper, fa3 on sm_90; bf16, fp8 per-tensor scaled KV)"),
-    peer!("flash-mla", Method::Dense, "library peer: FlashMLA dense MLA decode"),
-    peer!("flash-mla-dsa", Method::Dsa, "library peer: DSA from DeepGEMM's FP8 indexer logits, exact top-k and FlashMLA's sparse attention"),
-    peer!("deep-gemm", Method::Dsa, "library peer: DSA with DeepGEMM's FP8 MQA logits as the indexer, exact top-k and sparse MQA in PyTorch"),
-    peer!("numpy-dense", Method::Dense, "library peer on the CPU: dense attention in numpy (the protocol's CPU example; tiny/small shapes)"),
-    peer!("numpy-dsa", Method::Dsa, "library peer on the CPU: DSA in numpy (the protocol's CPU example; tiny/small shapes)"),
 ];
+
+/// The peers' list, shared with the Python package.
+const PEERS_JSON: &str = include_str!("../../peers/ctxcost_peers/adapters.json");
+
+#[derive(serde::Deserialize)]
+struct PeerLine {
+    id: String,
+    method: Method,
+    description: String,
+}
+
+/// Every engine of this build: ours, then the library peers.
+pub fn engines() -> &'static [EngineEntry] {
+    static TABLE: std::sync::OnceLock<Vec<EngineEntry>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let peers: Vec<PeerLine> = serde_json::from_str(PEERS_JSON).expect("peers/ctxcost_peers/adapters.json is a list of {id, method, description, ...}");
+        let mut t = NATIVE.to_vec();
+        for p in peers {
+            let description: &'static str = Box::leak(format!("library peer: {}", p.description).into_boxed_str());
+            t.push(EngineEntry { id: Box::leak(p.id.into_boxed_str()), method: p.method, backend: Backend::External, description, probe: peers_found, make: Make::Peer });
+        }
+        t
+    })
+}
 
 /// The entry of an id, if this build knows it.
 pub fn entry(id: &str) -> Option<&'static EngineEntry> {
-    ENGINES.iter().find(|e| e.id == id)
+    engines().iter().find(|e| e.id == id)
 }
 
 /// Every engine id this build can name.
 pub fn engine_ids() -> Vec<&'static str> {
-    ENGINES.iter().map(|e| e.id).collect()
+    engines().iter().map(|e| e.id).collect()
 }
 
 /// The method of an engine: from the table, or from a user's `--external` spec.
@@ -132,7 +152,7 @@ pub struct EngineInfo {
 
 /// Describe every engine and probe whether it can run here (never panics without a GPU).
 pub fn available_engines() -> Vec<EngineInfo> {
-    ENGINES
+    engines()
         .iter()
         .map(|e| EngineInfo { id: e.id, method: e.method, backend: e.backend, description: e.description, available: (e.probe)() })
         .collect()
@@ -177,7 +197,7 @@ pub fn make_engine_with(id: &str, external: &[ExternalSpec]) -> Result<Box<dyn E
         return Ok(Box::new(External::new(spec.clone())));
     }
     match entry(id) {
-        Some(e) => Ok((e.make)()),
+        Some(e) => Ok(e.make()),
         None => Err(format!("unknown engine `{id}` (choose from: {}, or plug one in with `--external ID:METHOD=COMMAND`)", engine_ids().join(", "))),
     }
 }
@@ -226,9 +246,11 @@ mod tests {
         let n = ids.len();
         ids.dedup();
         assert_eq!(ids.len(), n, "duplicate engine ids");
-        for e in ENGINES {
-            assert_eq!((e.make)().id(), e.id);
+        for e in engines() {
+            assert_eq!(e.make().id(), e.id);
         }
+        // The peers' list of the Python package is part of the table.
+        assert_eq!(backend_of("numpy-dsa", &[]), Some(Backend::External));
     }
 
     #[test]

@@ -275,7 +275,7 @@ fn timing_tiny_8k() {
 fn every_available_engine_of_the_table_matches_the_reference() {
     let grid = [(Phase::Prefill, 100, 9, 1), (Phase::Prefill, 64, 64, 1), (Phase::Decode, 300, 1, 2), (Phase::Decode, 200, 2, 2)];
     let mut verified = Vec::new();
-    for entry in ctxcost_engines::ENGINES {
+    for entry in ctxcost_engines::engines() {
         if (entry.probe)().is_err() {
             eprintln!("{}: not available here", entry.id);
             continue;
@@ -284,7 +284,7 @@ fn every_available_engine_of_the_table_matches_the_reference() {
             for &(phase, context, query_len, batch) in &grid {
                 let mut c = case(entry.id, phase, precision, context, query_len, batch);
                 c.method = entry.method;
-                let mut e = (entry.make)();
+                let mut e = entry.make();
                 if let Support::No(why) = e.supports(&c) {
                     eprintln!("{}: skips {}: {why}", entry.id, c.key());
                     continue;

@@ -50,16 +50,6 @@ pub fn check_output(path: &Path, resume: bool, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Check, without changing anything, that `--resume` can continue `path`: every line is a
-/// record but a torn last one. Returns the keys already recorded.
-pub fn check_resumable(path: &Path) -> Result<HashSet<String>> {
-    if !path.exists() {
-        return Ok(HashSet::new());
-    }
-    let c = jsonl::read(path, Mode::Strict).map_err(|e| anyhow::anyhow!("--resume: {e}; fix or move the file, or choose another --out"))?;
-    Ok(c.records.into_iter().map(|(_, r)| r.key).collect())
-}
-
 /// Open the output for a run and lock it. Without `resume` an existing file is refused (or
 /// emptied with `force`); with `resume` the keys of its complete records are returned.
 pub fn open_output(path: &Path, resume: bool, force: bool) -> Result<(RecordWriter, HashSet<String>)> {

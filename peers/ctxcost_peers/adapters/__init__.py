@@ -1,18 +1,16 @@
-"""The adapters: id -> (module, class, method). Modules are imported only when used, so a
-missing library never breaks the others."""
+"""The adapters, listed once in ``ctxcost_peers/adapters.json`` (id, method, module, class,
+description), which the Rust engine table reads too: adding a peer is its module here and one
+entry there. Modules are imported only when used, so a missing library never breaks the
+others."""
 
-ADAPTERS = {
-    "numpy-dense": ("numpy_ref", "NumpyDense", "dense"),
-    "numpy-dsa": ("numpy_ref", "NumpyDsa", "dsa"),
-    "torch-eager-dense": ("torch_eager", "TorchEagerDense", "dense"),
-    "torch-eager-dsa": ("torch_eager", "TorchEagerDsa", "dsa"),
-    "cudnn-sdpa": ("sdpa", "CudnnSdpa", "dense"),
-    "flash-sdpa": ("sdpa", "FlashSdpa", "dense"),
-    "flashinfer": ("flashinfer_mla", "FlashInferMla", "dense"),
-    "flash-mla": ("flash_mla", "FlashMlaDense", "dense"),
-    "flash-mla-dsa": ("flash_mla", "FlashMlaDsa", "dsa"),
-    "deep-gemm": ("deep_gemm", "DeepGemmDsa", "dsa"),
-}
+import json
+import os
+
+_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "adapters.json")
+
+with open(_LIST) as _f:
+    #: id -> (module, class, method)
+    ADAPTERS = {e["id"]: (e["module"], e["class"], e["method"]) for e in json.load(_f)}
 
 
 def load(adapter_id):
