@@ -48,7 +48,7 @@ if has ceilings && [ -x "$BIN" ]; then
 fi
 
 if has run && [ -x "$BIN" ]; then
-    ENGINES=${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,torch-eager-dense,torch-eager-dsa,flashinfer,flash-mla,flash-mla-dsa,deep-gemm}
+    ENGINES=${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,efficient-sdpa,torch-eager-dense,torch-eager-dsa,flashinfer,flash-mla,flash-mla-dsa,deep-gemm}
     echo "== ctxcost run --preset h200 --engines $ENGINES"
     args=(run --preset h200 --engines "$ENGINES" --out "$OUT/h200.jsonl" --force --no-report)
     [ -n "${CONTEXTS:-}" ] && args+=(--contexts "$CONTEXTS")
