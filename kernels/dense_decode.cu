@@ -573,9 +573,8 @@ __device__ __forceinline__ void dw_finish(const float* o, float m0, float m1, fl
 
 // TMA: key tiles by the copy engine (tensor map over the cache as [B*L rows, 576] bf16, box 64 x 64,
 // 128-byte swizzle: a tile is 9 boxes of 8 KB counted on the buffer's mbarrier), else cp.async into
-// dw_off tiles. DIAG (timing experiments only, wrong results): 1 skips the math, 2 skips every key
-// load after the first tile.
-template <bool TMA, int DIAG>
+// dw_off tiles.
+template <bool TMA>
 __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                         u16* __restrict__ out, float* __restrict__ ws_o,
                                                         float2* __restrict__ ws_ml, int H, int L, int q_len,
@@ -649,21 +648,20 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
                 fence_proxy_async();
             }
             __syncthreads();  // Q in place; both warpgroups are done with tile j-1 and P
-            if (tid == 0 && j + 1 < n_tiles && (DIAG != 2 || j == 0)) issue_tma(j + 1);
+            if (tid == 0 && j + 1 < n_tiles) issue_tma(j + 1);
             __syncwarp();
-            if (DIAG != 2 || j < 2) mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+            mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
             __syncwarp();  // the lanes leave the wait together (wgmma instructions follow, .aligned)
         } else {
             cp_async_wait<0>();
             fence_proxy_async();
             __syncthreads();  // tile j (and Q) in place; both warpgroups are done with tile j-1 and P
-            if (j + 1 < n_tiles && (DIAG != 2 || j == 0)) {
+            if (j + 1 < n_tiles) {
                 dw_load_rows((j & 1) ? aK0 : aK1, cache_b + (size_t)(tile_key + DC_BN) * DC_D,
                              key_end - tile_key - DC_BN, warp, lane);
                 cp_async_commit();
             }
         }
-        if (DIAG == 1) continue;
 
         // S = Q K^T, keys 32wg.. of the tile: thread holds s[4i..4i+1] (row lr0, keys 8i+2t, +1), s[4i+2..] (lr1).
         float s[16];
@@ -703,16 +701,12 @@ __device__ __forceinline__ void dense_decode_wgmma_body(const u16* __restrict__ 
 #endif
 }
 
-#ifndef DW_DIAG
-#define DW_DIAG 0
-#endif
-
 extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
     dense_decode_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, u16* __restrict__ out,
                             float* __restrict__ ws_o, float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits,
                             int tiles_per_split, float scale_log2) {
-    dense_decode_wgmma_body<false, DW_DIAG>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split,
-                                            scale_log2, nullptr);
+    dense_decode_wgmma_body<false>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split, scale_log2,
+                                   nullptr);
 }
 
 // As dense_decode_bf16_wgmma, with the key tiles brought in by the copy engine through `tmap`.
@@ -721,8 +715,8 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
                                 const u16* __restrict__ cache, u16* __restrict__ out, float* __restrict__ ws_o,
                                 float2* __restrict__ ws_ml, int H, int L, int q_len, int n_splits, int tiles_per_split,
                                 float scale_log2) {
-    dense_decode_wgmma_body<true, DW_DIAG>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split,
-                                           scale_log2, &tmap);
+    dense_decode_wgmma_body<true>(Q, cache, out, ws_o, ws_ml, H, L, q_len, n_splits, tiles_per_split, scale_log2,
+                                  &tmap);
 }
 
 // Pipelined TMA variant: P(j) V(j) and Q K(j+1)^T are issued back to back, so the tensor cores

@@ -39,7 +39,7 @@ BUILDS = [
     ("dense_decode.cu", [[SM90], [SM90, "-DDC_FP8_HWCVT"], [SM90A, "-DDC_FP8_HWCVT"], [SM90A]]),
     ("indexer.cu", [[SM90], [SM90A]]),
     ("topk.cu", [[SM90]]),
-    ("sparse_mla.cu", [[SM90], [SM90A], [SM90A, "-DSW_BULK_ROWS=32"], [SM90A, "-DSW_DECOUPLE=0"]]),
+    ("sparse_mla.cu", [[SM90], [SM90A]]),
 ]
 
 

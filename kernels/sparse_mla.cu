@@ -22,7 +22,8 @@
 // in 16-byte chunks (chunk ^ row&7), so ldmatrix is conflict free.
 //
 // On Hopper (compiled for sm_90a) the bf16 cache has wgmma variants with the same grid and output
-// (section "wgmma (sm_90a), bf16 cache" below); the engine runs sparse_mla_bf16_wgmma there.
+// (section "wgmma (sm_90a), bf16 cache" below); the engine runs sparse_mla_bf16_wgmma_split there by
+// default (kernel choice `sparse`: split, split2, early, bulk, cpa or mma).
 
 #define SM_BM 64      // heads per CTA
 #define SM_BN 64      // keys per tile
@@ -380,15 +381,14 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 //                                                                A = V^T by ldmatrix.trans, B = P^T)
 // Warpgroup w owns heads 32w..32w+31: its softmax (maxima over the 64 keys of the tile: within a
 // thread, over the lanes, over its four warps through shared memory) and its P^T never leave the
-// warpgroup, so the two warpgroups share only the tile buffers (by default they meet only through the
-// buffers' empty barriers, SW_DECOUPLE). A thread holds the same eight heads in S^T and in O^T, so the
+// warpgroup, so the two warpgroups share only the tile buffers (with bulk-copy gathers they meet only
+// through the buffers' empty barriers). A thread holds the same eight heads in S^T and in O^T, so the
 // rescale factors stay in registers.
 // Key rows land whole in shared memory, row r of a tile at r * 1152 + (r & 7) * 16 + (r >> 3) * 112: the
 // eight rows of an aligned group (those an ldmatrix phase reads) start on different 16-byte bank groups,
 // and no row overlaps the next. Two ways to gather a tile (entry points):
 //   sparse_mla_bf16_wgmma      one bulk copy per row (cp.async.bulk, 1152 bytes), 16 rows by each warp
-//                              of warpgroup 1 (with -DSW_DECOUPLE=0: 8 rows by each of the 8 warps; with
-//                              -DSW_BULK_ROWS=32: half of the rows by bulk copies, half by cp.async);
+//                              of warpgroup 1;
 //   sparse_mla_bf16_wgmma_cpa  cp.async, 16 bytes a thread at a time, by all 256 threads.
 // Both complete on the buffer's mbarrier; two tile buffers, tile j+2 is gathered once every warp is
 // done with tile j. On an H200 at B=64 the bulk-copy kernel reaches 244 TFLOP/s, cp.async 202, the
@@ -396,7 +396,7 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 // sequence (finite data) and their scores are masked, as in sparse_mla_bf16.
 // The A fragments are loaded four k-steps ahead in two register sets, and each set is reloaded only
 // after the wgmma group that reads it has completed (wgmma reads register operands asynchronously).
-// Variants (selected by the engine's CTXCOST_SPARSE_VARIANT, not measured yet):
+// Variants (kernel choice `sparse`; measured on the H200 in bench/NOTES.md, `split` is the default):
 //   sparse_mla_bf16_wgmma_early  each warp releases a tile buffer once it has issued the wgmma on its last
 //                                ldmatrix fragments of the tile (8 arrivals on the empty barrier), not
 //                                after the last wgmma completes, and warpgroup 1 gathers tile j+2 while
@@ -451,14 +451,7 @@ __device__ __forceinline__ void sw_mma_rs(float* d, const u32* a, u64 db) {
 }
 #endif
 
-// BULK: rows of a tile gathered by bulk copies (64, 32 or 0), the others by cp.async. SW_DIAG (timing
-// experiments only, wrong results): 1 skips the math, 2 skips every gather after the first two tiles.
-#ifndef SW_DIAG
-#define SW_DIAG 0
-#endif
-#ifndef SW_DECOUPLE
-#define SW_DECOUPLE 1
-#endif
+// BULK: rows of a tile gathered by bulk copies (64 or 0), the others by cp.async.
 template <int BULK, bool EARLY = false>
 __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q, const u16* __restrict__ cache,
                                                       const int* __restrict__ idx, u16* __restrict__ out, int H,
@@ -487,16 +480,16 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
     // Gather roles. Bulk rows 0..BULK-1: warp w, lane l < BULK/8 copies row w * BULK/8 + l (the copies of
     // a warp are issued one lane at a time, so the rows are spread over all warps). cp.async rows
     // BULK..63: TPR consecutive threads share a row, thread t copying its 16-byte chunks (t % TPR) + TPR m.
-    // Decoupled (SW_DECOUPLE, the default with all rows by bulk copies; 1-2% faster than a __syncthreads
-    // per tile on the H200): the warpgroups do not meet at the end of a tile;
+    // Decoupled (with all rows by bulk copies; 1-2% faster than a __syncthreads per tile on the H200):
+    // the warpgroups do not meet at the end of a tile;
     // warpgroup 0 only signals the buffer's empty barrier, and warpgroup 1 (warp w, lanes < 16 copying
     // rows 16 (w - 4) + lane) waits for it and gathers the next tile into the buffer.
-    constexpr bool DEC = SW_DECOUPLE && BULK == SM_BN;
+    constexpr bool DEC = BULK == SM_BN;
     // Early release (sparse_mla_bf16_wgmma_early; decoupled bulk gathers only, else as the default): every
     // warp arrives on the buffer's empty barrier (8 arrivals) once it has issued the wgmma group on its last
     // ldmatrix fragments of the tile, and warpgroup 1 gathers tile j+2 while its own last value-product
     // groups are still in flight.
-    constexpr bool ER = EARLY && DEC && SW_DIAG == 0;
+    constexpr bool ER = EARLY && DEC;
     constexpr int CPR = SM_BN - BULK, TPR = CPR ? SM_THREADS / CPR : 1, BPW = DEC ? 0 : BULK / 8;
     const int brow = DEC ? (warp - 4) * 16 + lane : warp * BPW + lane, crow = BULK + tid / TPR;
     const bool bulk_lane = DEC ? (wg == 1 && lane < 16) : (lane < BPW);
@@ -577,10 +570,8 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 
     for (int j = 0; j < n_tiles; j++) {
         const u32 kb = (j & 1) ? aK1 : aK0;
-        if (SW_DIAG != 2 || j < 2) mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
+        mb_wait((j & 1) ? bar1 : bar0, (u32)(j >> 1) & 1u);
         __syncwarp();
-        if (SW_DIAG != 1) {
-
         // S^T = K Q^T for the tile's 64 keys and this warpgroup's 32 heads.
         float s[16];
 #pragma unroll
@@ -727,7 +718,6 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
 #pragma unroll
             for (int mb = 0; mb < 8; mb++) wg_fence_acc<16>(o[mb]);
         }
-        }  // SW_DIAG != 1
         if (ER) {
             // released and gathered inside the value product above
         } else if (DEC) {
@@ -737,7 +727,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
                 if (lane == 0) mb_arrive(bare);
             } else {
                 sw_wg_bar(1);  // warpgroup 1 is done with buffer j & 1
-                if (j + 2 < n_tiles && SW_DIAG != 2) {
+                if (j + 2 < n_tiles) {
                     mb_wait(bare, (u32)(j >> 1) & 1u);  // and so is warpgroup 0
                     __syncwarp();
                     gather(j + 2);
@@ -746,7 +736,7 @@ __device__ __forceinline__ void sparse_mla_wgmma_body(const u16* __restrict__ Q,
             }
         } else {
             __syncthreads();  // every warp is done with buffer j & 1
-            if (j + 2 < n_tiles && SW_DIAG != 2) {
+            if (j + 2 < n_tiles) {
                 gather(j + 2);
                 fetch_keys(j + 3);
             }
@@ -1214,15 +1204,10 @@ __device__ __forceinline__ void sparse_mla_wgmma_split_body(const u16* __restric
 #endif
 }
 
-// Rows of a tile that sparse_mla_bf16_wgmma gathers by bulk copies (64 or 32; the rest by cp.async).
-#ifndef SW_BULK_ROWS
-#define SW_BULK_ROWS 64
-#endif
-
 extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                           u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
-    sparse_mla_wgmma_body<SW_BULK_ROWS>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+    sparse_mla_wgmma_body<SM_BN>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
 // As sparse_mla_bf16_wgmma, each warp releasing a tile buffer once its last ldmatrix fragments of the tile
@@ -1231,7 +1216,7 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
     sparse_mla_bf16_wgmma_early(const u16* __restrict__ Q, const u16* __restrict__ cache, const int* __restrict__ idx,
                                 u16* __restrict__ out, int H, int L, int q_len, int k, float scale_log2) {
-    sparse_mla_wgmma_body<SW_BULK_ROWS, true>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
+    sparse_mla_wgmma_body<SM_BN, true>(Q, cache, idx, out, H, L, q_len, k, scale_log2);
 }
 
 // The value product split over the value dims between the warpgroups (see sparse_mla_wgmma_split_body).
