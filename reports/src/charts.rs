@@ -19,10 +19,11 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::register_font;
 
-use crate::analysis::{fmt_tokens, Analysis, BreakEven, Crossing, Series};
+use crate::format::fmt_tokens;
+use crate::analysis::{Analysis, BreakEven, Crossing, Series};
 use crate::load::RecordSet;
 use crate::reference::Fig3;
-use crate::report::ReportError;
+use crate::error::ReportError;
 
 /// DejaVu Sans (Bitstream Vera license, `reports/assets/DejaVuSans-LICENSE.txt`).
 pub const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");

@@ -14,7 +14,7 @@ use ctxcost_core::record::Record;
 use ctxcost_core::stats::{ratio_ci, RatioCi};
 use ctxcost_core::Phase;
 
-use crate::analysis::fmt_tokens;
+use crate::format::fmt_tokens;
 use crate::load::RecordSet;
 
 /// One side of one case.
@@ -221,6 +221,8 @@ mod tests {
             prompt_fit: String::new(),
             max_tokens: 1,
             slo: Default::default(),
+            planned_requests: 0,
+            not_run: None,
             requests: reqs,
             metrics: Default::default(),
             cache: Default::default(),

@@ -14,7 +14,7 @@ use ctxcost_core::record::{Record, Status};
 use ctxcost_core::stats;
 use polars::prelude::*;
 
-use crate::report::ReportError;
+use crate::error::ReportError;
 
 /// One record and where it came from.
 #[derive(Debug, Clone)]

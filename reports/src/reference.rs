@@ -5,7 +5,7 @@
 
 use ctxcost_core::Phase;
 
-use crate::report::ReportError;
+use crate::error::ReportError;
 
 /// The Fig. 3 samples as shipped (`reports/data/deepseek-v32-exp-fig3.csv`).
 pub const FIG3_CSV: &str = include_str!("../data/deepseek-v32-exp-fig3.csv");

@@ -18,80 +18,13 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 
-use crate::analysis::{self, Analysis, CostSettings, Yardstick};
+use crate::analysis::{self, Yardstick};
 use crate::charts;
 use crate::load::{self, RecordSet};
-use crate::reference::{self, ApiPrice, Fig3};
+use crate::reference::{self, Fig3};
 use crate::render;
-use crate::verdict;
-
-/// Errors of the report.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    #[error("cannot read record file {path}: {source}")]
-    ReadRecords { path: String, source: std::io::Error },
-    #[error("no records: {0}")]
-    NoRecords(String),
-    #[error("cannot write {path}: {source}")]
-    Write { path: String, source: std::io::Error },
-    #[error("invalid API price table, line {line}: {why}")]
-    Prices { line: usize, why: String },
-    #[error("cannot read API price table {path}: {source}")]
-    ReadPrices { path: String, source: std::io::Error },
-    #[error("invalid setting {flag} = {value}: {why}")]
-    Setting { flag: &'static str, value: String, why: String },
-    #[error("data frame: {0}")]
-    Frame(String),
-    #[error("chart {chart}: {why}")]
-    Chart { chart: String, why: String },
-}
-
-/// Settings of a report.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ReportOptions {
-    pub cost: CostSettings,
-    /// Replace the shipped API price table with this CSV (same columns).
-    pub api_prices: Option<PathBuf>,
-}
-
-impl ReportOptions {
-    /// Reject settings that make no sense; the error names the flag.
-    pub fn validate(&self) -> Result<(), ReportError> {
-        let pos = |flag: &'static str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(ReportError::Setting { flag, value: v.to_string(), why: "must be a positive number".into() })
-            }
-        };
-        pos("--usd-per-gpu-hour", self.cost.usd_per_gpu_hour)?;
-        pos("--other-tflops", self.cost.other_tflops)?;
-        Ok(())
-    }
-}
-
-/// A report, computed and ready to write.
-#[derive(Debug, Clone)]
-pub struct Report {
-    pub options: ReportOptions,
-    /// What the verdict is measured against: engine pairs and ceilings.
-    pub yardstick: Yardstick,
-    pub set: RecordSet,
-    pub analysis: Analysis,
-    pub fig3: Fig3,
-    pub prices: Vec<ApiPrice>,
-    /// Where the price table came from (`shipped` or a path).
-    pub prices_from: String,
-    /// Remote endpoint cases (empty when the records hold none).
-    pub endpoints: crate::endpoint::EndpointAnalysis,
-}
-
-impl Report {
-    /// The verdict lines (also at the top of the HTML and Markdown).
-    pub fn verdict_lines(&self) -> Vec<String> {
-        verdict::lines(&self.analysis, &self.set, &self.fig3)
-    }
-}
+pub use crate::error::ReportError;
+pub use crate::model::{Report, ReportOptions};
 
 /// Check the yardstick inputs; the error names the flag.
 pub fn validate_yardstick(y: &Yardstick) -> Result<(), ReportError> {

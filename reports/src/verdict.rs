@@ -10,7 +10,8 @@
 
 use ctxcost_core::Phase;
 
-use crate::analysis::{fmt_tokens, crossing, Analysis, Crossing, Pairing, Series};
+use crate::format::fmt_tokens;
+use crate::analysis::{crossing, Analysis, Crossing, Pairing, Series};
 use crate::load::RecordSet;
 use crate::reference::Fig3;
 
