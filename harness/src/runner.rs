@@ -41,7 +41,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         if already > 0 { format!(", {already} already recorded") } else { String::new() },
         plan.out.display()
     );
-    let env = envinfo::capture();
+    let mut env = envinfo::capture();
+    same_run_ceilings(&plan, &mut env);
     let tool = envinfo::tool();
     let exe = std::env::current_exe().context("locating the ctxcost binary")?;
     let tty = std::io::stderr().is_terminal();
@@ -130,6 +131,38 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         write_report(&plan.out, dir);
     }
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// When the sweep runs on a GPU, measure the copy bandwidth and the bf16 GEMM rate once
+/// before it and keep them in every record's `env.gpu` (`copy_tbps`, `gemm_bf16_tflops`):
+/// the report's roofline bound then uses this run's ceilings, not assumed ones.
+fn same_run_ceilings(plan: &crate::cli::Plan, env: &mut ctxcost_core::record::Environment) {
+    use ctxcost_core::Backend;
+    let gpu = plan.sweep.engines.iter().any(|id| matches!(ctxcost_engines::backend_of(id, &plan.external), Some(Backend::Cuda | Backend::External)));
+    if !gpu || ctxcost_engines::registry::cuda_available().is_err() {
+        return;
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use ctxcost_engines::cuda::ceilings;
+        match ceilings::copy_tbps() {
+            Ok(v) => {
+                env.gpu.insert("copy_tbps".into(), format!("{v:.3}"));
+            }
+            Err(e) => eprintln!("note: copy bandwidth not measured ({e}); the report assumes one"),
+        }
+        match ceilings::gemm_tflops() {
+            Ok(v) => {
+                env.gpu.insert("gemm_bf16_tflops".into(), format!("{v:.1}"));
+            }
+            Err(e) => eprintln!("note: GEMM rate not measured ({e}); the report assumes one"),
+        }
+        eprintln!(
+            "same-run ceilings: copy {} TB/s, bf16 GEMM {} TFLOP/s",
+            env.gpu.get("copy_tbps").map(String::as_str).unwrap_or("-"),
+            env.gpu.get("gemm_bf16_tflops").map(String::as_str).unwrap_or("-")
+        );
+    }
 }
 
 /// The cause a dying child left on stderr: a panic's message (not Rust's backtrace hint), an
