@@ -108,6 +108,9 @@ pub fn dense_uses_mha(case: &Case) -> bool {
 /// The analytic work of a case, counting causal visibility exactly: query `i` at position
 /// `p = context - query_len + i` sees `p + 1` keys (DSA: min(k, p + 1) selected).
 pub fn case_work(case: &Case) -> Work {
+    if case.is_rest() {
+        return crate::rest::work(case);
+    }
     let s = &case.shape;
     let b = case.batch as f64;
     let fp8 = case.precision == Precision::Fp8;
@@ -151,6 +154,9 @@ pub fn case_work(case: &Case) -> Work {
 
 /// Bytes of the KV cache the case models (per layer, all sequences), for the memory columns.
 pub fn case_kv_bytes(case: &Case) -> f64 {
+    if case.is_rest() {
+        return 0.0;
+    }
     let fp8 = case.precision == Precision::Fp8;
     let v = match (case.is_sparse(), fp8) {
         (false, false) => Variant::DenseBf16,

@@ -84,13 +84,17 @@ impl fmt::Display for Precision {
     }
 }
 
-/// What an engine computes: dense attention, or DeepSeek sparse attention (indexer, top-k,
-/// sparse MQA). The engine table says which; code never reads it from an id's spelling.
+/// What an engine computes: dense attention, DeepSeek sparse attention (indexer, top-k,
+/// sparse MQA), or the rest of a layer (its non-attention GEMMs: projections, router, MoE or
+/// dense MLP, and the LM head; [`crate::rest`]). The engine table says which; code never reads
+/// it from an id's spelling. A `rest` case uses the case's token count (`batch x query_len`)
+/// and shape; its context does not change the work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     Dense,
     Dsa,
+    Rest,
 }
 
 impl Method {
@@ -98,13 +102,15 @@ impl Method {
         match self {
             Method::Dense => "dense",
             Method::Dsa => "dsa",
+            Method::Rest => "rest",
         }
     }
     pub fn parse(s: &str) -> Result<Self, CoreError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "dense" => Ok(Method::Dense),
             "dsa" | "sparse" => Ok(Method::Dsa),
-            _ => Err(CoreError::Unknown { kind: "method", value: s.into(), choices: "dense, dsa".into() }),
+            "rest" => Ok(Method::Rest),
+            _ => Err(CoreError::Unknown { kind: "method", value: s.into(), choices: "dense, dsa, rest".into() }),
         }
     }
     /// The method of a record written before cases carried one (schema 1 and 2): those ids
@@ -227,11 +233,17 @@ impl Case {
         self.method == Method::Dsa
     }
 
+    /// Whether this case measures the rest of a layer (not attention).
+    pub fn is_rest(&self) -> bool {
+        self.method == Method::Rest
+    }
+
     /// The key that identifies a case across runs (for `--resume` and comparisons):
-    /// everything but the seed.
+    /// everything but the seed. A `rest` case adds its expert-parallel degree.
     pub fn key(&self) -> String {
+        let ep = if self.is_rest() { format!("|ep={}", self.shape.ep) } else { String::new() };
         format!(
-            "{}|{}|{}|L={}|B={}|q={}|{}|k={}",
+            "{}|{}|{}|L={}|B={}|q={}|{}|k={}{ep}",
             self.engine,
             self.shape.name,
             self.phase,

@@ -5,8 +5,9 @@
 //! DSA.md section 3 ([`analytic`]), the seeded input generator that CPU and GPU engines
 //! reproduce bit for bit ([`inputs`]), the versioned record schema ([`record`]), the
 //! statistics used by the runner and the reports ([`stats`]), output verification
-//! helpers ([`verify`]), the records of remote endpoints ([`endpoint`]) and the API price
-//! table ([`prices`]). This crate knows no engine.
+//! helpers ([`verify`]), the records of remote endpoints ([`endpoint`]), the API price
+//! table ([`prices`]) and the GEMMs of the rest of a layer ([`rest`]). This crate knows no
+//! engine.
 
 pub mod analytic;
 pub mod case;
@@ -17,6 +18,7 @@ pub mod jsonl;
 pub mod numeric;
 pub mod prices;
 pub mod record;
+pub mod rest;
 pub mod shape;
 pub mod stats;
 pub mod units;

@@ -6,7 +6,9 @@
 //!   `http-<label>`); the key of such a record extends `Case::key` with the API, output
 //!   length and load.
 //! - 3: `case.method` (`dense` | `dsa`), from the engine table. Readers infer it for older
-//!   records from the id (`dsa-*` is DSA).
+//!   records from the id (`dsa-*` is DSA). Later within 3, readable by the same reader rules:
+//!   method `rest` (the rest of a layer, `rest-*` engines) and the shape's rest-of-layer
+//!   geometry and `ep` (absent in older records: 0, and 1 for `ep`).
 //!
 //! Readers must check `schema_version` and refuse records newer than they know.
 

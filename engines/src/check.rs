@@ -29,6 +29,9 @@ pub const FULL_CHECK_LIMIT: f64 = 4e9;
 impl Rows {
     /// Full comparison when the reference is cheap, else sampled rows.
     pub fn auto(case: &Case) -> Rows {
+        if case.is_rest() {
+            return crate::rest::verify_rows(case);
+        }
         let s = &case.shape;
         let per_pair = if case.is_sparse() {
             (s.index_heads * s.index_dim) as f64 + (case.effective_top_k() as f64 / case.context as f64) * (s.heads * (s.mqa_kv_dim() + s.mqa_v_dim())) as f64
@@ -70,8 +73,12 @@ impl Rows {
     }
 }
 
-/// Compare an engine's output with the reference on the chosen rows.
+/// Compare an engine's output with the reference on the chosen rows (`rest` cases: the
+/// GEMM elements of [`crate::rest`]).
 pub fn verify(case: &Case, inputs: &Inputs, out: &Output, rows: &Rows) -> Verification {
+    if case.is_rest() {
+        return crate::rest::verify(case, out, rows);
+    }
     let s = &case.shape;
     let tol = Tolerance::for_precision(case.precision);
     let dense_mha = !case.is_sparse() && case.phase == Phase::Prefill;

@@ -8,6 +8,7 @@
 //! - [`external`]: engines in another process (library peers in `peers/`, anyone's kernel),
 //!   spoken to over JSON lines (`peers/PROTOCOL.md`).
 //! - [`check`]: verification of an engine's output against the reference.
+//! - [`rest`]: what the `rest` engines (the rest of a layer's GEMMs) share: their verification.
 //! - [`registry`]: the engines this build knows, and whether each can run here.
 
 pub mod check;
@@ -19,6 +20,7 @@ pub mod http;
 pub mod external;
 pub mod reference;
 pub mod registry;
+pub mod rest;
 
 use ctxcost_core::{Case, Inputs};
 

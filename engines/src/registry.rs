@@ -1,6 +1,6 @@
 //! The engine table: the one place that knows the engines this build can run.
 //!
-//! Each entry gives an engine's id, method (`dense` | `dsa`), backend (`cpu`, `cuda`,
+//! Each entry gives an engine's id, method (`dense` | `dsa` | `rest`), backend (`cpu`, `cuda`,
 //! `external`, `http`), description, availability probe and constructor. Code asks the table
 //! for an engine's method and backend; it never reads them from the id's spelling. Adding a
 //! native engine is one module and one entry here. The library peers of `peers/` are listed
@@ -89,6 +89,22 @@ const NATIVE: &[EngineEntry] = &[
         description: "DSA on an NVIDIA GPU (NVRTC kernels; bf16/fp8 indexer, radix top-k, sparse MQA)",
         probe: cuda_available,
         make: Make::Native(make_dsa_cuda),
+    },
+    EngineEntry {
+        id: "rest-cpu",
+        method: Method::Rest,
+        backend: Backend::Cpu,
+        description: "the rest of a layer on the CPU (candle-core GEMMs: MLA and indexer projections, router, MoE with --ep, dense MLP, LM head; tiny/small; f32, bf16)",
+        probe: always,
+        make: Make::Native(|| Box::new(cpu::RestCpu::new())),
+    },
+    EngineEntry {
+        id: "rest-cuda",
+        method: Method::Rest,
+        backend: Backend::Cuda,
+        description: "the rest of a layer on an NVIDIA GPU (cuBLAS bf16 GEMMs: MLA and indexer projections, router, MoE with --ep, dense MLP, LM head)",
+        probe: cuda_available,
+        make: Make::Native(make_rest_cuda),
     },
 ];
 
@@ -180,6 +196,16 @@ fn make_dsa_cuda() -> Box<dyn Engine> {
     Box::new(crate::cuda::DsaCuda::new())
 }
 
+#[cfg(feature = "cuda")]
+fn make_rest_cuda() -> Box<dyn Engine> {
+    Box::new(crate::cuda::RestCuda::new())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn make_rest_cuda() -> Box<dyn Engine> {
+    Box::new(Unavailable { id: "rest-cuda" })
+}
+
 #[cfg(not(feature = "cuda"))]
 fn make_dense_cuda() -> Box<dyn Engine> {
     Box::new(Unavailable { id: "dense-cuda" })
@@ -258,6 +284,8 @@ mod tests {
         assert_eq!(method_of("cudnn-sdpa", &[]), Some(Method::Dense));
         assert_eq!(method_of("torch-eager-dsa", &[]), Some(Method::Dsa));
         assert_eq!(backend_of("dense-cuda", &[]), Some(Backend::Cuda));
+        assert_eq!((method_of("rest-cpu", &[]), method_of("rest-cuda", &[])), (Some(Method::Rest), Some(Method::Rest)));
+        assert_eq!(backend_of("rest-cuda", &[]), Some(Backend::Cuda));
         // A user's engine named like one of ours still has the method it was registered with.
         let mine = ExternalSpec { id: "dsa-lookalike".into(), method: Method::Dense, command: vec!["x".into()] };
         assert_eq!(method_of("dsa-lookalike", std::slice::from_ref(&mine)), Some(Method::Dense));

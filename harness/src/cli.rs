@@ -90,6 +90,10 @@ pub struct RunArgs {
     /// DSA top-k (keys kept per query).
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Expert-parallel degree of the `rest` engines' MoE: this GPU holds routed_experts / N
+    /// experts and gets their share of N GPUs' tokens (recorded in the case's shape) [default 1].
+    #[arg(long, value_name = "N")]
+    pub ep: Option<usize>,
     /// Seed of the generated inputs.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -221,6 +225,12 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
             bail!("--top-k 0: DSA keeps the top-k keys per query; use a positive k such as 2048");
         }
         sweep.shape.top_k = k;
+    }
+    if let Some(n) = a.ep {
+        if n == 0 || sweep.shape.routed_experts % n != 0 {
+            bail!("--ep {n}: the expert-parallel degree must divide the {} routed experts of `{}` (e.g. `--ep 1` or `--ep 8`)", sweep.shape.routed_experts, sweep.shape.name);
+        }
+        sweep.shape.ep = n;
     }
     if let Some(c) = &a.contexts {
         sweep.contexts = parse_contexts(c).context("--contexts")?;

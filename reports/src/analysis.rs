@@ -479,8 +479,12 @@ pub struct Analysis {
     pub mixed_env: bool,
 }
 
-/// The measured per-token time of the rest of the model for a series, if GEMM records exist
-/// on the same machine for the same shape, phase and query-token count.
+/// The measured per-token time of the rest of the model for a series, if `rest` records (or
+/// legacy `gemm-*` records) exist on the same machine for the same shape and phase. `rest`
+/// records: those at the series' query-token count (else the nearest count, said in the
+/// source), of the series' precision (else bf16), at the highest EP degree measured; each
+/// record's component medians are scaled to the model ([`cost::rest_seconds_per_token`]) and
+/// the median over records taken.
 fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
     let gemms: Vec<&LoadedRecord> = set
         .records
@@ -494,6 +498,10 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
         })
         .collect();
     if gemms.is_empty() {
+    let rest: Vec<&LoadedRecord> = gemms.iter().copied().filter(|r| r.record.case.is_rest() && !r.record.components_ms.is_empty()).collect();
+    if !rest.is_empty() {
+        return measured_rest(&rest, key, query_tokens);
+    }
         return None;
     }
     let same_tokens: Vec<&&LoadedRecord> = gemms.iter().filter(|r| r.record.case.query_tokens() == query_tokens).collect();
@@ -502,10 +510,52 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
     Some(OtherCost {
         seconds_per_token: stats::median(&per_token),
         source: OtherSource::Measured { engine: chosen[0].record.engine.clone(), records: chosen.len() },
+        dsa_extra_seconds_per_token: 0.0,
     })
 }
 
 /// The record of each side by context: (dense, DSA).
+/// The rest of the model from `rest` records (see [`measured_other`]).
+fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
+    let tokens_of = |r: &&LoadedRecord| r.record.case.query_tokens();
+    let distance = |t: usize| ((t as f64) / (query_tokens.max(1) as f64)).ln().abs();
+    let nearest = rest.iter().map(tokens_of).min_by(|a, b| distance(*a).total_cmp(&distance(*b)).then(a.cmp(b)))?;
+    let at_tokens: Vec<&LoadedRecord> = rest.iter().copied().filter(|r| tokens_of(r) == nearest).collect();
+    let precision = if at_tokens.iter().any(|r| r.record.case.precision == key.precision) { key.precision } else { Precision::Bf16 };
+    let at_precision: Vec<&LoadedRecord> = at_tokens.iter().copied().filter(|r| r.record.case.precision == precision).collect();
+    let chosen_set = if at_precision.is_empty() { at_tokens } else { at_precision };
+    let ep = chosen_set.iter().map(|r| r.record.case.shape.ep).max()?;
+    let chosen: Vec<&LoadedRecord> = chosen_set.into_iter().filter(|r| r.record.case.shape.ep == ep).collect();
+    let medians = |r: &LoadedRecord| -> Vec<(String, f64)> {
+        r.record.components_ms.iter().map(|(k, v)| (k.clone(), stats::median(v))).filter(|(_, m)| m.is_finite()).collect()
+    };
+    let per_record: Vec<(f64, f64)> =
+        chosen.iter().map(|r| cost::rest_seconds_per_token(&r.record.case.shape, &medians(r), r.record.case.query_tokens())).collect();
+    let first = chosen.first()?;
+    let mut components_ms = medians(first);
+    if chosen.len() > 1 {
+        for (name, ms) in components_ms.iter_mut() {
+            let all: Vec<f64> = chosen.iter().filter_map(|r| r.record.components_ms.get(name.as_str()).map(|v| stats::median(v))).collect();
+            *ms = stats::median(&all);
+        }
+    }
+    let order = |n: &str| ctxcost_core::rest::Component::ALL.iter().position(|c| c.name() == n).unwrap_or(usize::MAX);
+    components_ms.sort_by_key(|(n, _)| order(n));
+    Some(OtherCost {
+        seconds_per_token: stats::median(&per_record.iter().map(|x| x.0).collect::<Vec<_>>()),
+        dsa_extra_seconds_per_token: stats::median(&per_record.iter().map(|x| x.1).collect::<Vec<_>>()),
+        source: OtherSource::Rest(cost::RestSource {
+            engine: first.record.engine.clone(),
+            records: chosen.len(),
+            query_tokens: nearest,
+            series_tokens: (nearest != query_tokens).then_some(query_tokens),
+            precision,
+            ep,
+            components_ms,
+        }),
+    })
+}
+
 type ByContext = (BTreeMap<usize, usize>, BTreeMap<usize, usize>);
 
 /// Usable records of a series by context and method.
@@ -691,10 +741,8 @@ fn build_series(
     unpaired.sort_by_key(|u| u.context);
 
     let query_tokens_first = paired.first().map(|&(_, d, _)| set.records[d].record.case.query_tokens()).unwrap_or(1);
-    let other = measured_other(set, &key, query_tokens_first).unwrap_or_else(|| OtherCost {
-        seconds_per_token: cost::analytic_other_seconds_per_token(active_params, settings.other_tflops),
-        source: OtherSource::Analytic { active_params, tflops: settings.other_tflops },
-    });
+    let other = measured_other(set, &key, query_tokens_first).unwrap_or_else(|| OtherCost::analytic(active_params, settings.other_tflops));
+    let (other_dense, other_dsa) = (other.side(false), other.side(true));
     let price = settings.usd_per_gpu_hour;
     let usd = |s: f64| cost::usd_per_million(s, price);
     let whole_prompt = key.query_len.is_none();
@@ -727,10 +775,10 @@ fn build_series(
         let d: Vec<(f64, f64)> = paired.iter().zip(meds).map(|(&(c, d, _), m)| (c as f64, per_tok(d, m.1))).collect();
         let s: Vec<(f64, f64)> = paired.iter().zip(meds).map(|(&(c, _, s), m)| (c as f64, per_tok(s, m.0))).collect();
         for i in 0..n {
-            model_r[i].push((lf * s[i].1 + other.seconds_per_token) / (lf * d[i].1 + other.seconds_per_token));
+            model_r[i].push((lf * s[i].1 + other_dsa) / (lf * d[i].1 + other_dense));
             let (rd, rs) = (request_curve(&d, i), request_curve(&s, i));
             attn_req_r[i].push(rs / rd);
-            model_req_r[i].push((lf * rs + other.seconds_per_token) / (lf * rd + other.seconds_per_token));
+            model_req_r[i].push((lf * rs + other_dsa) / (lf * rd + other_dense));
         }
     }
     let ci = |ratio: f64, xs: &[f64]| RatioCi { ratio, lo: stats::percentile(xs, 2.5), hi: stats::percentile(xs, 97.5) };
@@ -741,17 +789,17 @@ fn build_series(
         let (dr, sr) = (&set.records[d], &set.records[s]);
         let (dt, st) = (dense_tok[i].1, dsa_tok[i].1);
         let (dreq, sreq) = (request_curve(&dense_tok, i), request_curve(&dsa_tok, i));
-        let engine_cost = |rec: &LoadedRecord, t: f64, req: f64| EngineCost {
+        let engine_cost = |rec: &LoadedRecord, t: f64, req: f64, o: f64| EngineCost {
             median_ms: rec.median_ms(),
             n_samples: rec.record.samples_ms.len(),
             attn_seconds_per_token: t,
             attn_marginal: usd(lf * t),
-            model_marginal: usd(lf * t + other.seconds_per_token),
+            model_marginal: usd(lf * t + o),
             attn_request: usd(lf * req),
-            model_request: usd(lf * req + other.seconds_per_token),
+            model_request: usd(lf * req + o),
         };
-        let dense_cost = engine_cost(dr, dt, dreq);
-        let dsa_cost = engine_cost(sr, st, sreq);
+        let dense_cost = engine_cost(dr, dt, dreq, other_dense);
+        let dsa_cost = engine_cost(sr, st, sreq, other_dsa);
         let attn_ratio = yardstick::ratio_ci(&sr.record.samples_ms, &dr.record.samples_ms, in_lockstep[i]);
         let model_ratio = ci(dsa_cost.model_marginal / dense_cost.model_marginal, &model_r[i]);
         let attn_request_ratio = ci(sreq / dreq, &attn_req_r[i]);

@@ -389,14 +389,14 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
 
     b.push(Block::H2 { id: "costs", text: "Cost per million tokens".into() });
     b.push(Block::P(format!(
-        "USD per million tokens at ${}/GPU-hour. Attention-only = layers x one layer's attention; whole model adds the rest of the model.",
+        "USD per million tokens at ${}/GPU-hour. Attention-only = layers x one layer's attention; whole model adds the rest of the model (see Assumptions). Fig. 3: DeepSeek's whole-model marginal cost at the same position (H800 cluster, $2/GPU-hour); the differences between the two are listed in Assumptions.",
         a.settings.usd_per_gpu_hour
     )));
     b.push(Block::Table {
         id: Some("cost-table"),
         header: [
-            "series", "context", "dense attention", "DSA attention", "dense whole model", "DSA whole model", "dense per request (attention)",
-            "DSA per request (attention)", "dense per request (whole model)", "DSA per request (whole model)",
+            "series", "context", "dense attention", "DSA attention", "dense whole model", "DSA whole model", "Fig. 3 V3.1", "Fig. 3 V3.2-Exp",
+            "dense per request (attention)", "DSA per request (attention)", "dense per request (whole model)", "DSA per request (whole model)",
         ]
         .map(String::from)
         .to_vec(),
@@ -406,6 +406,7 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
             .flat_map(|s| {
                 s.points.iter().map(move |p| {
                     vec![
+                    let fig3 = r.fig3.at(s.key.phase, p.context as f64);
                         format!("{} {}", s.key.phase, label(r, s)),
                         fmt_tokens(p.context as f64),
                         sig(p.dense.attn_marginal, 4),
@@ -413,6 +414,8 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
                         sig(p.dense.model_marginal, 4),
                         sig(p.dsa.model_marginal, 4),
                         sig(p.dense.attn_request, 4),
+                        opt(fig3.map(|f| f.0)),
+                        opt(fig3.map(|f| f.1)),
                         sig(p.dsa.attn_request, 4),
                         sig(p.dense.model_request, 4),
                         sig(p.dsa.model_request, 4),
@@ -515,10 +518,13 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
     others.dedup();
     assumptions.extend(others);
     assumptions.push(format!(
-        "When no GEMM record (engine `gemm-*`) exists for a series, the rest of the model is analytic: 2 x active parameters / {} TFLOP/s (`--other-tflops`), an assumed achieved rate.",
+        "When no `rest` record (engines `rest-*`, or a legacy `gemm-*` record) exists for a series, the rest of the model is analytic: 2 x active parameters / {} TFLOP/s (`--other-tflops`), an assumed achieved rate.",
         a.settings.other_tflops
     ));
     for (env, (c, source)) in &a.ceilings {
+    if a.series.iter().any(|s| matches!(s.other.source, crate::cost::OtherSource::Rest(_))) {
+        assumptions.extend(crate::cost::REST_DIFFERENCES.iter().map(|x| x.to_string()));
+    }
         let from = match source {
             CeilingSource::Records => "stored in this machine's records (same run)".to_string(),
             CeilingSource::Inputs if *c == yardstick::Ceilings::default() => {

@@ -71,9 +71,10 @@ pub fn origin(engine: &str) -> Origin {
     }
 }
 
-/// GEMM records measure the rest of the model, not attention (engine ids `gemm-*`).
+/// Records of the rest of the model, not attention: method `rest` (the `rest-*` engines), and
+/// the legacy `gemm-*` ids of records written before cases carried that method.
 pub fn is_gemm(r: &LoadedRecord) -> bool {
-    r.record.engine.starts_with("gemm")
+    r.record.case.is_rest() || r.record.engine.starts_with("gemm")
 }
 
 /// Whether a record is an attention case (not a GEMM, not a remote endpoint).

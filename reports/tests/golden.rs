@@ -282,6 +282,88 @@ fn measured_gemm_replaces_the_analytic_rest_of_model() {
     assert!(matches!(series(&r, Phase::Prefill, Precision::F32).other.source, OtherSource::Analytic { .. }));
 }
 
+/// A `rest-cpu` record of the tiny shape at the golden decode point (4 tokens), with constant
+/// component samples (ms of one run).
+fn rest_record(records: &[ctxcost_reports::load::LoadedRecord], batch: usize, ep: usize, scale: f64) -> ctxcost_reports::load::LoadedRecord {
+    let mut r = records.iter().find(|r| r.record.key.starts_with("dense-cpu|tiny|decode|L=1024")).unwrap().clone();
+    let c = &mut r.record.case;
+    c.engine = "rest-cpu".into();
+    c.method = ctxcost_core::Method::Rest;
+    c.shape = ctxcost_core::ModelShape { ep, ..ctxcost_core::ModelShape::tiny() };
+    c.batch = batch;
+    r.record.engine = "rest-cpu".into();
+    r.record.key = r.record.case.key();
+    let comps = [("mla_proj", 0.1), ("indexer_proj", 0.02), ("router", 0.01), ("moe", 0.3), ("dense_mlp", 0.5), ("head", 0.4)];
+    r.record.components_ms = comps.iter().map(|&(n, ms)| (n.to_string(), vec![ms * scale; 5])).collect();
+    r.record.samples_ms = vec![1.33 * scale; 5];
+    r.record.stats = Some(ctxcost_core::stats::summarize(&r.record.samples_ms));
+    r
+}
+
+#[test]
+fn measured_rest_records_change_the_whole_model_cost_by_hand() {
+    use ctxcost_reports::cost::OtherSource;
+    use ctxcost_reports::load;
+    let text = std::fs::read_to_string(fixture("golden.jsonl")).unwrap();
+    let (mut records, _) = load::parse_jsonl("golden.jsonl", &text);
+    // Chosen: 4 tokens (the series' count), EP 8 (the highest measured). Not chosen: the same
+    // point at EP 1 (twice as slow), and 16 tokens at EP 8 (ten times as slow).
+    let chosen = rest_record(&records, 4, 8, 1.0);
+    let (ep1, other_tokens) = (rest_record(&records, 4, 1, 2.0), rest_record(&records, 16, 8, 10.0));
+    records.extend([chosen, ep1, other_tokens]);
+    let r = report::build_from_set(load::from_records(records), &ReportOptions::default()).unwrap();
+    let s = series(&r, Phase::Decode, Precision::F32);
+    let OtherSource::Rest(src) = &s.other.source else { panic!("{:?}", s.other) };
+    assert_eq!((src.engine.as_str(), src.records, src.query_tokens, src.ep, src.series_tokens), ("rest-cpu", 1, 4, 8, None));
+    // One run: layers x mla_proj + MoE layers x (router + moe) + dense layers x dense_mlp + head
+    // = 61 x 0.1 + 58 x 0.31 + 3 x 0.5 + 0.4 = 25.98 ms for 4 tokens: 6.495 ms per token.
+    // The DSA side adds the indexer's projections: 61 x 0.02 / 4 = 0.305 ms per token.
+    close(s.other.seconds_per_token, 6.495e-3, 1e-12);
+    close(s.other.dsa_extra_seconds_per_token, 3.05e-4, 1e-12);
+    let p = &s.points[0];
+    // Attention-only is unchanged; the whole model is 61 x attention + the rest.
+    close(p.dense.attn_marginal, LAYERS * 5e-4 * USD_PER_S, 1e-12);
+    close(p.dense.model_marginal, (LAYERS * 5e-4 + 6.495e-3) * USD_PER_S, 1e-12);
+    close(p.dense.model_marginal, 20.652_777_8, 1e-8);
+    close(p.dsa.model_marginal, (LAYERS * 6e-4 + 6.495e-3 + 3.05e-4) * USD_PER_S, 1e-12);
+    // (0.0366 + 0.0068) / (0.0305 + 0.006495) = 0.0434 / 0.036995: the analytic rest gave 1.199.
+    close(p.model_ratio.ratio, 0.0434 / 0.036995, 1e-9);
+    close(p.model_ratio.lo, 0.0434 / 0.036995, 1e-9);
+    // At 8K likewise: the same rest on both sides, plus the indexer's projections on DSA's.
+    let p8 = s.points.last().unwrap();
+    close(p8.dense.model_marginal, (LAYERS * p8.dense.attn_seconds_per_token + 6.495e-3) * USD_PER_S, 1e-12);
+    close(p8.dsa.model_marginal, (LAYERS * p8.dsa.attn_seconds_per_token + 6.8e-3) * USD_PER_S, 1e-12);
+    // Prefill has no rest record: still analytic, named so.
+    assert!(matches!(series(&r, Phase::Prefill, Precision::F32).other.source, OtherSource::Analytic { .. }));
+    // The report says measured, gives the EP degree, the differences from Fig. 3, and Fig. 3's
+    // absolute values beside ours.
+    let md = ctxcost_reports::render::markdown(&r, &[]);
+    assert!(md.contains("measured: median of 1 `rest-cpu` record(s), f32 GEMMs at 4 tokens, EP 8"), "{md}");
+    assert!(md.contains("6.4950 ms per token") && md.contains("0.3050 ms per token on the DSA side only"));
+    assert!(md.contains("all-to-all") && md.contains("H800") && md.contains("Fig. 3 V3.2-Exp"));
+    // Without the rest records the same series is analytic and the differences are not listed.
+    let plain = ctxcost_reports::render::markdown(&golden(), &[]);
+    assert!(!plain.contains("all-to-all") && plain.contains("not measured"));
+}
+
+#[test]
+fn rest_records_at_another_token_count_are_used_and_said() {
+    use ctxcost_reports::cost::OtherSource;
+    use ctxcost_reports::load;
+    let text = std::fs::read_to_string(fixture("golden.jsonl")).unwrap();
+    let (mut records, _) = load::parse_jsonl("golden.jsonl", &text);
+    let far = rest_record(&records, 64, 1, 1.0);
+    let near = rest_record(&records, 8, 1, 1.0);
+    records.extend([far, near]);
+    let r = report::build_from_set(load::from_records(records), &ReportOptions::default()).unwrap();
+    let s = series(&r, Phase::Decode, Precision::F32);
+    let OtherSource::Rest(src) = &s.other.source else { panic!("{:?}", s.other) };
+    // The nearest token count (8 for the series' 4), per token over its own 8 tokens.
+    assert_eq!((src.query_tokens, src.series_tokens), (8, Some(4)));
+    close(s.other.seconds_per_token, 25.98e-3 / 8.0, 1e-12);
+    assert!(s.other.describe().contains("none measured at this series' 4"));
+}
+
 #[test]
 fn api_price_table_can_be_replaced() {
     let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prices.csv");

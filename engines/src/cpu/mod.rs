@@ -1,7 +1,8 @@
-//! CPU engines on candle-core: `dense-cpu` and `dsa-cpu` (f32 and bf16).
+//! CPU engines on candle-core: `dense-cpu`, `dsa-cpu` and `rest-cpu` (f32 and bf16).
 //!
 //! - [`DenseCpu`]: dense MLA, MHA mode in prefill, MQA mode in decode (`dense`).
 //! - [`DsaCpu`]: lightning indexer, top-k and sparse MQA-mode attention (`dsa`).
+//! - [`RestCpu`] (`rest`): the rest of a layer, its GEMMs (`rest`; see its module).
 //!
 //! Both compute what [`crate::reference`] computes (causal visibility, the top-k tie rule,
 //! `-1` padding, output layouts). The parts: `attention`, the blocked softmax attention both
@@ -20,7 +21,10 @@ mod dense;
 mod dsa;
 mod ops;
 mod plan;
+mod rest;
 mod stored;
+
+pub use rest::RestCpu;
 
 use ctxcost_core::{Case, InputTensor, Inputs, Precision};
 

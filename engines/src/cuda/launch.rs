@@ -485,3 +485,62 @@ pub fn gemm_bf16(
     }
     .map_err(|e| EngineError::backend("cublasGemmEx", e))
 }
+
+/// `batch` row-major products `out[b] = input[b] x weight[b]` (input `[m, k]`, weight `[k, n]`,
+/// output `[m, n]`, each batch contiguous) in bf16 with fp32 accumulation, through one cuBLAS
+/// strided-batched GEMM. Row-major `out = input x weight` is column-major
+/// `out^T = weight^T x input^T`, so cuBLAS sees (n x k) times (k x m) with no transposes.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_rows(
+    blas: &cudarc::cublas::CudaBlas,
+    dev: &Device,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    input: &CudaSlice<u16>,
+    weight: &CudaSlice<u16>,
+    out: &mut CudaSlice<u16>,
+) -> Result<(), EngineError> {
+    use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
+    check(batch >= 1 && m >= 1 && k >= 1 && n >= 1, "empty GEMM")?;
+    check(input.len() >= batch * m * k && weight.len() >= batch * k * n && out.len() >= batch * m * n, "GEMM buffers too small")?;
+    let fits = |x: usize| i32::try_from(x).is_ok();
+    check(fits(m) && fits(k) && fits(n) && fits(batch), "GEMM dims beyond i32")?;
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (pi, _ri) = input.device_ptr(&dev.stream);
+    let (pw, _rw) = weight.device_ptr(&dev.stream);
+    let (po, _ro) = out.device_ptr_mut(&dev.stream);
+    // SAFETY: input, weight and out are live bf16 buffers holding at least batch*m*k,
+    // batch*k*n and batch*m*n elements (checked above), used on the stream the handle uses;
+    // the strides step over whole contiguous matrices; alpha and beta are f32 as
+    // CUBLAS_COMPUTE_32F requires and outlive the call.
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *blas.handle(),
+            cublasOperation_t::CUBLAS_OP_N,
+            cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            (&alpha) as *const f32 as *const _,
+            pw as *const _,
+            cudaDataType_t::CUDA_R_16BF,
+            n as i32,
+            (k * n) as i64,
+            pi as *const _,
+            cudaDataType_t::CUDA_R_16BF,
+            k as i32,
+            (m * k) as i64,
+            (&beta) as *const f32 as *const _,
+            po as *mut _,
+            cudaDataType_t::CUDA_R_16BF,
+            n as i32,
+            (m * n) as i64,
+            batch as i32,
+            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| EngineError::backend("cublasGemmStridedBatchedEx", e))
+}

@@ -9,6 +9,7 @@
 //! - `launch`: every `unsafe` call (allocations, memsets, kernel launches, cuBLAS).
 //! - [`DenseCuda`]: dense MLA (MHA-mode prefill, MQA-mode split-K decode, bf16 and FP8 cache).
 //! - [`DsaCuda`] (`dsa`): DSA (indexer, radix top-k, sparse MQA attention; bf16 and FP8).
+//! - [`RestCuda`] (`rest`): the rest of a layer's GEMMs through cuBLAS (bf16).
 //! - [`ceilings`]: the copy-bandwidth and GEMM ceilings measured on the same device.
 
 pub mod ceilings;
@@ -16,8 +17,10 @@ mod dense;
 mod device;
 pub mod dsa;
 mod launch;
+mod rest;
 
 pub use dsa::DsaCuda;
+pub use rest::{rest_device_bytes, RestCuda};
 
 pub use dense::{decode_splits, device_bytes, e4m3_bits, encode_fp8_latent_row, geometry_support, prefill_tile, DenseCuda};
 pub use launch::PrefillTile;
@@ -102,6 +105,13 @@ mod tests {
             let mut d = DsaCuda::new();
             assert!(matches!(d.supports(&c), Support::No(_)));
             assert!(d.prepare(&c, &Inputs::seeded(1)).is_err());
+            let rest = Case { engine: "rest-cuda".into(), method: ctxcost_core::Method::Rest, phase: Phase::Decode, query_len: 1, batch: 16, ..c.clone() };
+            let mut r = RestCuda::new();
+            assert!(matches!(r.supports(&rest), Support::No(ref w) if w == why), "{:?}", r.supports(&rest));
+            assert!(matches!(r.prepare(&rest, &Inputs::seeded(1)), Err(crate::EngineError::Unsupported(_))));
+            assert!(r.run().is_err());
+            assert!(r.output().is_err());
+            assert!(r.device_memory().is_none());
             assert!(open_device().is_err());
             assert!(device_facts().is_err());
             assert!(ceilings::copy_tbps().is_err());

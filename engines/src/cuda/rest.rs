@@ -1,0 +1,207 @@
+//! `rest-cuda`: the rest of a layer on an NVIDIA GPU, every GEMM of
+//! [`ctxcost_core::rest::plan`] as one cuBLAS bf16 GEMM (fp32 accumulation; the per-head
+//! absorbed products as one strided-batched GEMM; one GEMM per routed expert that receives
+//! tokens, no grouped GEMM), timed per component with CUDA events after an L2 flush.
+//!
+//! Precision: bf16 only. FP8 block-scaled GEMMs (cuBLASLt, DeepGEMM) are not implemented:
+//! `fp8` cases are skipped with that reason, so a record's `case.precision` says what ran.
+//! Operands are generated on the device by `gen_bf16` from the seeded streams of
+//! [`ctxcost_core::rest`]; outputs are poisoned with NaN before the first run.
+
+use std::sync::Arc;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::CudaSlice;
+use ctxcost_core::rest::{plan, Gemm};
+use ctxcost_core::{Case, Inputs, Precision};
+use ctxcost_kernels::KernelId;
+
+use super::device::{device, driver_err, Device, EventTimer};
+use super::launch;
+use crate::check::Rows;
+use crate::rest::{picked, spans, verify_rows};
+use crate::{DeviceMemory, Engine, EngineError, Output, Support, Timing};
+
+/// Why `rest-cuda` cannot run a case here, if it cannot (no GPU first).
+fn unsupported(case: &Case) -> Option<String> {
+    if let Err(why) = super::probe() {
+        return Some(why);
+    }
+    // SAFETY: only tries to dlopen libcublas (cudarc panics on use when it is missing).
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Some("cuBLAS (libcublas.so) not found: add its folder to LD_LIBRARY_PATH".into());
+    }
+    if let Some(why) = ctxcost_core::rest::unsupported(case) {
+        return Some(why);
+    }
+    match case.precision {
+        Precision::Bf16 => {}
+        Precision::Fp8 => return Some("rest-cuda runs bf16 GEMMs (cuBLAS) only: FP8 block-scaled GEMMs are not implemented".into()),
+        Precision::F32 => return Some("rest-cuda runs bf16 GEMMs only".into()),
+    }
+    if let Some(g) = plan(case).iter().find(|g| g.k % 8 != 0 || g.n % 8 != 0) {
+        return Some(format!("GEMM `{}` is {} x {}: the device generator needs multiples of 8", g.name, g.k, g.n));
+    }
+    None
+}
+
+/// Device bytes of a case's operands and outputs (bf16).
+pub fn rest_device_bytes(case: &Case) -> u64 {
+    plan(case)
+        .iter()
+        .map(|g| {
+            let (i, w, o) = g.elements();
+            2 * (i + w + o) as u64
+        })
+        .sum()
+}
+
+struct Operands {
+    input: CudaSlice<u16>,
+    weight: CudaSlice<u16>,
+    out: CudaSlice<u16>,
+}
+
+struct Prepared {
+    dev: Arc<Device>,
+    blas: CudaBlas,
+    case: Case,
+    gemms: Vec<Gemm>,
+    operands: Vec<Operands>,
+    timer: EventTimer,
+    ran: bool,
+}
+
+/// The rest of a layer on an NVIDIA GPU (cuBLAS bf16). Timing components: `mla_proj`,
+/// `indexer_proj` (shapes with an indexer), `router`, `moe`, `dense_mlp`, `head`.
+#[derive(Default)]
+pub struct RestCuda {
+    prepared: Option<Prepared>,
+    memory: Option<DeviceMemory>,
+}
+
+impl RestCuda {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn prepare_inner(&mut self, case: &Case, inputs: &Inputs) -> Result<(), EngineError> {
+        if let Some(why) = unsupported(case) {
+            return Err(EngineError::Unsupported(why));
+        }
+        if inputs.loaded.is_some() {
+            return Err(EngineError::Unsupported("rest cases use seeded operands only (no --tensors)".into()));
+        }
+        let dev = device().map_err(EngineError::Unsupported)?;
+        let (free_before, _) = dev.mem_info()?;
+        let need = rest_device_bytes(case);
+        let reserve = 2 * dev.l2_bytes as u64 + (512 << 20);
+        if need + reserve > free_before {
+            return Err(EngineError::OutOfMemory(format!(
+                "the rest of the layer needs {:.2} GiB of device memory, {:.2} GiB free (a higher --ep holds fewer experts)",
+                need as f64 / (1u64 << 30) as f64,
+                free_before as f64 / (1u64 << 30) as f64
+            )));
+        }
+        let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| EngineError::backend("cublasCreate", e))?;
+        let gen = dev.function(KernelId::Generate, "gen_bf16", &[])?;
+        let gemms = plan(case);
+        let mut operands = Vec::with_capacity(gemms.len());
+        for g in &gemms {
+            let (ni, nw, no) = g.elements();
+            let mut input = launch::alloc::<u16>(&dev, ni, "rest GEMM input")?;
+            let mut weight = launch::alloc::<u16>(&dev, nw, "rest GEMM weight")?;
+            let mut out = launch::alloc::<u16>(&dev, no, "rest GEMM output")?;
+            launch::gen_bf16(&dev, &gen, &mut input, case.seed, g.input_stream, [g.batch, g.m, 1, g.k], false)?;
+            launch::gen_bf16(&dev, &gen, &mut weight, case.seed, g.weight_stream, [g.batch, g.k, 1, g.n], false)?;
+            launch::fill_bytes(&dev, &mut out, 0xFF)?;
+            operands.push(Operands { input, weight, out });
+        }
+        let timer = EventTimer::new(&dev, spans(&gemms).len())?;
+        dev.sync("generating the rest operands")?;
+        let (free_after, _) = dev.mem_info()?;
+        self.memory = Some(DeviceMemory { peak_allocated: need, free_before: Some(free_before), free_after: Some(free_after) });
+        self.prepared = Some(Prepared { dev, blas, case: case.clone(), gemms, operands, timer, ran: false });
+        Ok(())
+    }
+}
+
+impl Engine for RestCuda {
+    fn id(&self) -> &str {
+        "rest-cuda"
+    }
+    fn timer(&self) -> &'static str {
+        "cuda-events"
+    }
+    fn supports(&self, case: &Case) -> Support {
+        match unsupported(case) {
+            Some(why) => Support::No(why),
+            None => Support::Yes,
+        }
+    }
+    fn prepare(&mut self, case: &Case, inputs: &Inputs) -> Result<(), EngineError> {
+        self.release();
+        self.memory = None;
+        let r = self.prepare_inner(case, inputs);
+        if r.is_err() {
+            self.release();
+        }
+        r
+    }
+    fn run(&mut self) -> Result<Timing, EngineError> {
+        let p = self.prepared.as_mut().ok_or_else(|| EngineError::State("rest-cuda: run before prepare".into()))?;
+        let dev = p.dev.clone();
+        let spans = spans(&p.gemms);
+        dev.flush_l2()?;
+        p.timer.start(&dev)?;
+        for (i, &(_, first, end)) in spans.iter().enumerate() {
+            for (g, o) in p.gemms[first..end].iter().zip(&mut p.operands[first..end]) {
+                launch::gemm_bf16_rows(&p.blas, &dev, g.batch, g.m, g.k, g.n, &o.input, &o.weight, &mut o.out)?;
+            }
+            p.timer.mark(&dev, i)?;
+        }
+        let ms = p.timer.elapsed_first(spans.len())?;
+        let mut components = Vec::with_capacity(spans.len());
+        let mut prev = 0.0;
+        for (&(component, _, _), &t) in spans.iter().zip(&ms) {
+            components.push((component.name(), t - prev));
+            prev = t;
+        }
+        p.ran = true;
+        Ok(Timing { total_ms: prev, components })
+    }
+    fn output(&mut self) -> Result<Output, EngineError> {
+        if !self.prepared.as_ref().ok_or_else(|| EngineError::State("rest-cuda: output before prepare".into()))?.ran {
+            self.run()?;
+        }
+        let p = self.prepared.as_ref().expect("checked above");
+        p.dev.sync("waiting for the GEMMs")?;
+        let rows = verify_rows(&p.case);
+        let mut values = Vec::new();
+        for (g, o) in p.gemms.iter().zip(&p.operands) {
+            let (rs, cs) = picked(g, &rows);
+            for b in 0..g.batch {
+                for &r in &rs {
+                    let start = (b * g.m + r) * g.n;
+                    let view = o.out.slice(start..start + g.n);
+                    let row: Vec<u16> = p.dev.stream.clone_dtoh(&view).map_err(|e| driver_err("copying a GEMM row back", e))?;
+                    values.extend(cs.iter().map(|&c| f32::from_bits(u32::from(row[c]) << 16)));
+                }
+            }
+        }
+        Ok(Output { values, indices: None, sampled: None })
+    }
+    fn verify_rows(&self, case: &Case) -> Rows {
+        verify_rows(case)
+    }
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        self.memory
+    }
+    fn release(&mut self) {
+        if let Some(p) = self.prepared.take() {
+            let dev = p.dev.clone();
+            drop(p);
+            let _ = dev.sync("releasing");
+        }
+    }
+}
