@@ -269,23 +269,50 @@ pub struct EndpointMetrics {
     pub prompt_check: Option<PromptCheck>,
 }
 
-/// The server-reported prompt length of a case against the length asked for: a prompt far
-/// from its target (a server that counts differently, truncates, or a calibration that
-/// missed) means the case measured another prompt length.
+/// The server-reported prompt length of a case against the length asked for: a prompt off
+/// its target (a server that counts differently, truncates, or a calibration that missed)
+/// means the case measured another prompt length than its label says. Reports label such a
+/// case with the measured length and list it under data problems.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 pub struct PromptCheck {
-    /// Median `usage.prompt_tokens` of the successful requests.
+    /// Median, least and greatest `usage.prompt_tokens` of the successful requests (the
+    /// nonce's token count may differ by a few tokens from request to request). Records
+    /// written before min and max were kept read them as 0.
     pub measured_median: u64,
+    #[serde(default)]
+    pub measured_min: u64,
+    #[serde(default)]
+    pub measured_max: u64,
     pub target: usize,
     /// `measured_median / target`.
     pub ratio: f64,
-    /// The ratio is outside `[1 / (1 + tolerance), 1 + tolerance]`.
+    /// The length missed: the median is further than `tolerance_tokens` from the target.
+    /// (Records written before `tolerance_tokens` was kept flagged a ratio outside
+    /// `[1 / (1 + tolerance), 1 + tolerance]` with a tolerance of 0.2.)
     pub flagged: bool,
+    /// Relative part of the tolerance ([`PROMPT_TOLERANCE`]).
     pub tolerance: f64,
+    /// The tolerance in tokens: [`prompt_tolerance_tokens`] of the target.
+    #[serde(default)]
+    pub tolerance_tokens: f64,
 }
 
-/// Relative distance from the target beyond which a case's prompt length is flagged.
-pub const PROMPT_TOLERANCE: f64 = 0.2;
+/// Relative distance from the target beyond which a case's prompt length is a miss, unless
+/// [`PROMPT_TOLERANCE_TOKENS`] is larger.
+pub const PROMPT_TOLERANCE: f64 = 0.01;
+/// Least tolerance in tokens (a BPE nonce alone varies by a few tokens).
+pub const PROMPT_TOLERANCE_TOKENS: f64 = 8.0;
+
+/// How far (tokens) a case's measured prompt length may be from its target: 1% or 8 tokens,
+/// whichever is larger.
+pub fn prompt_tolerance_tokens(target: usize) -> f64 {
+    (target as f64 * PROMPT_TOLERANCE).max(PROMPT_TOLERANCE_TOKENS)
+}
+
+/// Whether a measured prompt length hits its target ([`prompt_tolerance_tokens`]).
+pub fn prompt_hits(measured: u64, target: usize) -> bool {
+    (measured as f64 - target as f64).abs() <= prompt_tolerance_tokens(target)
+}
 
 /// Compare the server's prompt tokens with the target; `None` when no successful request
 /// reported any.
@@ -297,17 +324,31 @@ pub fn prompt_check(requests: &[RequestLog], target: usize) -> Option<PromptChec
     p.sort_unstable();
     let measured_median = p[(p.len() - 1) / 2];
     let ratio = measured_median as f64 / target.max(1) as f64;
-    let tolerance = PROMPT_TOLERANCE;
-    let flagged = ratio > 1.0 + tolerance || ratio < 1.0 / (1.0 + tolerance);
-    Some(PromptCheck { measured_median, target, ratio, flagged, tolerance })
+    Some(PromptCheck {
+        measured_median,
+        measured_min: p[0],
+        measured_max: p[p.len() - 1],
+        target,
+        ratio,
+        flagged: !prompt_hits(measured_median, target),
+        tolerance: PROMPT_TOLERANCE,
+        tolerance_tokens: prompt_tolerance_tokens(target),
+    })
 }
 
 impl PromptCheck {
-    /// One line for the terminal and the record's reason.
+    /// One line for the terminal, the record's reason and the report's data problems.
     pub fn describe(&self) -> String {
+        let pct = 100.0 * (self.ratio - 1.0);
+        let spread = if self.measured_max > self.measured_min {
+            format!("; min {}, max {}", self.measured_min, self.measured_max)
+        } else {
+            String::new()
+        };
         format!(
-            "the server measured {} prompt tokens against a target of {} ({:.2}x): this case measured another prompt length",
-            self.measured_median, self.target, self.ratio
+            "prompt length missed: the server measured {} prompt tokens against a target of {} ({:.2}x, {pct:+.1}%{spread}; \
+             tolerance +/-{:.0} tokens): this case measured another prompt length",
+            self.measured_median, self.target, self.ratio, self.tolerance_tokens
         )
     }
 }
@@ -344,6 +385,10 @@ pub fn why_no_primary(phase: crate::Phase, requests: &[RequestLog], faults: &BTr
         let kinds: Vec<String> = faults.iter().map(|(k, c)| format!("{c} {k}")).collect();
         let kinds = if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) };
         parts.push(format!("{failed} of {n} requests failed{kinds}"));
+        // The server's own words, once: e.g. its context limit or a field it refuses.
+        if let Some(f) = requests.iter().filter(|r| !r.ok).find_map(|r| r.faults.last()) {
+            parts.push(format!("the first: {}: {}", f.kind.as_str(), f.detail));
+        }
     }
     let ok: Vec<&RequestLog> = requests.iter().filter(|r| r.ok).collect();
     let no_text = ok.iter().filter(|r| r.chunks_ms.is_empty()).count();
@@ -430,10 +475,22 @@ pub struct EndpointBlock {
     /// `max_tokens` sent with each request.
     pub max_tokens: usize,
     pub slo: Slo,
+    /// Requests planned for this side (`--requests`); fewer are sent when the case's time
+    /// (`--max-seconds`) runs out first. 0 in records written before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub planned_requests: usize,
+    /// Why no request of this side was sent: its prompt length could not be fitted (a target
+    /// beyond the server's context limit, with the server's message). Absent when sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_run: Option<String>,
     pub requests: Vec<RequestLog>,
     pub metrics: EndpointMetrics,
     pub cache: CacheCheck,
     pub cost: EndpointCost,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl EndpointBlock {
@@ -441,7 +498,94 @@ impl EndpointBlock {
     pub fn key_suffix(&self) -> String {
         key_suffix(&self.api, self.max_tokens, &self.load)
     }
+
+    /// The server's median prompt tokens of the case, where it reported them.
+    pub fn measured_prompt_tokens(&self) -> Option<u64> {
+        self.metrics.prompt_check.map(|p| p.measured_median)
+    }
+
+    /// Whether the measured prompt length missed the target ([`PromptCheck::flagged`]).
+    pub fn prompt_missed(&self) -> bool {
+        self.metrics.prompt_check.is_some_and(|p| p.flagged)
+    }
+
+    /// The prompt length as tables show it: the target with the measured median beside it
+    /// (`1K (1021)`), marked where it missed (`1K (840, missed)`); the target alone where the
+    /// server reported no prompt tokens.
+    pub fn prompt_cell(&self) -> String {
+        let target = crate::units::format_tokens(self.target_prompt_tokens);
+        match self.metrics.prompt_check {
+            Some(p) if p.flagged => format!("{target} ({}, missed)", p.measured_median),
+            Some(p) => format!("{target} ({})", p.measured_median),
+            None => target,
+        }
+    }
+
+    /// Whether any successful request carried the server's cached-token count; when none
+    /// did, the cached share is unknown (not 0).
+    pub fn cache_reported(&self) -> bool {
+        self.requests.iter().any(|r| r.ok && r.cached_tokens.is_some())
+    }
+
+    /// The cached share as tables show it: `12.5%` (with ` FLAGGED` past the threshold when
+    /// `flag` is given), or `unknown` when the server never reported cached tokens.
+    pub fn cache_cell(&self, flag: &str) -> String {
+        if !self.cache_reported() {
+            return "unknown".into();
+        }
+        format!("{:.1}%{}", 100.0 * self.cache.fraction, if self.cache.flagged { flag } else { "" })
+    }
+
+    /// Requests as tables show them: `ok/sent`, and where fewer were sent than planned,
+    /// `2/2 of 4 planned; stopped by --max-seconds`; `not run` with no request sent because
+    /// the prompt could not be fitted.
+    pub fn requests_cell(&self) -> String {
+        let m = &self.metrics;
+        if self.not_run.is_some() {
+            return "not run".into();
+        }
+        if self.planned_requests > m.requests {
+            format!("{}/{} of {} planned; stopped by --max-seconds", m.ok, m.requests, self.planned_requests)
+        } else {
+            format!("{}/{}", m.ok, m.requests)
+        }
+    }
 }
+
+/// The model shape recorded with endpoint cases: a remote server's model geometry is not
+/// known to the client, so the case names the shape `endpoint`; its dimensions are the
+/// least the record schema accepts (1 layer, 1 head, ...; no indexer) and mean "not
+/// applicable", as does the case's precision (`bf16`, the schema's placeholder). The model
+/// is the id the server was asked for, in [`EndpointBlock::model`]. Reports show neither
+/// shape nor precision for such records.
+pub fn endpoint_shape() -> crate::ModelShape {
+    crate::ModelShape {
+        name: ENDPOINT_SHAPE.into(),
+        layers: 1,
+        heads: 1,
+        kv_lora_rank: 1,
+        qk_nope_dim: 0,
+        qk_rope_dim: 1,
+        v_head_dim: 1,
+        index_heads: 0,
+        index_dim: 0,
+        top_k: 0,
+        active_params: 0.0,
+        hidden_dim: 0,
+        q_lora_rank: 0,
+        dense_layers: 0,
+        dense_inter_dim: 0,
+        routed_experts: 0,
+        shared_experts: 0,
+        active_experts: 0,
+        moe_inter_dim: 0,
+        vocab: 0,
+        ep: 1,
+    }
+}
+
+/// Name of [`endpoint_shape`].
+pub const ENDPOINT_SHAPE: &str = "endpoint";
 
 /// The case key suffix of an endpoint case: API, output length and load.
 pub fn key_suffix(api: &str, max_tokens: usize, load: &Load) -> String {

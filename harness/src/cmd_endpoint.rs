@@ -139,9 +139,11 @@ pub struct EndpointArgs {
     /// Do not send `ignore_eos: true` (hosted APIs may reject it; outputs may then end early).
     #[arg(long)]
     pub no_ignore_eos: bool,
-    /// Model geometry recorded with the cases (informational): deepseek-v3.2-exp, deepseek-v3.1-terminus, tiny, small.
-    #[arg(long, default_value = "deepseek-v3.2-exp")]
-    pub shape: String,
+    /// Model geometry recorded with the cases, where it is known: deepseek-v3.2-exp,
+    /// deepseek-v3.1-terminus, tiny, small [default: none; the cases name the shape
+    /// `endpoint`, whose dimensions and precision mean "not applicable"].
+    #[arg(long)]
+    pub shape: Option<String>,
     /// Seed of the prompts' filler text, nonces and arrival times.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -180,6 +182,16 @@ pub struct MockArgs {
     /// then 0 at the client).
     #[arg(long)]
     pub buffered: bool,
+    /// Tokens per word grow with the prompt: w words count w * (1 + G * w / 1000) tokens (no
+    /// single line through two prompt lengths predicts the others, as with BPE).
+    #[arg(long, default_value_t = 0.0, value_name = "G")]
+    pub token_growth: f64,
+    /// Refuse prompts beyond this many tokens with HTTP 400, and list it in /v1/models.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_model_len: Option<u64>,
+    /// Refuse requests that carry `ignore_eos` (HTTP 422, as a strict request schema does).
+    #[arg(long)]
+    pub reject_ignore_eos: bool,
 }
 
 /// A duration flag's value in seconds: a unit is required (`2s`, `50ms`, `5m`); a bare
@@ -312,7 +324,10 @@ async fn plan(a: &EndpointArgs) -> Result<(Plan, Option<Opened>)> {
     }
     let loads = parse_loads(a)?;
     let slo = a.slo.as_deref().map(parse_slo).transpose()?.unwrap_or_default();
-    let shape = ModelShape::by_name(&a.shape).map_err(|e| anyhow!("--shape: {e}"))?;
+    let shape = match &a.shape {
+        Some(name) => ModelShape::by_name(name).map_err(|e| anyhow!("--shape: {e}"))?,
+        None => endpoint::endpoint_shape(),
+    };
     let price = |p: &Option<String>, flag: &str| -> Result<_> {
         p.as_deref().map(ctxcost_core::prices::pricing_for).transpose().map_err(|e| anyhow!("{flag}: {e}"))
     };
@@ -391,6 +406,7 @@ fn case_of(plan: &Plan, case: &CaseSpec, label: &str) -> Case {
         query_len: 1,
         precision: Precision::Bf16,
         seed: plan.settings.seed,
+        kernel: Default::default(),
     }
 }
 
@@ -406,7 +422,10 @@ fn record(plan: &Plan, machine: &(Tool, Environment), case: &CaseSpec, block: En
     let samples = http::primary_samples(case.phase, &block.requests);
     let m = &block.metrics;
     let mut notes = Vec::new();
-    let status = if samples.is_empty() {
+    let status = if let Some(why) = &block.not_run {
+        notes.push(format!("not run: the prompt length could not be fitted: {why}"));
+        Status::Failed
+    } else if samples.is_empty() {
         notes.push(endpoint::why_no_primary(case.phase, &block.requests, &m.faults));
         Status::Failed
     } else {
@@ -430,7 +449,11 @@ fn record(plan: &Plan, machine: &(Tool, Environment), case: &CaseSpec, block: En
         stop_rule: Some(if m.requests < plan.settings.requests { "max-time" } else { "requests" }.into()),
         work: analytic::Work::default(),
         rates: Rates::default(),
-        memory: Memory { kv_bytes_model: analytic::case_kv_bytes(&c), ..Default::default() },
+        // No KV model for a shape that is not known.
+        memory: Memory {
+            kv_bytes_model: if c.shape.name == endpoint::ENDPOINT_SHAPE { 0.0 } else { analytic::case_kv_bytes(&c) },
+            ..Default::default()
+        },
         verification: None,
         endpoint: Some(block),
         case: c,
@@ -502,6 +525,9 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
             eprintln!("prompt length on {}: {} ({} request(s): {:?})", c.label, c.description, c.points.len(), c.points);
         }
     }
+    // Off a terminal the progress bar is hidden: one line per case instead.
+    let plain_progress = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut fitted = HashSet::new();
     let mut writer = match opened {
         Some((w, _)) => w,
         None => recordio::open_output(&plan.out, a.output.resume, a.output.force)?.0,
@@ -530,6 +556,12 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
             })
         };
         let started_at = envinfo::utc_now();
+        if fitted.insert(case.context) {
+            bench.fit(case.context).await;
+            for l in bench.fit_lines(case.context) {
+                bar.suspend(|| eprintln!("{l}"));
+            }
+        }
         let blocks = bench.run_case(*case_no as u64, case, progress).await.map_err(|e| anyhow!(e))?;
         ticker.abort();
         bar.set_position(base + per_case as u64);
@@ -540,6 +572,22 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
             }
             if let Some(why) = &r.reason {
                 bar.suspend(|| eprintln!("{}: {}", r.key, why));
+            }
+            if plain_progress {
+                let e = r.endpoint.as_ref().expect("endpoint record");
+                eprintln!(
+                    "case {}/{}: {} {} {} on {}: {} requests, {} {:?} ({:.0} s so far)",
+                    n + 1,
+                    todo.len(),
+                    case.phase,
+                    e.prompt_cell(),
+                    case.load.key(),
+                    e.label,
+                    e.requests_cell(),
+                    endpoint::primary_name(case.phase),
+                    r.stats.map(|s| s.median),
+                    started.elapsed().as_secs_f64()
+                );
             }
             writer.append(&r)?;
         }
@@ -566,34 +614,61 @@ fn f(x: f64, digits: usize) -> String {
     }
 }
 
-/// The table printed at the end: per case and side, the latency metrics, throughput, cache
-/// share and faults; in an A/B run, B/A of the primary metric with its 95% CI (requests
-/// paired by prompt).
+/// The table printed at the end: per case and side, the target and measured prompt length,
+/// the latency metrics, throughput, cache share and faults, sorted by phase, load, prompt
+/// length and side; then the cases whose prompt length missed its target; in an A/B run,
+/// B/A of the primary metric with its 95% CI (requests paired by prompt).
 pub fn render_summary(records: &[Record]) -> String {
+    let mut rows: Vec<(&Record, &EndpointBlock)> = records.iter().filter_map(|r| Some((r, r.endpoint.as_ref()?))).collect();
+    rows.sort_by(|x, y| {
+        (x.0.case.phase, x.1.load.key(), x.1.max_tokens, x.0.case.context, &x.1.side).cmp(&(y.0.case.phase, y.1.load.key(), y.1.max_tokens, y.0.case.context, &y.1.side))
+    });
+    let side_w = rows.iter().map(|(_, e)| e.label.chars().count()).max().unwrap_or(0).max(4);
+    let req_w = rows.iter().map(|(_, e)| e.requests_cell().len()).max().unwrap_or(0).max(8);
     let mut out = format!(
-        "{:<8} {:>7} {:<6} {:<14} {:>5} {:>10} {:>9} {:>10} {:>9} {:>7}  {}\n",
-        "phase", "prompt", "load", "side", "ok", "TTFT p50", "TPOT p50", "E2E p50", "out tok/s", "cached", "faults"
+        "{:<8} {:>7} {:>8} {:<6} {:<side_w$} {:>req_w$} {:>10} {:>9} {:>10} {:>9} {:>8}  {}\n",
+        "phase", "prompt", "measured", "load", "side", "requests", "TTFT p50", "TPOT p50", "E2E p50", "out tok/s", "cached", "faults"
     );
     let mut pairs: BTreeMap<(Phase, String, usize, usize), Vec<&Record>> = BTreeMap::new();
-    for r in records {
-        let Some(e) = &r.endpoint else { continue };
+    let mut missed = Vec::new();
+    for &(r, e) in &rows {
         let m = &e.metrics;
         let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        let measured = match m.prompt_check {
+            Some(p) => format!("{}{}", p.measured_median, if p.flagged { "!" } else { "" }),
+            None => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<8} {:>7} {:<6} {:<14} {:>5} {:>10} {:>9} {:>10} {:>9} {:>6}%  {}\n",
+            "{:<8} {:>7} {:>8} {:<6} {:<side_w$} {:>req_w$} {:>10} {:>9} {:>10} {:>9} {:>8}  {}\n",
             r.case.phase.as_str(),
             format_tokens(r.case.context),
+            measured,
             e.load.key(),
             e.label,
-            format!("{}/{}", m.ok, m.requests),
+            e.requests_cell(),
             f(med(&m.ttft_ms), 1),
             f(med(&m.tpot_ms), 2),
             f(med(&m.e2e_ms), 1),
             f(m.output_tokens_per_s, 1),
-            f(e.cache.fraction * 100.0, 1) + if e.cache.flagged { "!" } else { "" },
-            if faults.is_empty() { "-".into() } else { faults.join(", ") }
+            e.cache_cell("!"),
+            if let Some(why) = &e.not_run {
+                openai_clip(why)
+            } else if faults.is_empty() {
+                "-".into()
+            } else {
+                faults.join(", ")
+            }
         ));
+        if let Some(p) = m.prompt_check.filter(|p| p.flagged) {
+            missed.push(format!("  {} {} {} on {}: {}\n", r.case.phase.as_str(), format_tokens(r.case.context), e.load.key(), e.label, p.describe()));
+        }
         pairs.entry((r.case.phase, e.load.key(), e.max_tokens, r.case.context)).or_default().push(r);
+    }
+    if !missed.is_empty() {
+        out.push_str(&format!("\nprompt length missed (measured ! above; tolerance 1% or {} tokens, whichever is larger):\n", endpoint::PROMPT_TOLERANCE_TOKENS));
+        for l in missed {
+            out.push_str(&l);
+        }
     }
     let ab: Vec<String> = pairs
         .values()
@@ -628,6 +703,11 @@ pub fn render_summary(records: &[Record]) -> String {
     out
 }
 
+/// A long reason shortened for a table cell.
+fn openai_clip(s: &str) -> String {
+    ctxcost_engines::http::openai::clip(s, 120)
+}
+
 pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
     let usage = match a.usage.as_str() {
         "vllm" => UsageStyle::Vllm,
@@ -640,7 +720,7 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
         let n: usize = n.trim().parse().map_err(|_| anyhow!("--fault `{part}`: `{n}` is not a request number"))?;
         faults.insert(n, MockFault::parse(kind.trim()).map_err(|e| anyhow!("--fault: {e}"))?);
     }
-    for (name, v) in [("--ttft-ms", a.ttft_ms), ("--tpot-ms", a.tpot_ms), ("--ttft-ms-per-1k", a.ttft_ms_per_1k)] {
+    for (name, v) in [("--ttft-ms", a.ttft_ms), ("--tpot-ms", a.tpot_ms), ("--ttft-ms-per-1k", a.ttft_ms_per_1k), ("--token-growth", a.token_growth)] {
         if !(v >= 0.0 && v.is_finite()) {
             bail!("{name} must be >= 0");
         }
@@ -656,6 +736,9 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
         cached_fraction: a.cached_fraction,
         faults,
         buffered: a.buffered,
+        token_growth_per_1k: a.token_growth,
+        max_model_len: a.max_model_len,
+        reject_ignore_eos: a.reject_ignore_eos,
         ..Default::default()
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -759,6 +842,8 @@ mod tests {
             prompt_fit: "calibrated".into(),
             max_tokens: case.max_tokens,
             slo: st.slo,
+            planned_requests: st.requests,
+            not_run: None,
             requests,
             metrics,
             cache,

@@ -158,25 +158,81 @@ pub fn parse_url(raw: &str) -> Result<reqwest::Url, String> {
     reqwest::Url::parse(raw).map_err(|e| e.to_string())
 }
 
-/// The first model id of a server's `/v1/models` (`base_url` ends in `/v1`).
-pub async fn discover_model(base_url: &str, key: Option<String>) -> Result<String, String> {
+/// One model of a server's `/v1/models`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    pub id: String,
+    /// The model's context limit in tokens, where the server names it (vLLM and SGLang:
+    /// `max_model_len`; others: `context_length`, `context_window`).
+    pub max_model_len: Option<u64>,
+}
+
+/// The models of a server's `/v1/models` (`base_url` ends in `/v1`). A base URL whose
+/// `/models` is not found and that does not end in `/v1` is told so ("did you mean ...
+/// /v1?"), since that is the usual cause.
+pub async fn list_models(base_url: &str, key: Option<String>) -> Result<Vec<ModelInfo>, String> {
     let base = parse_base_url(base_url)?;
     let secrets = secrets_of(&base, key.as_deref());
-    let url = join_path(&base, "models");
-    let shown = public_of(&url);
     let client = http_client(Some(Duration::from_secs(15)))?;
+    models_of(&client, &base, key.as_deref(), &secrets).await
+}
+
+async fn models_of(client: &reqwest::Client, base: &reqwest::Url, key: Option<&str>, secrets: &[String]) -> Result<Vec<ModelInfo>, String> {
+    let url = join_path(base, "models");
+    let shown = public_of(&url);
     let mut req = client.get(url);
     if let Some(k) = key.filter(|k| !k.is_empty()) {
         req = req.bearer_auth(k);
     }
-    let redact = |s: String| openai::clip(&redact_text(&s, &secrets), DETAIL_CHARS);
+    let redact = |s: String| openai::clip(&redact_text(&s, secrets), DETAIL_CHARS);
     let mut resp = req.send().await.map_err(|e| redact(format!("cannot reach {shown} to find the model name ({})", error_chain(&e))))?;
-    if resp.status().is_redirection() {
-        return Err(redact(format!("{shown} answered HTTP {}: {}", resp.status().as_u16(), redirect_note(&resp))));
+    let status = resp.status();
+    if status.is_redirection() {
+        return Err(redact(format!("{shown} answered HTTP {}: {}", status.as_u16(), redirect_note(&resp))));
     }
     let body = read_prefix(&mut resp, 1 << 20).await;
+    if status.as_u16() == 404 {
+        let path = base.path().trim_end_matches('/');
+        if !path.ends_with("/v1") {
+            let with_v1 = public_of(&join_path(base, "v1"));
+            return Err(redact(format!("no /v1/models here ({shown} answered HTTP 404): did you mean {with_v1}?")));
+        }
+        return Err(redact(format!("{shown} answered HTTP 404: the server lists no models here")));
+    }
+    if !status.is_success() {
+        return Err(redact(format!("{shown} answered HTTP {}: {}", status.as_u16(), preview(&body))));
+    }
     let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| format!("{shown} did not answer with JSON"))?;
-    v["data"][0]["id"].as_str().map(str::to_string).ok_or_else(|| format!("{shown} lists no model"))
+    let list: Vec<ModelInfo> = v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    let id = m["id"].as_str()?.to_string();
+                    let max_model_len = ["max_model_len", "context_length", "context_window"].iter().find_map(|k| m[*k].as_u64());
+                    Some(ModelInfo { id, max_model_len })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if list.is_empty() {
+        return Err(format!("{shown} lists no model"));
+    }
+    Ok(list)
+}
+
+/// The first model id of a server's `/v1/models` (`base_url` ends in `/v1`).
+pub async fn discover_model(base_url: &str, key: Option<String>) -> Result<String, String> {
+    Ok(list_models(base_url, key).await?.remove(0).id)
+}
+
+impl Endpoint {
+    /// The context limit the server gives for this endpoint's model in `/v1/models`, if any
+    /// (best effort: `None` on any failure).
+    pub async fn max_model_len(&self) -> Option<u64> {
+        let list = models_of(&self.client, &self.base, self.key.as_deref(), &self.secrets).await.ok()?;
+        list.into_iter().find(|m| m.id == self.model).and_then(|m| m.max_model_len)
+    }
 }
 
 /// A URL without user info, with every query value redacted (`<unparsable URL>` when it is
@@ -366,7 +422,25 @@ fn redirect_note(resp: &reqwest::Response) -> String {
 /// Result of one attempt.
 enum Attempt {
     Ok { sent: Instant, chunks: Vec<Instant>, end: Instant, usage: Usage, redirected_to: Option<String> },
-    Failed { sent: Instant, fault: FaultKind, status: Option<u16>, detail: String, retry_after: Option<Duration> },
+    /// `chunks`: text chunks received before a stream failed (a cut stream keeps them).
+    Failed { sent: Instant, fault: FaultKind, status: Option<u16>, detail: String, retry_after: Option<Duration>, chunks: Vec<Instant> },
+}
+
+impl Attempt {
+    /// A failed attempt that had received `received` text chunks.
+    fn with_chunks(self, received: Vec<Instant>) -> Attempt {
+        match self {
+            Attempt::Failed { sent, fault, status, detail, retry_after, .. } => Attempt::Failed { sent, fault, status, detail, retry_after, chunks: received },
+            ok => ok,
+        }
+    }
+}
+
+/// A hint for a refused request that names `ignore_eos` (a server whose request schema
+/// lacks it answers 400 or 422).
+fn ignore_eos_hint(status: u16, body: &str, sent_ignore_eos: bool) -> Option<&'static str> {
+    (sent_ignore_eos && matches!(status, 400 | 422) && body.contains("ignore_eos"))
+        .then_some(" (the server refuses `ignore_eos`: run again with --no-ignore-eos; outputs may then end before max_tokens)")
 }
 
 /// Send one request (retrying 429s) and return its log. `t0` is the case's clock origin;
@@ -385,6 +459,7 @@ pub async fn send(ep: Arc<Endpoint>, body: Arc<Vec<u8>>, index: usize, t0: Insta
                 status: None,
                 detail: format!("no complete response within {:.0} s", limits.timeout.as_secs_f64()),
                 retry_after: None,
+                chunks: vec![],
             },
         };
         match attempt {
@@ -399,10 +474,12 @@ pub async fn send(ep: Arc<Endpoint>, body: Arc<Vec<u8>>, index: usize, t0: Insta
                 log.ok = true;
                 return log;
             }
-            Attempt::Failed { sent, fault, status, detail, retry_after } => {
+            Attempt::Failed { sent, fault, status, detail, retry_after, chunks } => {
                 let now = Instant::now();
                 log.sent_ms = ms(sent);
                 log.end_ms = ms(now);
+                // What a cut stream delivered is kept (the metrics use successful requests only).
+                log.chunks_ms = chunks.into_iter().map(ms).collect();
                 // Secrets out first, then shortened (a secret cut in two would not be found).
                 let detail = openai::clip(&ep.redact(&detail), DETAIL_CHARS);
                 log.faults.push(Fault { kind: fault, http_status: status, detail, at_ms: ms(now) });
@@ -430,7 +507,7 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
         req = req.bearer_auth(k);
     }
     let sent = Instant::now();
-    let failed = |fault, status, detail: String, retry_after| Attempt::Failed { sent, fault, status, detail, retry_after };
+    let failed = |fault, status, detail: String, retry_after| Attempt::Failed { sent, fault, status, detail, retry_after, chunks: vec![] };
     let mut resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {
@@ -461,7 +538,9 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
             500..=599 => FaultKind::Server,
             _ => FaultKind::Client,
         };
-        let detail = format!("HTTP {}: {}", status.as_u16(), preview(&text));
+        let shown = preview(&text);
+        let hint = ignore_eos_hint(status.as_u16(), &shown, ep.ignore_eos).unwrap_or("");
+        let detail = format!("HTTP {}: {shown}{hint}", status.as_u16());
         return failed(kind, code, detail, retry_after);
     }
     let redirected_to = (resp.url() != &url).then(|| public_of(resp.url()));
@@ -502,10 +581,12 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
                         None,
                     );
                 }
-                return failed(FaultKind::StreamCut, code, format!("stream ended before [DONE] after {} text chunks", chunks.len()), None);
+                let detail = format!("stream ended before [DONE] after {} text chunks", chunks.len());
+                return failed(FaultKind::StreamCut, code, detail, None).with_chunks(chunks);
             }
             Err(e) => {
-                return failed(FaultKind::StreamCut, code, format!("stream broke after {} text chunks: {}", chunks.len(), error_chain(&e)), None)
+                let detail = format!("stream broke after {} text chunks: {}", chunks.len(), error_chain(&e));
+                return failed(FaultKind::StreamCut, code, detail, None).with_chunks(chunks);
             }
         };
         if head.len() < BODY_PREVIEW_CHARS * 4 {
@@ -514,7 +595,7 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
         let at = Instant::now();
         let events = match parser.push(&bytes) {
             Ok(ev) => ev,
-            Err(e) => return failed(FaultKind::MalformedSse, code, e.to_string(), None),
+            Err(e) => return failed(FaultKind::MalformedSse, code, e.to_string(), None).with_chunks(chunks),
         };
         for ev in events {
             events_seen += 1;
@@ -529,8 +610,8 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
                         usage = u;
                     }
                 }
-                Ok(StreamItem::Error(m)) => return failed(FaultKind::StreamError, code, m, None),
-                Err(m) => return failed(FaultKind::MalformedSse, code, m, None),
+                Ok(StreamItem::Error(m)) => return failed(FaultKind::StreamError, code, m, None).with_chunks(chunks),
+                Err(m) => return failed(FaultKind::MalformedSse, code, m, None).with_chunks(chunks),
             }
         }
     }

@@ -3,8 +3,12 @@
 //! blocks, and faults injected by request number.
 //!
 //! Token accounting: a prompt's tokens are its whitespace-separated words, plus a fixed chat
-//! template overhead on `/v1/chat/completions`; it always generates exactly `max_tokens`
-//! tokens, one word per token. HTTP/1.1 with keep-alive; streams use chunked encoding, each
+//! template overhead on `/v1/chat/completions`; with `token_growth_per_1k` the tokens per word
+//! grow with the prompt's length (as a BPE tokenizer's ratio differs between texts), so no
+//! single line through two prompt lengths predicts the others. It always generates exactly
+//! `max_tokens` tokens, one word per token. Like vLLM it can refuse a prompt beyond its
+//! context limit (HTTP 400, the limit in `/v1/models` as `max_model_len`) and, like servers
+//! with strict request schemas, `ignore_eos` (HTTP 422). It serves only paths under `/v1/`. HTTP/1.1 with keep-alive; streams use chunked encoding, each
 //! event its own write (or the whole stream in one write with `buffered`, as a buffering
 //! proxy delivers it). A query string on the path (`?api-version=`) is accepted.
 
@@ -80,6 +84,23 @@ pub struct MockConfig {
     /// Send each stream in one write after the generation delays (a buffering proxy): every
     /// text chunk arrives at once, so TPOT and ITL are 0 at the client.
     pub buffered: bool,
+    /// Growth of the tokens per word with the prompt's length: a prompt of `w` words counts
+    /// `w * (1 + token_growth_per_1k * w / 1000)` tokens (rounded); 0 counts words.
+    pub token_growth_per_1k: f64,
+    /// Refuse prompts of more tokens than this with HTTP 400 (vLLM's message), and list it
+    /// as `max_model_len` in `/v1/models`.
+    pub max_model_len: Option<u64>,
+    /// Refuse a request carrying `ignore_eos` with HTTP 422 naming the field (a strict
+    /// request schema, as `transformers serve` has).
+    pub reject_ignore_eos: bool,
+}
+
+impl MockConfig {
+    /// Prompt tokens of a prompt of `words` words (before the chat template's overhead).
+    pub fn tokens_of_words(&self, words: u64) -> u64 {
+        let w = words as f64;
+        (w * (1.0 + self.token_growth_per_1k * w / 1000.0)).round() as u64
+    }
 }
 
 impl Default for MockConfig {
@@ -93,6 +114,9 @@ impl Default for MockConfig {
             cached_fraction: 0.0,
             faults: BTreeMap::new(),
             buffered: false,
+            token_growth_per_1k: 0.0,
+            max_model_len: None,
+            reject_ignore_eos: false,
         }
     }
 }
@@ -210,8 +234,15 @@ async fn respond(
 ) -> std::io::Result<bool> {
     let target = request_line.split_whitespace().nth(1).unwrap_or("");
     let path = target.split('?').next().unwrap_or("");
+    if !path.starts_with("/v1/") {
+        return plain(sock, "404 Not Found", "", r#"{"detail":"Not Found"}"#).await;
+    }
     if request_line.starts_with("GET ") && path.ends_with("/models") {
-        return plain(sock, "200 OK", "", r#"{"object":"list","data":[{"id":"mock","object":"model"}]}"#).await;
+        let mut model = json!({"id": "mock", "object": "model"});
+        if let Some(n) = cfg.max_model_len {
+            model["max_model_len"] = json!(n);
+        }
+        return plain(sock, "200 OK", "", &json!({"object": "list", "data": [model]}).to_string()).await;
     }
     let chat = path.ends_with("/chat/completions");
     if !request_line.starts_with("POST ") || !(chat || path.ends_with("/completions")) {
@@ -238,12 +269,24 @@ async fn respond(
         }
         _ => {}
     }
+    if cfg.reject_ignore_eos && req.get("ignore_eos").is_some() {
+        let msg = json!({"detail": [{"type": "extra_forbidden", "loc": ["body", "ignore_eos"], "msg": "Extra inputs are not permitted", "input": true}]});
+        return plain(sock, "422 Unprocessable Entity", "", &msg.to_string()).await;
+    }
     let prompt_words = if chat {
-        req["messages"].as_array().map(|m| m.iter().map(|x| words(&x["content"])).sum::<u64>()).unwrap_or(0) + cfg.chat_overhead
+        cfg.tokens_of_words(req["messages"].as_array().map(|m| m.iter().map(|x| words(&x["content"])).sum::<u64>()).unwrap_or(0)) + cfg.chat_overhead
     } else {
-        words(&req["prompt"])
+        cfg.tokens_of_words(words(&req["prompt"]))
     };
     let max_tokens = req["max_tokens"].as_u64().unwrap_or(16).max(1);
+    if let Some(limit) = cfg.max_model_len.filter(|&l| prompt_words + max_tokens > l) {
+        let msg = format!(
+            "This model's maximum context length is {limit} tokens. However, you requested {} tokens ({prompt_words} in the messages, \
+             {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+            prompt_words + max_tokens
+        );
+        return plain(sock, "400 Bad Request", "", &json!({"object": "error", "message": msg, "type": "BadRequestError", "code": 400}).to_string()).await;
+    }
     let cached = (prompt_words as f64 * cfg.cached_fraction).round() as u64;
     let usage = match cfg.usage {
         UsageStyle::Vllm => json!({"prompt_tokens": prompt_words, "completion_tokens": max_tokens,

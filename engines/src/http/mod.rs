@@ -10,8 +10,9 @@
 //! - [`load`]: closed-loop (concurrency) and open-loop (Poisson) load over one or two sides.
 //! - [`mock`]: a local OpenAI-style streaming server with injected delays and faults.
 //!
-//! [`Bench`] ties them together: it fits prompt lengths per side (calibration), then runs a
-//! case on every side at once and returns one [`EndpointBlock`] per side. Metric definitions
+//! [`Bench`] ties them together: it checks every side and fits prompt lengths per side and
+//! target (calibration, then a probe search per target), then runs a case on every side at
+//! once and returns one [`EndpointBlock`] per side. Metric definitions
 //! are in [`ctxcost_core::endpoint`].
 
 pub mod client;
@@ -25,13 +26,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ctxcost_core::endpoint::{self, ApiPricing, EndpointBlock, Load, RequestLog, Slo};
+use std::collections::BTreeMap;
+
+use ctxcost_core::endpoint::{self, ApiPricing, EndpointBlock, FaultKind, Load, RequestLog, Slo};
 use ctxcost_core::Phase;
 
 pub use client::{Endpoint, RequestLimits};
 pub use load::{LoadSpec, Progress};
 use openai::Api;
-use prompt::{within_tolerance, LengthModel, PromptBuilder};
+use prompt::{LengthSearch, PromptBuilder, TokenizerModel, MAX_PROBES_PER_TARGET};
 
 /// One side as the user described it.
 #[derive(Debug, Clone)]
@@ -77,7 +80,29 @@ pub struct CaseSpec {
 struct Side {
     spec: SideSpec,
     ep: Arc<Endpoint>,
-    length: Option<LengthModel>,
+    /// With `--tokenizer`: the local model, its overhead measured by calibration.
+    tokenizer: Option<TokenizerModel>,
+    /// Without: the probes so far and the refused length, shared by every target.
+    search: LengthSearch,
+    /// The server's context limit from `/v1/models`, where it gives one.
+    max_model_len: Option<u64>,
+    /// The least target refused for the server's limit, with why.
+    refused_target: Option<(usize, String)>,
+    /// Fitted filler words per target, or why the target cannot be reached.
+    fits: BTreeMap<usize, Result<Fit, String>>,
+    /// Probes sent (each gets its own nonce).
+    probes: u64,
+}
+
+/// How a side's prompts of one target length were fitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fit {
+    /// Filler words of the case's prompts.
+    pub words: usize,
+    /// The server's prompt tokens for that many words in a probe (`None` with a tokenizer).
+    pub probed_tokens: Option<u64>,
+    /// Probes this target took (0: an earlier probe already hit it, or a tokenizer).
+    pub probes: usize,
 }
 
 /// A run over one or two endpoints.
@@ -98,6 +123,21 @@ pub struct Calibration {
     pub description: String,
 }
 
+/// A probe that failed: the server refused the request (HTTP 4xx but 429: a prompt beyond
+/// its limit, a field it does not take), or anything else.
+enum ProbeError {
+    Refused(String),
+    Other(String),
+}
+
+impl ProbeError {
+    fn text(self) -> String {
+        match self {
+            ProbeError::Refused(s) | ProbeError::Other(s) => s,
+        }
+    }
+}
+
 impl Bench {
     /// Build the HTTP clients. Reads each side's key from its environment variable; a named
     /// variable that is unset is an error.
@@ -108,7 +148,7 @@ impl Bench {
         if sides.len() == 2 && sides[0].label == sides[1].label {
             return Err(format!("both sides are labelled `{}`: give distinct --a-label and --b-label", sides[0].label));
         }
-        let tokenizer = tokenizer.map(LengthModel::load_tokenizer).transpose()?;
+        let tokenizer = tokenizer.map(TokenizerModel::load_tokenizer).transpose()?;
         let mut out = Vec::new();
         for s in sides {
             let key = match &s.key_env {
@@ -116,7 +156,16 @@ impl Bench {
                 None => None,
             };
             let ep = Endpoint::new(&s.label, &s.url, &s.model, s.api, key, s.ignore_eos)?;
-            out.push(Side { spec: s, ep: Arc::new(ep), length: None });
+            out.push(Side {
+                spec: s,
+                ep: Arc::new(ep),
+                tokenizer: None,
+                search: LengthSearch::default(),
+                max_model_len: None,
+                refused_target: None,
+                fits: BTreeMap::new(),
+                probes: 0,
+            });
         }
         Ok(Bench { sides: out, builder: PromptBuilder::new(settings.seed), settings, tokenizer })
     }
@@ -133,99 +182,182 @@ impl Bench {
 
     /// Send one unrecorded request of `words` filler words with `max_tokens = 1`; return the
     /// server's prompt tokens.
-    async fn probe(&self, side: usize, tag: u64, words: usize) -> Result<u64, String> {
-        let nonce = self.builder.nonce(u64::MAX - tag, side as u64, 0);
+    async fn probe(&mut self, side: usize, words: usize) -> Result<u64, ProbeError> {
+        self.sides[side].probes += 1;
+        let nonce = self.builder.nonce(u64::MAX - self.sides[side].probes, side as u64, 0);
         let body = self.body(side, &self.builder.prompt(&nonce, words), 1);
         let t0 = tokio::time::Instant::now();
         let log = client::send(self.sides[side].ep.clone(), body, 0, t0, t0, self.settings.limits).await;
         match (log.ok, log.prompt_tokens) {
             (true, Some(p)) => Ok(p),
-            (true, None) => Err("the server's stream had no usage block: it must honour stream_options.include_usage, \
-                                 or give --tokenizer so prompts can be fitted locally"
-                .into()),
-            (false, _) => Err(log.faults.last().map(|f| format!("{}: {}", f.kind.as_str(), f.detail)).unwrap_or_default()),
+            (true, None) => Err(ProbeError::Other(
+                "the server's stream had no usage block: it must honour stream_options.include_usage, \
+                 or give --tokenizer so prompts can be fitted locally"
+                    .into(),
+            )),
+            (false, _) => {
+                let last = log.faults.last();
+                let text = last.map(|f| format!("{}: {}", f.kind.as_str(), f.detail)).unwrap_or_default();
+                if last.is_some_and(|f| f.kind == FaultKind::Client) {
+                    Err(ProbeError::Refused(text))
+                } else {
+                    Err(ProbeError::Other(text))
+                }
+            }
         }
     }
 
-    /// Fit prompt lengths on every side for targets up to `max_target` tokens.
+    /// Check that every side answers with usage, and measure what prompt lengths rest on:
+    /// with a tokenizer, the template overhead (one request of about `max_target / 2`
+    /// tokens); without, two short probes that start every target's search. Reads each
+    /// side's context limit from `/v1/models` where the server gives it. An error here (no
+    /// server, no usage block, a refused request field) stops the run; a target that cannot
+    /// be reached later is only that case's failure ([`Bench::fit`]).
     pub async fn calibrate(&mut self, max_target: usize) -> Result<Vec<Calibration>, String> {
         let mut out = Vec::new();
         for i in 0..self.sides.len() {
             let label = self.sides[i].spec.label.clone();
-            let err = |e: String| format!("calibrating the prompt length on `{label}` ({}): {e}", self.sides[i].ep.public_url());
+            let shown = self.sides[i].ep.public_url();
+            let err = |e: ProbeError| format!("calibrating the prompt length on `{label}` ({shown}): {}", e.text());
+            self.sides[i].max_model_len = self.sides[i].ep.max_model_len().await;
+            let limit = self.sides[i].max_model_len.map(|n| format!("; max_model_len {n}")).unwrap_or_default();
             let nonce = self.builder.nonce(u64::MAX, i as u64, 0);
-            let (model, points) = if let Some(tok) = &self.tokenizer {
+            if let Some(tok) = self.tokenizer.clone() {
                 // One request measures the template overhead over the local count.
                 let words = (max_target / 2).clamp(16, 4096);
-                let p = self.probe(i, 1, words).await.map_err(err)?;
-                let local = LengthModel::local_count(tok, &self.builder.prompt(&nonce, words))? as i64;
-                (LengthModel::Tokenizer { tokenizer: Box::new(tok.clone()), overhead: p as i64 - local }, vec![(words, p)])
+                let p = self.probe(i, words).await.map_err(err)?;
+                let local = TokenizerModel::local_count(&tok, &self.builder.prompt(&nonce, words))? as i64;
+                let overhead = p as i64 - local;
+                self.sides[i].tokenizer = Some(TokenizerModel { tokenizer: Box::new(tok), overhead });
+                let description = format!("tokenizer count + {overhead} template tokens{limit}");
+                out.push(Calibration { label, method: "tokenizer", points: vec![(words, p)], description });
             } else {
-                // A line through a short and a long prompt, then secant steps at the largest
-                // target until it is within tolerance.
-                let w0 = 32usize;
-                let p0 = self.probe(i, 1, w0).await.map_err(err)?;
-                let w1 = ((max_target as f64 / 1.3) as usize).max(w0 + 64);
-                let p1 = self.probe(i, 2, w1).await.map_err(err)?;
-                let mut pts = vec![(w0, p0), (w1, p1)];
-                let line = |pts: &[(usize, u64)]| {
-                    let ((wa, pa), (wb, pb)) = (pts[pts.len() - 2], pts[pts.len() - 1]);
-                    let b = (pb as f64 - pa as f64) / (wb as f64 - wa as f64);
-                    LengthModel::Linear { a: pa as f64 - b * wa as f64, b }
-                };
-                let mut m = line(&pts);
-                for step in 0..3 {
-                    if let LengthModel::Linear { b, .. } = m {
-                        if !(b > 0.0 && b.is_finite()) {
-                            return Err(err(format!("the server's prompt_tokens do not grow with the prompt ({pts:?})")));
-                        }
-                    }
-                    let w = m.words_for(&self.builder, &nonce, max_target)?;
-                    if pts.iter().any(|&(pw, _)| pw == w) {
-                        break;
-                    }
-                    let p = self.probe(i, 3 + step, w).await.map_err(err)?;
-                    pts.push((w, p));
-                    if within_tolerance(p, max_target) {
-                        break;
-                    }
-                    m = line(&pts);
+                for words in [32usize, 256] {
+                    let p = self.probe(i, words).await.map_err(err)?;
+                    self.sides[i].search.add(words, p);
                 }
-                (m, pts)
-            };
-            let description = match &model {
-                LengthModel::Tokenizer { overhead, .. } => format!("tokenizer count + {overhead} template tokens"),
-                LengthModel::Linear { a, b } => format!("{a:.1} + {b:.4} tokens per filler word"),
-            };
-            out.push(Calibration { label: label.clone(), method: model.method(), points, description });
-            self.sides[i].length = Some(model);
+                let pts = self.sides[i].search.points().to_vec();
+                let description = format!("searched per target from probes (server prompt tokens of filler words){limit}");
+                out.push(Calibration { label, method: "calibrated", points: pts, description });
+            }
         }
         Ok(out)
     }
 
+    /// Fit the prompts of a target length on every side (cached per target): with a
+    /// tokenizer, locally; without, by probes ([`LengthSearch`]) until one lands within
+    /// [`prompt::fit_tolerance`] or the probe budget is spent (the nearest probe is then
+    /// used, and the case's prompt check says how far it is). A target beyond the server's
+    /// limit (its `max_model_len`, or a probe it refused while every accepted one stayed
+    /// below the target) is an `Err` with the server's message, for that case alone.
+    pub async fn fit(&mut self, target: usize) -> Vec<Result<Fit, String>> {
+        let mut out = Vec::new();
+        for i in 0..self.sides.len() {
+            if !self.sides[i].fits.contains_key(&target) {
+                let f = self.fit_side(i, target).await;
+                if let Err(why) = &f {
+                    let side = &mut self.sides[i];
+                    if side.refused_target.as_ref().is_none_or(|(t, _)| target < *t) {
+                        side.refused_target = Some((target, why.clone()));
+                    }
+                }
+                self.sides[i].fits.insert(target, f);
+            }
+            out.push(self.sides[i].fits[&target].clone());
+        }
+        out
+    }
+
+    async fn fit_side(&mut self, i: usize, target: usize) -> Result<Fit, String> {
+        if let Some(limit) = self.sides[i].max_model_len.filter(|&n| target as u64 >= n) {
+            return Err(format!(
+                "a prompt of {target} tokens does not fit the server's context limit: /v1/models gives max_model_len {limit} for `{}`",
+                self.sides[i].spec.model
+            ));
+        }
+        if let Some((t, why)) = self.sides[i].refused_target.as_ref().filter(|(t, _)| target > *t) {
+            return Err(format!("beyond the server's limit: the shorter target of {t} tokens could not be reached ({why})"));
+        }
+        if let Some(tm) = &self.sides[i].tokenizer {
+            let nonce = self.builder.nonce(u64::MAX, i as u64, 0);
+            let words = tm.words_for(&self.builder, &nonce, target)?;
+            return Ok(Fit { words, probed_tokens: None, probes: 0 });
+        }
+        let mut probes = 0;
+        while self.sides[i].search.hit(target).is_none() && probes < MAX_PROBES_PER_TARGET {
+            let Some(w) = self.sides[i].search.next(target) else { break };
+            probes += 1;
+            match self.probe(i, w).await {
+                Ok(p) => self.sides[i].search.add(w, p),
+                Err(ProbeError::Refused(why)) => self.sides[i].search.refuse(w, why),
+                Err(ProbeError::Other(why)) => return Err(format!("a probe of {w} filler words failed: {why}")),
+            }
+        }
+        let search = &self.sides[i].search;
+        let Some((words, tokens)) = search.nearest(target) else {
+            return Err("no probe succeeded".into());
+        };
+        if let Some((_, why)) = search.refused() {
+            let all_below = search.points().iter().all(|p| (p.1 as f64) < target as f64);
+            if all_below && !endpoint::prompt_hits(tokens, target) {
+                return Err(format!(
+                    "a prompt of {target} tokens is beyond what the server takes: the longest it accepted had {} tokens, a longer one was refused ({why})",
+                    search.points().iter().map(|p| p.1).max().unwrap_or(0)
+                ));
+            }
+        }
+        Ok(Fit { words, probed_tokens: Some(tokens), probes })
+    }
+
+    /// One line per side on how the prompts of `target` were fitted (after [`Bench::fit`]).
+    pub fn fit_lines(&self, target: usize) -> Vec<String> {
+        self.sides
+            .iter()
+            .filter_map(|s| {
+                let f = s.fits.get(&target)?;
+                Some(match f {
+                    Ok(Fit { words, probed_tokens: Some(p), probes }) => {
+                        format!("prompt {target} on {}: {words} filler words gave {p} tokens in a probe ({probes} new probe(s))", s.spec.label)
+                    }
+                    Ok(Fit { words, .. }) => format!("prompt {target} on {}: {words} filler words (tokenizer)", s.spec.label),
+                    Err(why) => format!("prompt {target} on {}: cannot be fitted: {why}", s.spec.label),
+                })
+            })
+            .collect()
+    }
+
     /// Run one case on every side at once. `case_no` makes the nonces of this case unique.
-    pub async fn run_case(&self, case_no: u64, case: &CaseSpec, progress: Progress) -> Result<Vec<EndpointBlock>, String> {
+    /// A side whose prompt cannot be fitted to the target sends nothing; its block says why
+    /// ([`EndpointBlock::not_run`]).
+    pub async fn run_case(&mut self, case_no: u64, case: &CaseSpec, progress: Progress) -> Result<Vec<EndpointBlock>, String> {
+        if self.sides.iter().any(|s| s.tokenizer.is_none() && s.search.points().is_empty()) {
+            return Err("calibrate before running cases".into());
+        }
+        let fits = self.fit(case.context).await;
         let st = &self.settings;
+        let run: Vec<usize> = (0..self.sides.len()).filter(|&s| fits[s].is_ok()).collect();
         let mut bodies = Vec::new();
         let mut warm = Vec::new();
-        for (s, side) in self.sides.iter().enumerate() {
-            let model = side.length.as_ref().ok_or("calibrate before running cases")?;
-            let nonce0 = self.builder.nonce(case_no, s as u64, 0);
-            let words = model.words_for(&self.builder, &nonce0, case.context)?;
+        for &s in &run {
+            let words = fits[s].as_ref().expect("fitted").words;
             let mk = |i: u64| self.body(s, &self.builder.prompt(&self.builder.nonce(case_no, s as u64, i), words), case.max_tokens);
             bodies.push((0..st.requests as u64).map(mk).collect::<Vec<_>>());
             // Warm-up prompts use nonces outside the measured range.
             warm.push((0..st.warmup as u64).map(|i| mk(1 << 32 | i)).collect::<Vec<_>>());
         }
-        // Warm-up, not recorded: sequential per side; the sides at once, or one after the other
-        // when the load takes them in turn.
+        // Warm-up, not recorded, within the case's time limit: sequential per side; the
+        // sides at once, or one after the other when the load takes them in turn.
+        let warm_deadline = tokio::time::Instant::now() + st.max_duration;
         let mut ws = Vec::new();
-        for (s, w) in warm.into_iter().enumerate() {
-            let (ep, limits) = (self.sides[s].ep.clone(), st.limits);
+        for (k, w) in warm.into_iter().enumerate() {
+            let (ep, limits) = (self.sides[run[k]].ep.clone(), st.limits);
             let warm_side = async move {
                 for b in w {
                     let t0 = tokio::time::Instant::now();
-                    client::send(ep.clone(), b, 0, t0, t0, limits).await;
+                    if t0 >= warm_deadline {
+                        break;
+                    }
+                    let _ = tokio::time::timeout_at(warm_deadline, client::send(ep.clone(), b, 0, t0, t0, limits)).await;
                 }
             };
             if matches!(case.load, Load::Alternate { .. }) {
@@ -244,9 +376,22 @@ impl Bench {
             limits: st.limits,
             seed: st.seed ^ case_no.wrapping_mul(0x5851_F42D),
         };
-        let eps: Vec<Arc<Endpoint>> = self.sides.iter().map(|s| s.ep.clone()).collect();
-        let logs = load::run_case(&eps, bodies, &spec, progress).await;
-        Ok(logs.into_iter().enumerate().map(|(s, reqs)| self.block(s, case, reqs)).collect())
+        let eps: Vec<Arc<Endpoint>> = run.iter().map(|&s| self.sides[s].ep.clone()).collect();
+        let mut logs = if eps.is_empty() { vec![] } else { load::run_case(&eps, bodies, &spec, progress).await }.into_iter();
+        let mut out = Vec::new();
+        for (s, fit) in fits.into_iter().enumerate() {
+            let mut blk = match fit {
+                Ok(_) => self.block(s, case, logs.next().unwrap_or_default()),
+                Err(why) => {
+                    let mut b = self.block(s, case, vec![]);
+                    b.not_run = Some(why);
+                    b
+                }
+            };
+            blk.planned_requests = st.requests;
+            out.push(blk);
+        }
+        Ok(out)
     }
 
     fn block(&self, s: usize, case: &CaseSpec, requests: Vec<RequestLog>) -> EndpointBlock {
@@ -264,9 +409,11 @@ impl Bench {
             api: side.spec.api.as_str().to_string(),
             load: case.load.clone(),
             target_prompt_tokens: case.context,
-            prompt_fit: side.length.as_ref().map(|m| m.method()).unwrap_or("none").to_string(),
+            prompt_fit: if side.tokenizer.is_some() { "tokenizer" } else { "calibrated" }.to_string(),
             max_tokens: case.max_tokens,
             slo: st.slo,
+            planned_requests: st.requests,
+            not_run: None,
             requests,
             metrics,
             cache,
