@@ -37,6 +37,10 @@
 
 #define DC_TILE_ELEMS (DC_BN * DC_D)  // one bf16 tile (64 x 576)
 #define DC_P_ELEMS (DC_BM * DC_BN)
+// Dynamic shared memory of dense_decode_body (bytes; the engine sizes its launches with these):
+// sQ | sK0 | sK1 (bf16) or FP8 staging | sP | red_max [2][64] f32 | red_sum [2][64] f32
+#define DC_SMEM_BF16 ((DC_BM * DC_D + 2 * DC_TILE_ELEMS + DC_P_ELEMS) * 2 + 4 * DC_BM * 4)
+#define DC_SMEM_FP8 ((DC_BM * DC_D + DC_TILE_ELEMS + DC_P_ELEMS) * 2 + DC_BN * DC_FP8_ROW + 4 * DC_BM * 4)
 
 // Element offset of (row, 16-byte chunk) in a swizzled tile with `chunks` chunks per row.
 __device__ __forceinline__ u32 dc_swz(int row, int chunk, int chunks) {
@@ -372,9 +376,10 @@ extern "C" __global__ void __launch_bounds__(DC_THREADS, 1)
 
 #define DW_TILE_BYTES (DC_BN * DC_D * 2)  // 73728: one 64 x 576 bf16 tile (Q or keys)
 #define DW_P_BYTES (DC_BM * DC_BN * 2)    // 8192
-// sQ | sK0 | sK1 | sP | red_max [2][64] f32 | red_sum [2][64] f32 (the engine's DECODE_SMEM_BF16_WGMMA)
+// sQ | sK0 | sK1 | sP | red_max [2][64] f32 | red_sum [2][64] f32
 #define DW_SMEM (3 * DW_TILE_BYTES + DW_P_BYTES + 4 * DC_BM * 4)
-// The TMA variants add up to four mbarriers and 1 KB of alignment slack (DECODE_SMEM_BF16_WGMMA).
+// The TMA variants add up to four mbarriers and 1 KB of alignment slack (what the engine launches
+// every wgmma decode entry with).
 #define DW_SMEM_TMA (DW_SMEM + 32 + 1024)
 #ifndef DW_V_LBO
 #define DW_V_LBO 128

@@ -411,7 +411,7 @@ extern "C" __global__ void __launch_bounds__(SM_THREADS, 1)
 #define SW_P_BYTES (SM_BN * SM_BM * 2)     // 8192: P^T, core-matrix layout, keys as rows
 #define SW_RED_BYTES (2 * 4 * 32 * 4)      // 1024: per-warp maxima / sums [wg][warp][32 heads]
 #define SW_OUT_STRIDE 1040                 // bytes of a staged output row (512 bf16 + 16 of padding)
-// Q | K0 | K1 | P^T | red | four mbarriers (the engine's SPARSE_SMEM_BF16_WGMMA)
+// Q | K0 | K1 | P^T | red | four mbarriers (the engine sizes the wgmma launches with it)
 #define SW_SMEM (SW_Q_BYTES + 2 * SW_KBUF + SW_P_BYTES + SW_RED_BYTES + 32)
 
 // Byte offset of row r in a gathered tile (additive over whole 8-row groups: sw_row(8a + b) = sw_row(8a) + sw_row(b)).

@@ -217,6 +217,7 @@ mod tests {
             query_len: 4,
             precision: Precision::F32,
             seed: 1,
+            kernel: Default::default(),
         };
         // positions 96..100 see 97+98+99+100 = 394 keys.
         assert_eq!(case_work(&case).flops, 2.0 * 394.0 * mha_flops_per_pair(&case.shape));

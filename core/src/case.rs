@@ -7,6 +7,7 @@
 //! token per sequence (two with MTP); dense decode uses MQA mode. DSA always uses the indexer,
 //! top-k and MQA-mode attention over the selected keys.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -159,6 +160,46 @@ impl fmt::Display for Backend {
     }
 }
 
+/// The kernel choices of a case: axis -> value (`sparse=bulk`), the variants of an engine's
+/// kernels (DESIGN.md section 3, "Kernel choices are case axes"). Empty: the engine's defaults.
+/// The engines crate knows each engine's axes and checks them with the rest of the plan; this
+/// crate knows no engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KernelChoice(pub BTreeMap<String, String>);
+
+impl KernelChoice {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value chosen for an axis.
+    pub fn get(&self, axis: &str) -> Option<&str> {
+        self.0.get(axis).map(String::as_str)
+    }
+
+    /// This choice with `axis` set to `value`.
+    pub fn with(mut self, axis: &str, value: &str) -> Self {
+        self.0.insert(axis.to_string(), value.to_string());
+        self
+    }
+
+    /// `(axis, value)` pairs in axis order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(a, v)| (a.as_str(), v.as_str()))
+    }
+}
+
+impl fmt::Display for KernelChoice {
+    /// `axis=value` pairs joined by `,` (empty for the defaults).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (a, v)) in self.iter().enumerate() {
+            write!(f, "{}{a}={v}", if i > 0 { "," } else { "" })?;
+        }
+        Ok(())
+    }
+}
+
 /// One measured case. Serialised into every record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "CaseRepr")]
@@ -178,9 +219,14 @@ pub struct Case {
     pub precision: Precision,
     /// Seed of the generated inputs.
     pub seed: u64,
+    /// Kernel choices (`--variant`, a sweep's `[variants]`); empty: the engine's defaults. Left
+    /// out of the record and the key when empty, so cases without a choice keep their keys.
+    #[serde(default, skip_serializing_if = "KernelChoice::is_empty")]
+    pub kernel: KernelChoice,
 }
 
-/// A case as stored: records before schema 3 have no `method`.
+/// A case as stored: records before schema 3 have no `method`, records without a kernel choice
+/// no `kernel`.
 #[derive(Deserialize)]
 struct CaseRepr {
     engine: String,
@@ -193,6 +239,8 @@ struct CaseRepr {
     query_len: usize,
     precision: Precision,
     seed: u64,
+    #[serde(default)]
+    kernel: KernelChoice,
 }
 
 impl From<CaseRepr> for Case {
@@ -208,6 +256,7 @@ impl From<CaseRepr> for Case {
             query_len: r.query_len,
             precision: r.precision,
             seed: r.seed,
+            kernel: r.kernel,
         }
     }
 }
@@ -239,11 +288,13 @@ impl Case {
     }
 
     /// The key that identifies a case across runs (for `--resume` and comparisons):
-    /// everything but the seed. A `rest` case adds its expert-parallel degree.
+    /// everything but the seed. A `rest` case adds its expert-parallel degree, a case with kernel
+    /// choices `|axis=value` for each (so variants of one engine are told apart).
     pub fn key(&self) -> String {
         let ep = if self.is_rest() { format!("|ep={}", self.shape.ep) } else { String::new() };
+        let kernel: String = self.kernel.iter().map(|(a, v)| format!("|{a}={v}")).collect();
         format!(
-            "{}|{}|{}|L={}|B={}|q={}|{}|k={}{ep}",
+            "{}|{}|{}|L={}|B={}|q={}|{}|k={}{ep}{kernel}",
             self.engine,
             self.shape.name,
             self.phase,
@@ -255,8 +306,8 @@ impl Case {
         )
     }
 
-    /// The key of the point this case belongs to (the case without its engine), used to pair
-    /// dense and sparse cases.
+    /// The key of the point this case belongs to (the case without its engine and kernel
+    /// choices), used to pair dense and sparse cases.
     pub fn point_key(&self) -> String {
         format!(
             "{}|{}|L={}|B={}|q={}|{}",
@@ -292,5 +343,50 @@ impl Case {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod kernel_choice_tests {
+    use super::*;
+
+    fn case() -> Case {
+        Case {
+            engine: "dsa-cuda".into(),
+            method: Method::Dsa,
+            shape: ModelShape::tiny(),
+            phase: Phase::Decode,
+            context: 1024,
+            batch: 4,
+            query_len: 1,
+            precision: Precision::Bf16,
+            seed: 1,
+            kernel: KernelChoice::default(),
+        }
+    }
+
+    #[test]
+    fn kernel_choices_are_in_the_key_only_when_set() {
+        let plain = case();
+        let bulk = Case { kernel: KernelChoice::default().with("sparse", "bulk"), ..case() };
+        let split = Case { kernel: KernelChoice::default().with("sparse", "split"), ..case() };
+        assert!(!plain.key().contains("sparse"));
+        assert_eq!(bulk.key(), format!("{}|sparse=bulk", plain.key()));
+        assert_ne!(bulk.key(), split.key());
+        assert_eq!(bulk.point_key(), plain.point_key());
+        let two = Case { kernel: bulk.kernel.clone().with("indexer", "mma"), ..case() };
+        assert!(two.key().ends_with("|indexer=mma|sparse=bulk"), "{}", two.key());
+        assert_eq!(two.kernel.to_string(), "indexer=mma,sparse=bulk");
+    }
+
+    #[test]
+    fn kernel_choices_round_trip_and_stay_out_of_plain_records() {
+        let plain = serde_json::to_string(&case()).unwrap();
+        assert!(!plain.contains("kernel"), "{plain}");
+        assert_eq!(serde_json::from_str::<Case>(&plain).unwrap(), case());
+        let bulk = Case { kernel: KernelChoice::default().with("sparse", "bulk"), ..case() };
+        let text = serde_json::to_string(&bulk).unwrap();
+        assert!(text.contains(r#""kernel":{"sparse":"bulk"}"#), "{text}");
+        assert_eq!(serde_json::from_str::<Case>(&text).unwrap(), bulk);
     }
 }

@@ -212,6 +212,7 @@ pub(crate) mod tests {
             query_len: 1,
             precision: Precision::F32,
             seed: 7,
+            kernel: Default::default(),
         };
         let samples = vec![1.5, 1.25, 1.75];
         Record {

@@ -268,7 +268,7 @@ mod tests {
     use crate::{Method, ModelShape};
 
     fn case(shape: ModelShape, phase: Phase, batch: usize, q: usize) -> Case {
-        Case { engine: "rest-cpu".into(), method: Method::Rest, shape, phase, context: 4096.max(q), batch, query_len: q, precision: Precision::Bf16, seed: 5 }
+        Case { engine: "rest-cpu".into(), method: Method::Rest, shape, phase, context: 4096.max(q), batch, query_len: q, precision: Precision::Bf16, seed: 5, kernel: Default::default() }
     }
 
     #[test]

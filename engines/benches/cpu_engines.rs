@@ -27,7 +27,7 @@ fn case(engine: &str, phase: Phase, context: usize) -> Case {
         Phase::Prefill => (1, 128.min(context)),
         Phase::Decode => (4, 1),
     };
-    Case { engine: engine.into(), method: ctxcost_core::Method::legacy_from_id(engine), shape: ModelShape::tiny(), phase, context, batch, query_len, precision: Precision::F32, seed: 42 }
+    Case { engine: engine.into(), method: ctxcost_core::Method::legacy_from_id(engine), shape: ModelShape::tiny(), phase, context, batch, query_len, precision: Precision::F32, seed: 42, kernel: Default::default() }
 }
 
 fn bench_phase(c: &mut Criterion, phase: Phase) {

@@ -4,9 +4,10 @@
 //! the dense cases and prints achieved TFLOP/s and TB/s (analytic work over the median time).
 //!
 //! Build: `cargo build --release -p ctxcost-engines --features cuda --example cuda_smoke`.
-//! Run: `cuda_smoke [check|tiles|time|decode|all]` (default `all`; `decode` checks and times the
-//! decode cases only); `CTXCOST_SEED` replays a seed; `CTXCOST_TILES` lists the prefill tile shapes
-//! to compare (`WARPSxKEYS[xBLOCKS]`); `CTXCOST_DENSE_DECODE` picks the decode kernel (`mma`, `pipe`).
+//! Run: `cuda_smoke [check|tiles|time|decode|all] [AXIS=VALUE ...]` (default `all`; `decode` checks
+//! and times the decode cases only; each `AXIS=VALUE` is a kernel choice of every case, e.g.
+//! `decode=mma`, see `ctxcost_engines::kernel_choice`); `CTXCOST_SEED` replays a seed;
+//! `CTXCOST_TILES` lists the prefill tile shapes to compare (`prefill_tile` values).
 
 #[cfg(not(feature = "cuda"))]
 fn main() {
@@ -25,9 +26,10 @@ mod smoke {
     use std::time::Instant;
 
     use ctxcost_core::analytic::case_work;
-    use ctxcost_core::{Case, Inputs, ModelShape, Phase, Precision};
+    use ctxcost_core::{Case, Inputs, KernelChoice, ModelShape, Phase, Precision};
     use ctxcost_engines::check::{verify, Rows};
     use ctxcost_engines::cuda::{self, DenseCuda};
+    use ctxcost_engines::kernel_choice::check_case;
     use ctxcost_engines::{Engine, Support};
 
     fn seed() -> u64 {
@@ -35,6 +37,11 @@ mod smoke {
             let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64);
             ctxcost_core::inputs::splitmix64(t).max(1)
         })
+    }
+
+    /// The kernel choices given after the mode (`AXIS=VALUE` ...).
+    fn choices() -> KernelChoice {
+        std::env::args().skip(2).filter_map(|a| a.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))).fold(KernelChoice::default(), |c, (k, v)| c.with(&k, &v))
     }
 
     fn case(phase: Phase, precision: Precision, context: usize, batch: usize, q: usize, seed: u64) -> Case {
@@ -48,6 +55,7 @@ mod smoke {
             query_len: q,
             precision,
             seed,
+            kernel: choices(),
         }
     }
 
@@ -221,7 +229,7 @@ mod smoke {
                 (case(Phase::Decode, Precision::Bf16, 65536, 1, 1, s ^ 13), sampled(2, 16)),
                 (case(Phase::Decode, Precision::Fp8, 3000, 4, 1, s ^ 7), Some(Rows::All)),
             ];
-            println!("== decode correctness (CTXCOST_DENSE_DECODE={:?})", std::env::var("CTXCOST_DENSE_DECODE").ok());
+            println!("== decode correctness (kernel choices: {:?})", choices().to_string());
             let mut rows = Vec::new();
             for (c, r) in &checks {
                 let row = measure(c, r.clone(), 3);
@@ -244,20 +252,19 @@ mod smoke {
         if mode == "tiles" || mode == "all" {
             // Prefill tile shapes side by side: verified, then timed, on the same cases.
             let shapes = std::env::var("CTXCOST_TILES").unwrap_or_else(|_| "8x64,4x64x2,8x128,4x128x2,8x32".into());
-            let before = std::env::var("CTXCOST_PREFILL_TILE").ok();
             println!("== prefill tiles ({shapes})");
             let mut rows = Vec::new();
             for shape in shapes.split(',') {
-                std::env::set_var("CTXCOST_PREFILL_TILE", shape);
-                if cuda::prefill_tile() != cuda::PrefillTile::parse(shape).unwrap_or(cuda::PrefillTile::DEFAULT) {
-                    println!("  tile {shape}: not a valid shape");
+                let tiled = |c: Case| Case { kernel: c.kernel.clone().with("prefill_tile", shape), ..c };
+                if let Err(why) = check_case(&tiled(case(Phase::Prefill, Precision::Bf16, 390, 2, 200, s))) {
+                    println!("  tile {shape}: {why}");
                     continue;
                 }
                 let checks = [
-                    (case(Phase::Prefill, Precision::Bf16, 390, 2, 200, s ^ 600), Some(Rows::Sampled { queries: 24, heads: 16 }), 3),
-                    (case(Phase::Prefill, Precision::Bf16, 16384, 1, 4096, s ^ 601), Some(Rows::Sampled { queries: 4, heads: 4 }), 10),
-                    (case(Phase::Prefill, Precision::Bf16, 65536, 1, 4096, s ^ 602), None, 10),
-                    (case(Phase::Prefill, Precision::Bf16, 16384, 1, 16384, s ^ 603), None, 10),
+                    (tiled(case(Phase::Prefill, Precision::Bf16, 390, 2, 200, s ^ 600)), Some(Rows::Sampled { queries: 24, heads: 16 }), 3),
+                    (tiled(case(Phase::Prefill, Precision::Bf16, 16384, 1, 4096, s ^ 601)), Some(Rows::Sampled { queries: 4, heads: 4 }), 10),
+                    (tiled(case(Phase::Prefill, Precision::Bf16, 65536, 1, 4096, s ^ 602)), None, 10),
+                    (tiled(case(Phase::Prefill, Precision::Bf16, 16384, 1, 16384, s ^ 603)), None, 10),
                 ];
                 for (c, r, n) in checks {
                     let mut row = measure(&c, r.clone(), n);
@@ -267,10 +274,6 @@ mod smoke {
                     row.label = format!("tile {shape} {}", row.label);
                     rows.push(row);
                 }
-            }
-            match before {
-                Some(v) => std::env::set_var("CTXCOST_PREFILL_TILE", v),
-                None => std::env::remove_var("CTXCOST_PREFILL_TILE"),
             }
             print(&rows);
         }

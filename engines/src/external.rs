@@ -497,6 +497,7 @@ mod tests {
             query_len: 1,
             precision: ctxcost_core::Precision::F32,
             seed: 1,
+            kernel: Default::default(),
         };
         assert!(matches!(e.supports(&case), Support::No(_)));
     }

@@ -8,6 +8,7 @@
 //! - [`external`]: engines in another process (library peers in `peers/`, anyone's kernel),
 //!   spoken to over JSON lines (`peers/PROTOCOL.md`).
 //! - [`check`]: verification of an engine's output against the reference.
+//! - [`kernel_choice`]: the kernel variants of the CUDA engines, chosen per case (`--variant`).
 //! - [`rest`]: what the `rest` engines (the rest of a layer's GEMMs) share: their verification.
 //! - [`registry`]: the engines this build knows, and whether each can run here.
 
@@ -18,6 +19,7 @@ pub mod cuda;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod external;
+pub mod kernel_choice;
 pub mod reference;
 pub mod registry;
 pub mod rest;

@@ -235,6 +235,7 @@ mod tests {
             query_len: q,
             precision: Precision::F32,
             seed: 3,
+            kernel: Default::default(),
         }
     }
 

@@ -42,6 +42,7 @@ fn case(engine: &str, phase: Phase, precision: Precision, context: usize, query_
         query_len,
         precision,
         seed: fresh_seed(),
+        kernel: Default::default(),
     }
 }
 

@@ -179,7 +179,7 @@ fn planted_slowdown_is_reported_as_regressed() {
 // ---------------------------------------------------------------------------------------------
 
 fn record(engine: &str, context: usize, samples_ms: Vec<f64>) -> Record {
-    let case = Case { engine: engine.into(), method: ctxcost_core::Method::legacy_from_id(engine), shape: ModelShape::tiny(), phase: Phase::Decode, context, batch: 4, query_len: 1, precision: Precision::F32, seed: 42 };
+    let case = Case { engine: engine.into(), method: ctxcost_core::Method::legacy_from_id(engine), shape: ModelShape::tiny(), phase: Phase::Decode, context, batch: 4, query_len: 1, precision: Precision::F32, seed: 42, kernel: Default::default() };
     Record {
         schema_version: SCHEMA_VERSION,
         tool: Tool::default(),

@@ -90,7 +90,7 @@ fn worker_inputs_are_bit_identical_to_ours() {
     }
     let spec = ExternalSpec::peer("numpy-dense", Method::Dense);
     for (seed, phase, context, batch, q) in [(42u64, Phase::Decode, 300usize, 3usize, 1usize), (0xDEAD_BEEF_CAFE_F00D, Phase::Prefill, 128, 2, 64)] {
-        let case = Case { engine: "numpy-dense".into(), method: Method::Dense, shape: ModelShape::tiny(), phase, context, batch, query_len: q, precision: Precision::Bf16, seed };
+        let case = Case { engine: "numpy-dense".into(), method: Method::Dense, shape: ModelShape::tiny(), phase, context, batch, query_len: q, precision: Precision::Bf16, seed, kernel: Default::default() };
         let inputs = Inputs::seeded(seed);
         for t in InputTensor::ALL {
             let rows_per_seq = t.rows(&case);

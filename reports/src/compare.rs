@@ -678,6 +678,7 @@ mod tests {
             query_len: 1,
             precision: Precision::F32,
             seed: 42,
+            kernel: Default::default(),
         };
         Record {
             schema_version: SCHEMA_VERSION,

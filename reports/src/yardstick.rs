@@ -313,6 +313,7 @@ mod tests {
             query_len: 1,
             precision,
             seed: 1,
+            kernel: Default::default(),
         }
     }
 

@@ -245,7 +245,7 @@ impl Sweep {
                         let cases = self
                             .engines
                             .iter()
-                            .map(|e| Case { engine: e.clone(), method: method_of(e), shape: self.shape.clone(), phase, context, batch, query_len, precision, seed: self.seed })
+                            .map(|e| Case { engine: e.clone(), method: method_of(e), shape: self.shape.clone(), phase, context, batch, query_len, precision, seed: self.seed, kernel: Default::default() })
                             .collect();
                         out.push(Point { cases });
                     }

@@ -55,7 +55,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let case = Case { engine: "dense-cpu".into(), method: ctxcost_core::Method::Dense, shape: ModelShape::tiny(), phase: Phase::Decode, context: 10, batch: 2, query_len: 1, precision: Precision::F32, seed: 0 };
+        let case = Case { engine: "dense-cpu".into(), method: ctxcost_core::Method::Dense, shape: ModelShape::tiny(), phase: Phase::Decode, context: 10, batch: 2, query_len: 1, precision: Precision::F32, seed: 0, kernel: Default::default() };
         let cols = InputTensor::Latent.cols(&case);
         let lat: Vec<f32> = (0..12 * cols).map(|i| (i as f32 * 0.37).sin()).collect();
         let qcols = InputTensor::MqaQ.cols(&case);

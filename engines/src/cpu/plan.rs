@@ -138,7 +138,7 @@ mod tests {
     use ctxcost_core::{ModelShape, Precision};
 
     fn case(shape: ModelShape, phase: Phase, context: usize, query_len: usize) -> Case {
-        Case { engine: "dense-cpu".into(), method: ctxcost_core::Method::Dense, shape, phase, context, batch: 1, query_len, precision: Precision::Bf16, seed: 1 }
+        Case { engine: "dense-cpu".into(), method: ctxcost_core::Method::Dense, shape, phase, context, batch: 1, query_len, precision: Precision::Bf16, seed: 1, kernel: Default::default() }
     }
 
     #[test]

@@ -162,6 +162,7 @@ mod tests {
             query_len: q,
             precision,
             seed: 3,
+            kernel: Default::default(),
         }
     }
 

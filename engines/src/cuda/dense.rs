@@ -2,8 +2,9 @@
 //! `dense_prefill_bf16` (bf16 only); decode runs MQA mode through split-K
 //! `dense_decode_{bf16,fp8}` and `dense_decode_combine` (bf16 cache, or the 656-byte FP8 cache).
 //! On compute capability 9.0 the bf16 decode runs `dense_decode_bf16_wgmma_tma` instead (wgmma,
-//! TMA key tiles; the module is compiled for sm_90a); `CTXCOST_DENSE_DECODE=mma` selects the
-//! mma.sync kernel there too, `=pipe` the pipelined wgmma variant (slower on the H200 so far).
+//! TMA key tiles; the module is compiled for sm_90a); the kernel choice `decode=mma` selects the
+//! mma.sync kernel there too, `=pipe` the pipelined wgmma variant (slower on the H200 so far), and
+//! `prefill_tile` / `fp8_cvt` pick the prefill tile and the e4m3 decode ([`crate::kernel_choice`]).
 //!
 //! Inputs are generated on the device from the case seed (bit-identical to
 //! `ctxcost_core::inputs::uniform` and the roundings of `reference::round_row`), or uploaded
@@ -13,12 +14,13 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaFunction, CudaSlice};
-use ctxcost_core::numeric::{e4m3_scale, round_bf16, round_e4m3, ScaleKind};
 use ctxcost_core::{Case, InputTensor, Inputs, Phase, Precision};
 use ctxcost_kernels::KernelId;
 
+use super::codec::{fp8_latent_cache, host_bf16};
 use super::device::{device, driver_err, Device, EventTimer};
-use super::launch::{self, CacheBuf, DecodeDims, DecodeKernel, PrefillDims, PrefillTile, TensorMap};
+use super::launch::{self, CacheBuf, DecodeDims, PrefillDims, TensorMap};
+use crate::kernel_choice::{check_case, decode_kernel, decode_options, prefill_tile};
 use crate::check::Rows;
 use crate::{DeviceMemory, Engine, EngineError, Output, Support, Timing};
 
@@ -74,42 +76,6 @@ pub fn decode_splits(sm_count: usize, batch: usize, query_len: usize, heads: usi
     let want = (sm_count / ctas).clamp(1, tiles);
     let per = tiles.div_ceil(want);
     (tiles.div_ceil(per), per)
-}
-
-/// The prefill tile shape: `CTXCOST_PREFILL_TILE` (`WARPSxKEYS[xBLOCKS]`, e.g. `4x64x2`) when
-/// set and valid, else [`PrefillTile::DEFAULT`].
-pub fn prefill_tile() -> PrefillTile {
-    std::env::var("CTXCOST_PREFILL_TILE").ok().and_then(|s| PrefillTile::parse(&s)).unwrap_or(PrefillTile::DEFAULT)
-}
-
-/// The decode kernel for a device and cache precision: the wgmma kernel with TMA key tiles for a
-/// bf16 cache on compute capability 9.0 (sm_90a; 2.09-2.17 TB/s at B=64, 16K-128K on an H200,
-/// against 1.03 for mma.sync: bench/NOTES.md); `CTXCOST_DENSE_DECODE=mma` asks for the mma.sync
-/// kernel (which runs everywhere else, and for the FP8 cache), `=pipe` for the pipelined wgmma
-/// variant (1.95-2.04 TB/s).
-pub fn decode_kernel(cc: (i32, i32), precision: Precision) -> DecodeKernel {
-    if cc != (9, 0) || precision == Precision::Fp8 {
-        return DecodeKernel::Mma;
-    }
-    match std::env::var("CTXCOST_DENSE_DECODE").as_deref() {
-        Ok("mma") => DecodeKernel::Mma,
-        Ok("pipe") => DecodeKernel::WgmmaPipe,
-        _ => DecodeKernel::WgmmaTma,
-    }
-}
-
-/// NVRTC options of the decode kernels: the hardware e4m3 decode (`-DDC_FP8_HWCVT`) on
-/// sm_89 and newer unless `CTXCOST_FP8_HWCVT=0`.
-pub fn decode_options(cc: (i32, i32), kernel: DecodeKernel) -> Vec<&'static str> {
-    let off = matches!(std::env::var("CTXCOST_FP8_HWCVT").as_deref(), Ok("0"));
-    let mut opts = Vec::new();
-    if cc >= (8, 9) && !off {
-        opts.push("-DDC_FP8_HWCVT");
-    }
-    if kernel.wgmma() {
-        opts.push("--gpu-architecture=sm_90a");
-    }
-    opts
 }
 
 /// Why a case does not fit these kernels (geometry and precision), or `Ok`.
@@ -173,70 +139,10 @@ pub fn device_bytes(case: &Case, sm_count: usize) -> u64 {
     }
 }
 
-fn bf16_bits(x: f32) -> u16 {
-    (round_bf16(x).to_bits() >> 16) as u16
-}
-
-/// Bits of an exact e4m3 value (as `round_e4m3` returns).
-pub fn e4m3_bits(r: f32) -> u8 {
-    let sign = if r.is_sign_negative() { 0x80u8 } else { 0 };
-    let a = r.abs();
-    if a == 0.0 {
-        return sign;
-    }
-    if a < 2f32.powi(-6) {
-        return sign | (a * 512.0) as u8;
-    }
-    let e = ((a.to_bits() >> 23) & 0xFF) as i32 - 127;
-    let mant = ((a.to_bits() >> 20) & 7) as u8;
-    sign | (((e + 7) as u8) << 3) | mant
-}
-
-/// One latent row in the FP8 cache layout: e4m3 codes, fp32 scales, bf16 RoPE dims.
-pub fn encode_fp8_latent_row(raw: &[f32], lat: usize, out: &mut Vec<u8>) {
-    let mut scales = Vec::new();
-    for block in raw[..lat].chunks(128) {
-        let s = e4m3_scale(block, ScaleKind::Fp32);
-        scales.push(s);
-        out.extend(block.iter().map(|&x| e4m3_bits(round_e4m3(x / s))));
-    }
-    for s in scales {
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    for &x in &raw[lat..] {
-        out.extend_from_slice(&bf16_bits(x).to_le_bytes());
-    }
-}
-
-/// Host copy of a loaded tensor in a device layout: logical [B, R, H, D] read through
-/// `Inputs::value`, written in (b, h, r, d) order when `head_major`.
-fn host_bf16(case: &Case, inputs: &Inputs, t: InputTensor, heads: usize, head_major: bool) -> Vec<u16> {
-    let [b, r, cols] = t.dims(case);
-    let d = cols / heads;
-    let mut out = Vec::with_capacity(b * r * cols);
-    for bi in 0..b {
-        if head_major {
-            for h in 0..heads {
-                for ri in 0..r {
-                    out.extend((0..d).map(|di| bf16_bits(inputs.value(case, t, bi, ri, h * d + di))));
-                }
-            }
-        } else {
-            for ri in 0..r {
-                out.extend((0..cols).map(|c| bf16_bits(inputs.value(case, t, bi, ri, c))));
-            }
-        }
-    }
-    out
-}
-
-fn upload<T: cudarc::driver::DeviceRepr>(dev: &Device, host: &[T], what: &str) -> Result<CudaSlice<T>, EngineError> {
-    dev.stream.clone_htod(host).map_err(|e| driver_err(&format!("uploading {what}"), e))
-}
-
 impl DenseCuda {
     fn prepare_inner(&mut self, case: &Case, inputs: &Inputs) -> Result<(), EngineError> {
         geometry_support(case).map_err(EngineError::Unsupported)?;
+        check_case(case).map_err(EngineError::Unsupported)?;
         let dev = device().map_err(EngineError::Unsupported)?;
         let s = &case.shape;
         let needed: &[InputTensor] = match case.phase {
@@ -261,7 +167,7 @@ impl DenseCuda {
         let gen = || dev.function(KernelId::Generate, "gen_bf16", &[]);
         let work = match case.phase {
             Phase::Prefill => {
-                let tile = prefill_tile();
+                let tile = prefill_tile(case).map_err(EngineError::Unsupported)?;
                 let opts = tile.options();
                 let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
                 let f = dev.function(KernelId::DensePrefill, "dense_prefill_bf16", &opts)?;
@@ -269,9 +175,9 @@ impl DenseCuda {
                 let dims = PrefillDims { tile, batch: b, heads: h, context: l, query_len: ql, scale_log2 };
                 let (q, k, v) = if inputs.loaded.is_some() {
                     (
-                        upload(&dev, &host_bf16(case, inputs, InputTensor::MhaQ, h, true), "Q")?,
-                        upload(&dev, &host_bf16(case, inputs, InputTensor::MhaK, h, true), "K")?,
-                        upload(&dev, &host_bf16(case, inputs, InputTensor::MhaV, h, true), "V")?,
+                        dev.upload(&host_bf16(case, inputs, InputTensor::MhaQ, h, true), "Q")?,
+                        dev.upload(&host_bf16(case, inputs, InputTensor::MhaK, h, true), "K")?,
+                        dev.upload(&host_bf16(case, inputs, InputTensor::MhaV, h, true), "V")?,
                     )
                 } else {
                     let g = gen()?;
@@ -289,8 +195,9 @@ impl DenseCuda {
             }
             Phase::Decode => {
                 let fp8 = case.precision == Precision::Fp8;
-                let kernel = decode_kernel(dev.cc, case.precision);
-                let f = dev.function(KernelId::DenseDecode, kernel.entry(fp8), &decode_options(dev.cc, kernel))?;
+                let kernel = decode_kernel(case, dev.cc).map_err(EngineError::Unsupported)?;
+                let opts = decode_options(case, dev.cc, kernel).map_err(EngineError::Unsupported)?;
+                let f = dev.function(KernelId::DenseDecode, kernel.entry(fp8), &opts)?;
                 launch::set_smem(&f, kernel.smem(fp8))?;
                 let combine = dev.function(KernelId::DenseDecode, "dense_decode_combine", &[])?;
                 let (n_splits, tiles_per_split) = decode_splits(dev.sm_count as usize, b, ql, h, l);
@@ -298,17 +205,11 @@ impl DenseCuda {
                     DecodeDims { batch: b, heads: h, context: l, query_len: ql, n_splits, tiles_per_split, scale_log2, fp8, kernel };
                 let rows = dims.rows();
                 let (q, cache) = if inputs.loaded.is_some() {
-                    let q = upload(&dev, &host_bf16(case, inputs, InputTensor::MqaQ, h, false), "Q")?;
+                    let q = dev.upload(&host_bf16(case, inputs, InputTensor::MqaQ, h, false), "Q")?;
                     let cache = if fp8 {
-                        let mut bytes = Vec::with_capacity(b * l * 656);
-                        for bi in 0..b {
-                            for key in 0..l {
-                                encode_fp8_latent_row(&inputs.row(case, InputTensor::Latent, bi, key), s.kv_lora_rank, &mut bytes);
-                            }
-                        }
-                        CacheBuf::Fp8(upload(&dev, &bytes, "FP8 latent cache")?)
+                        CacheBuf::Fp8(dev.upload(&fp8_latent_cache(case, inputs), "FP8 latent cache")?)
                     } else {
-                        CacheBuf::Bf16(upload(&dev, &host_bf16(case, inputs, InputTensor::Latent, 1, false), "latent cache")?)
+                        CacheBuf::Bf16(dev.upload(&host_bf16(case, inputs, InputTensor::Latent, 1, false), "latent cache")?)
                     };
                     (q, cache)
                 } else {
@@ -372,8 +273,13 @@ impl Engine for DenseCuda {
             return Support::No(format!("{} (sm_{}{}) is older than sm_80, which the kernels need", dev.name, dev.cc.0, dev.cc.1));
         }
         let smem = match case.phase {
-            Phase::Prefill => prefill_tile().smem(),
-            Phase::Decode => decode_kernel(dev.cc, case.precision).smem(case.precision == Precision::Fp8),
+            Phase::Prefill => prefill_tile(case).map(|t| t.smem()),
+            Phase::Decode => decode_kernel(case, dev.cc)
+                .and_then(|k| decode_options(case, dev.cc, k).map(|_| k.smem(case.precision == Precision::Fp8))),
+        };
+        let smem = match check_case(case).and(smem) {
+            Ok(s) => s,
+            Err(e) => return Support::No(e),
         };
         if smem as usize > dev.max_smem_optin {
             return Support::No(format!("kernel needs {smem} bytes of shared memory per block, {} offers {}", dev.name, dev.max_smem_optin));

@@ -104,6 +104,11 @@ impl Device {
         })
     }
 
+    /// Copy host values into a new device buffer.
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T], what: &str) -> Result<CudaSlice<T>, EngineError> {
+        self.stream.clone_htod(host).map_err(|e| driver_err(&format!("uploading {what}"), e))
+    }
+
     /// Free and total device memory (bytes).
     pub fn mem_info(&self) -> Result<(u64, u64), EngineError> {
         let (free, total) = self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))?;

@@ -6,6 +6,7 @@
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::device::{driver_err, CudaError, Device};
+use crate::kernel_choice::{indexer_launch_smem, indexer_tile_keys, topk_smem, topk_threads, DecodeKernel, IndexerLoad, PrefillTile, SparseKernel};
 use crate::EngineError;
 
 fn check(cond: bool, what: &str) -> Result<(), EngineError> {
@@ -100,94 +101,6 @@ pub fn copy_u4(dev: &Device, f: &CudaFunction, src: &CudaSlice<u16>, dst: &mut C
     // SAFETY: copy_u4(const uint4*, uint4*, u64 n) reads and writes n 16-byte words; both
     // buffers hold n*16 bytes (checked above) and are 16-byte aligned.
     unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching copy_u4", e)).map(|_| ())
-}
-
-/// Tile shape of `dense_prefill_bf16` (compiled in with `-D` options).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PrefillTile {
-    /// Warps per CTA; each owns 16 query rows.
-    pub warps: usize,
-    /// Keys per shared-memory tile.
-    pub keys: usize,
-    /// CTAs per multiprocessor the register budget is set for.
-    pub min_blocks: usize,
-}
-
-impl PrefillTile {
-    /// 8 warps (128 query rows), 128-key tiles, one CTA per SM: the fastest of the shapes
-    /// compared on an H200 (272 TFLOP/s at 16K-64K against 251 for 8x64, 265 for 4x128x2,
-    /// 255 for 4x64x2, 210 for 8x32; bench/NOTES.md).
-    pub const DEFAULT: PrefillTile = PrefillTile { warps: 8, keys: 128, min_blocks: 1 };
-
-    /// Parse `WARPSxKEYS` or `WARPSxKEYSxBLOCKS` (e.g. `8x64`, `4x64x2`).
-    pub fn parse(s: &str) -> Option<PrefillTile> {
-        let v: Vec<usize> = s.split('x').map(|p| p.trim().parse().ok()).collect::<Option<_>>()?;
-        let t = match v.as_slice() {
-            [w, k] => PrefillTile { warps: *w, keys: *k, min_blocks: 1 },
-            [w, k, b] => PrefillTile { warps: *w, keys: *k, min_blocks: *b },
-            _ => return None,
-        };
-        (matches!(t.warps, 2 | 4 | 8) && matches!(t.keys, 32 | 64 | 128) && (1..=4).contains(&t.min_blocks)).then_some(t)
-    }
-
-    /// Query rows per CTA.
-    pub fn rows(&self) -> usize {
-        16 * self.warps
-    }
-
-    /// Dynamic shared memory (must match dense_prefill.cu: padded Q, K and V tiles).
-    pub fn smem(&self) -> u32 {
-        ((self.rows() * 200 + self.keys * 200 + self.keys * 136) * 2) as u32
-    }
-
-    /// NVRTC options that compile this shape.
-    pub fn options(&self) -> [String; 3] {
-        [format!("-DPF_WARPS={}", self.warps), format!("-DPF_BN={}", self.keys), format!("-DPF_MIN_BLOCKS={}", self.min_blocks)]
-    }
-}
-/// Shared-memory bytes of `dense_decode_bf16` / `dense_decode_fp8` (must match dense_decode.cu).
-pub const DECODE_SMEM_BF16: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4;
-pub const DECODE_SMEM_FP8: u32 = (2 * 64 * 576 + 64 * 64) * 2 + 64 * 656 + 4 * 64 * 4;
-/// Shared-memory bytes of `dense_decode_bf16_wgmma_{tma,pipe}` (DW_SMEM_TMA in dense_decode.cu): Q and
-/// two key tiles, P, the row maxima and sums, four mbarriers and 1 KB of alignment slack.
-pub const DECODE_SMEM_BF16_WGMMA: u32 = (3 * 64 * 576 + 64 * 64) * 2 + 4 * 64 * 4 + 32 + 1024;
-
-/// Which dense decode kernel a launch uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DecodeKernel {
-    /// `dense_decode_bf16` / `dense_decode_fp8`: mma.sync, cp.async (sm_80+).
-    Mma,
-    /// `dense_decode_bf16_wgmma_tma`: wgmma with TMA key tiles (sm_90a, bf16 cache).
-    WgmmaTma,
-    /// `dense_decode_bf16_wgmma_pipe`: as `WgmmaTma`, with P V of one tile and Q K^T of the next
-    /// issued back to back.
-    WgmmaPipe,
-}
-
-impl DecodeKernel {
-    /// Dynamic shared memory of the kernel for this cache precision.
-    pub fn smem(self, fp8: bool) -> u32 {
-        match (self, fp8) {
-            (DecodeKernel::WgmmaTma | DecodeKernel::WgmmaPipe, _) => DECODE_SMEM_BF16_WGMMA,
-            (DecodeKernel::Mma, true) => DECODE_SMEM_FP8,
-            (DecodeKernel::Mma, false) => DECODE_SMEM_BF16,
-        }
-    }
-
-    /// Whether the kernel is a wgmma one (sm_90a, bf16 cache, takes the cache's tensor map).
-    pub fn wgmma(self) -> bool {
-        self != DecodeKernel::Mma
-    }
-
-    /// The kernel's entry point for this cache precision.
-    pub fn entry(self, fp8: bool) -> &'static str {
-        match (self, fp8) {
-            (DecodeKernel::WgmmaTma, _) => "dense_decode_bf16_wgmma_tma",
-            (DecodeKernel::WgmmaPipe, _) => "dense_decode_bf16_wgmma_pipe",
-            (DecodeKernel::Mma, true) => "dense_decode_fp8",
-            (DecodeKernel::Mma, false) => "dense_decode_bf16",
-        }
-    }
 }
 
 /// A CUDA tensor map (`CUtensorMap`: 128 bytes, 64-byte aligned), passed to a kernel by value.
@@ -439,6 +352,199 @@ pub fn decode_combine(
     // with one 128-thread block per row reads rows*n_splits*512 floats and rows*n_splits float
     // pairs and writes rows*512 bf16 values, all within the sizes checked above.
     unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching dense_decode_combine", e)).map(|_| ())
+}
+
+// ---------------------------------------------------------------- DSA: indexer, top-k, sparse attention
+
+/// An indexer operand: bf16 values or e4m3 codes (the kernels read both as bytes).
+pub enum IndexBuf {
+    Bf16(CudaSlice<u16>),
+    Fp8(CudaSlice<u8>),
+}
+
+impl IndexBuf {
+    pub fn bytes(&self) -> usize {
+        match self {
+            IndexBuf::Bf16(c) => c.num_bytes(),
+            IndexBuf::Fp8(c) => c.num_bytes(),
+        }
+    }
+}
+
+/// Geometry of one prepared DSA case, shared by its launches.
+#[derive(Debug, Clone, Copy)]
+pub struct DsaDims {
+    pub batch: usize,
+    pub heads: usize,
+    pub context: usize,
+    pub query_len: usize,
+    /// Scores row stride.
+    pub lp: usize,
+    /// min(top_k, context).
+    pub k: usize,
+    pub fp8: bool,
+    /// The attention kernel.
+    pub attn: SparseKernel,
+    /// Queries per indexer CTA.
+    pub qg: usize,
+    /// Key-tile load of the indexer.
+    pub ix_load: IndexerLoad,
+    pub splits: usize,
+    pub tiles_per_split: usize,
+    pub scale_log2: f32,
+}
+
+/// The device buffers of a prepared DSA case.
+pub struct DsaBuffers {
+    pub index_q: IndexBuf,
+    /// FP8: one scale per (query, head); bf16: one unused element.
+    pub index_qs: CudaSlice<f32>,
+    pub index_w: CudaSlice<f32>,
+    pub index_k: IndexBuf,
+    /// FP8: one scale per key, stride `lp` per sequence; bf16: one unused element.
+    pub index_ks: CudaSlice<f32>,
+    /// The keys' tensor map (TMA indexer entries only).
+    pub ix_map: Option<TensorMap>,
+    pub scores: CudaSlice<f32>,
+    pub sel: CudaSlice<i32>,
+    pub mqa_q: CudaSlice<u16>,
+    pub cache: CacheBuf,
+    pub out: CudaSlice<u16>,
+}
+
+/// `gen_f32`: `n` seeded fp32 values (the indexer head weights).
+pub fn gen_f32(dev: &Device, f: &CudaFunction, out: &mut CudaSlice<f32>, seed: u64, stream: u64) -> Result<(), EngineError> {
+    let n = out.len() as u64;
+    let cfg = grid_for(n, 256, dev.sm_count);
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(out).arg(&seed).arg(&stream).arg(&n);
+    // SAFETY: gen_f32(float* out, u64 seed, u64 stream, u64 n) writes out[0..n) with a grid-stride
+    // loop; n is the buffer's own length.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching gen_f32", e)).map(|_| ())
+}
+
+/// `gen_e4m3_pow2`: `rows` rows of 128 seeded values as e4m3 codes plus one power-of-two scale per
+/// row, the scale of row `r` at `(r / per_seq) * stride + r % per_seq`.
+#[allow(clippy::too_many_arguments)]
+pub fn gen_e4m3_pow2(
+    dev: &Device,
+    f: &CudaFunction,
+    codes: &mut CudaSlice<u8>,
+    scales: &mut CudaSlice<f32>,
+    seed: u64,
+    stream: u64,
+    rows: usize,
+    per_seq: usize,
+    stride: usize,
+) -> Result<(), EngineError> {
+    check(per_seq >= 1 && stride >= per_seq && rows % per_seq == 0, "gen_e4m3_pow2: rows must be whole sequences")?;
+    check(codes.len() >= rows * 128, "gen_e4m3_pow2: codes buffer too small")?;
+    check(scales.len() >= (rows / per_seq) * stride, "gen_e4m3_pow2: scales buffer too small")?;
+    let cfg = grid_for(rows as u64 * 32, 256, dev.sm_count);
+    let (r, ps, st) = (rows as u64, per_seq as u64, stride as u64);
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(codes).arg(scales).arg(&seed).arg(&stream).arg(&r).arg(&ps).arg(&st);
+    // SAFETY: gen_e4m3_pow2(u8* codes, float* scales, u64 seed, u64 stream, u64 rows, u64 per_seq,
+    // u64 stride) writes codes[0..rows*128) (4-byte stores at multiples of 4) and scales at indices
+    // below (rows/per_seq)*stride; both sizes were checked above.
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching gen_e4m3_pow2", e)).map(|_| ())
+}
+
+fn push_index_buf<'a>(l: &mut cudarc::driver::LaunchArgs<'a>, buf: &'a IndexBuf) {
+    match buf {
+        IndexBuf::Bf16(c) => l.arg(c),
+        IndexBuf::Fp8(c) => l.arg(c),
+    };
+}
+
+/// The indexer: scores `[B, q, Lp]` of every query against its visible keys.
+pub fn dsa_indexer(dev: &Device, f: &CudaFunction, d: &DsaDims, bufs: &mut DsaBuffers) -> Result<(), EngineError> {
+    let (b, q, l) = (d.batch, d.query_len, d.context);
+    let el = if d.fp8 { 1 } else { 2 };
+    check(matches!(bufs.index_q, IndexBuf::Fp8(_)) == d.fp8 && matches!(bufs.index_k, IndexBuf::Fp8(_)) == d.fp8, "indexer buffers do not match the precision")?;
+    check(bufs.index_q.bytes() >= b * q * 64 * 128 * el && bufs.index_w.len() >= b * q * 64, "indexer queries too small")?;
+    check(bufs.index_k.bytes() >= b * l * 128 * el, "indexer keys too small")?;
+    if d.fp8 {
+        check(bufs.index_qs.len() >= b * q * 64 && bufs.index_ks.len() >= b * d.lp, "indexer scales too small")?;
+    }
+    check(bufs.scores.len() >= b * q * d.lp && d.lp >= l && d.lp % 4 == 0, "scores buffer too small")?;
+    check(d.splits * d.tiles_per_split * indexer_tile_keys() >= l, "indexer splits do not cover the context")?;
+    check(d.splits <= i32::MAX as usize && q.div_ceil(d.qg) <= 65535 && b <= 65535, "indexer grid too large")?;
+    let cfg = LaunchConfig {
+        grid_dim: (d.splits as u32, q.div_ceil(d.qg) as u32, b as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: indexer_launch_smem(d.fp8, d.qg, d.ix_load),
+    };
+    check(d.ix_load.tma_stages().is_some() == bufs.ix_map.is_some(), "the TMA indexer takes the keys' tensor map, the others none")?;
+    check(d.ix_load == IndexerLoad::CpAsync || (d.fp8 && d.qg == 1), "the TMA indexer is the FP8 one-query (decode) kernel")?;
+    let (qi, li, lpi, ti) = (q as i32, l as i32, d.lp as i32, d.tiles_per_split as i32);
+    let mut lb = dev.stream.launch_builder(f);
+    if let Some(m) = &bufs.ix_map {
+        lb.arg(m);
+    }
+    push_index_buf(&mut lb, &bufs.index_q);
+    lb.arg(&bufs.index_qs).arg(&bufs.index_w);
+    push_index_buf(&mut lb, &bufs.index_k);
+    lb.arg(&bufs.index_ks).arg(&mut bufs.scores).arg(&qi).arg(&li).arg(&lpi).arg(&ti);
+    // SAFETY: indexer_{fp8,fp8_wgmma,bf16}_q{1,4}(const u8* q, const float* qscale, const float* w, const u8* k,
+    // const float* kscale, float* scores, int q_len, int L, int Lp, int tiles_per_split) reads q rows
+    // below B*q*64 (128 or 256 bytes each), w (and FP8 qscale) below B*q*64, key rows below B*L and FP8
+    // key scales below B*Lp (the last partial 16-byte chunk of a sequence is read only up to key L), and
+    // writes scores[(b*q + i)*Lp + s] for s <= the query's position < L; every size was checked above.
+    // 256 threads and indexer_smem() bytes of dynamic shared memory are what the kernel is built for
+    // (the limit was raised by set_smem when the function was loaded); qg matches the entry point; the
+    // wgmma entries are only chosen when the module was compiled for sm_90a on a 9.0 device.
+    // indexer_fp8_tma{3,4}_q1 take the same arguments after the keys' tensor map (by value), made by
+    // indexer_key_tensor_map over these B x L keys (zeros past L; the kernel reads key scales up to the
+    // query's position rounded up to 4, <= Lp).
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching the DSA indexer", e)).map(|_| ())
+}
+
+/// Top-k per query row: the selection `[B, q, k]`.
+pub fn dsa_topk(dev: &Device, f: &CudaFunction, d: &DsaDims, scores: &CudaSlice<f32>, sel: &mut CudaSlice<i32>) -> Result<(), EngineError> {
+    let (b, q) = (d.batch, d.query_len);
+    check(scores.len() >= b * q * d.lp && sel.len() >= b * q * d.k, "top-k buffers too small")?;
+    check(d.k >= 1 && d.k <= d.context && q <= i32::MAX as usize && b <= 65535, "top-k geometry")?;
+    let cfg = LaunchConfig { grid_dim: (q as u32, b as u32, 1), block_dim: (topk_threads(), 1, 1), shared_mem_bytes: topk_smem() };
+    let (qi, li, lpi, ki) = (q as i32, d.context as i32, d.lp as i32, d.k as i32);
+    let mut lb = dev.stream.launch_builder(f);
+    lb.arg(scores).arg(sel).arg(&qi).arg(&li).arg(&lpi).arg(&ki);
+    // SAFETY: topk_radix(const float* scores, int* out, int q_len, int L, int Lp, int k) with one CTA
+    // of 1024 threads per (query, sequence) reads scores[row*Lp + s] for s below the query's visible
+    // count (<= L <= Lp; rows are 16-byte aligned since Lp % 4 == 0 and loads stop at the 4-aligned
+    // end) and writes out[row*k .. row*k + k); sizes checked above; topk_smem() bytes of dynamic shared
+    // memory as the kernel lays out (limit raised by set_smem).
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching the DSA top-k", e)).map(|_| ())
+}
+
+/// Sparse MQA attention over each query's selection: out `[B, q, H, 512]`.
+pub fn sparse_attention(dev: &Device, f: &CudaFunction, d: &DsaDims, bufs: &mut DsaBuffers) -> Result<(), EngineError> {
+    let (b, q, h, l) = (d.batch, d.query_len, d.heads, d.context);
+    let rows = b * q * h;
+    check(h % 64 == 0 && q <= 65535 && b <= 65535, "sparse attention grid")?;
+    check(bufs.mqa_q.len() >= rows * 576 && bufs.out.len() >= rows * 512, "sparse attention Q/out too small")?;
+    check(bufs.sel.len() >= b * q * d.k, "selection too small")?;
+    check(matches!(bufs.cache, CacheBuf::Fp8(_)) == d.fp8, "latent cache precision does not match the kernel")?;
+    check(bufs.cache.bytes() >= b * l * if d.fp8 { 656 } else { 1152 }, "latent cache too small")?;
+    let cfg = LaunchConfig {
+        grid_dim: ((h / 64) as u32, q as u32, b as u32),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: d.attn.smem(d.fp8),
+    };
+    let (hi, li, qi, ki) = (h as i32, l as i32, q as i32, d.k as i32);
+    let mut lb = dev.stream.launch_builder(f);
+    lb.arg(&bufs.mqa_q);
+    match &bufs.cache {
+        CacheBuf::Bf16(c) => lb.arg(c),
+        CacheBuf::Fp8(c) => lb.arg(c),
+    };
+    lb.arg(&bufs.sel).arg(&mut bufs.out).arg(&hi).arg(&li).arg(&qi).arg(&ki).arg(&d.scale_log2);
+    // SAFETY: sparse_mla_{bf16,fp8}(const u16* Q, const cache*, const int* idx, u16* out, int H, int L,
+    // int q_len, int k, float) reads Q rows below B*q*H, selection rows of k entries below B*q, cache rows
+    // of its own sequence only at selected positions in [0, L) (anything else reads zeros), and writes
+    // out rows below B*q*H; all sized above. 256 threads and the SparseKernel::smem bytes of dynamic shared
+    // memory are what the kernel lays out (limit raised by set_smem).
+    unsafe { lb.launch(cfg) }.map_err(|e| driver_err("launching the DSA sparse attention", e)).map(|_| ())
 }
 
 /// C[m,n] = A[m,k] B[k,n] in bf16 with fp32 accumulation through cuBLAS (column-major,

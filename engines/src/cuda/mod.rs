@@ -6,13 +6,17 @@
 //! - `device`: context and stream, NVRTC compilation for the device's own architecture cached
 //!   by (kernel, options), event timing, the L2 flush between samples (`CTXCOST_L2_FLUSH=0`
 //!   turns it off), memory figures, out-of-memory mapping.
-//! - `launch`: every `unsafe` call (allocations, memsets, kernel launches, cuBLAS).
+//! - `launch`: every `unsafe` call (allocations, memsets, kernel launches: the input generators,
+//!   dense and DSA kernels; cuBLAS).
+//! - `codec`: the host bf16/FP8 codec and the device layouts of inputs loaded from a file.
+//! - The kernel variants (entry points, options, shared memory) are [`crate::kernel_choice`].
 //! - [`DenseCuda`]: dense MLA (MHA-mode prefill, MQA-mode split-K decode, bf16 and FP8 cache).
 //! - [`DsaCuda`] (`dsa`): DSA (indexer, radix top-k, sparse MQA attention; bf16 and FP8).
 //! - [`RestCuda`] (`rest`): the rest of a layer's GEMMs through cuBLAS (bf16).
 //! - [`ceilings`]: the copy-bandwidth and GEMM ceilings measured on the same device.
 
 pub mod ceilings;
+mod codec;
 mod dense;
 mod device;
 pub mod dsa;
@@ -22,8 +26,9 @@ mod rest;
 pub use dsa::DsaCuda;
 pub use rest::{rest_device_bytes, RestCuda};
 
-pub use dense::{decode_splits, device_bytes, e4m3_bits, encode_fp8_latent_row, geometry_support, prefill_tile, DenseCuda};
-pub use launch::PrefillTile;
+pub use codec::{e4m3_bits, encode_fp8_latent_row};
+pub use dense::{decode_splits, device_bytes, geometry_support, DenseCuda};
+pub use crate::kernel_choice::{prefill_tile, PrefillTile};
 pub use device::{l2_flush_enabled, Device};
 
 /// Whether `libcuda` and `libnvrtc` can be loaded (no other cudarc call before this).
@@ -73,7 +78,6 @@ mod tests {
     use super::*;
     use crate::{Engine, Support};
     use ctxcost_core::{Case, Inputs};
-    use ctxcost_core::numeric::round_e4m3;
     use ctxcost_core::{ModelShape, Phase, Precision};
     use ctxcost_kernels::KernelId;
 
@@ -88,6 +92,7 @@ mod tests {
             query_len: q,
             precision,
             seed: 1,
+            kernel: Default::default(),
         }
     }
 
@@ -120,14 +125,6 @@ mod tests {
     }
 
     #[test]
-    fn prefill_tiles_parse() {
-        assert_eq!(PrefillTile::parse("8x128"), Some(PrefillTile::DEFAULT));
-        assert_eq!(PrefillTile::parse("4x64x2").map(|t| (t.rows(), t.min_blocks)), Some((64, 2)));
-        assert!(PrefillTile::parse("3x64").is_none() && PrefillTile::parse("8").is_none() && PrefillTile::parse("8x100").is_none());
-        assert!(PrefillTile::DEFAULT.smem() <= 227 * 1024);
-    }
-
-    #[test]
     fn geometry_rules() {
         assert!(geometry_support(&case(Phase::Prefill, Precision::Bf16, 4096, 1, 4096)).is_ok());
         assert!(geometry_support(&case(Phase::Prefill, Precision::Fp8, 4096, 1, 4096)).is_err());
@@ -147,25 +144,6 @@ mod tests {
             assert!(b * q * 2 * n <= 132 || n == 1, "{b} {q} {l}: {n} splits overfill");
         }
         assert_eq!(decode_splits(132, 64, 1, 128, 65536), (1, 1024));
-    }
-
-    #[test]
-    fn host_fp8_encoding_round_trips() {
-        for i in 0..4000 {
-            let x = ctxcost_core::inputs::uniform(3, 5, i) * 448.0;
-            let r = round_e4m3(x);
-            let bits = e4m3_bits(r);
-            // decode: sign, exponent (bias 7), 3 mantissa bits, subnormals at 2^-9.
-            let e = ((bits >> 3) & 0xF) as i32;
-            let m = (bits & 7) as f32;
-            let v = if e == 0 { m * 2f32.powi(-9) } else { (1.0 + m / 8.0) * 2f32.powi(e - 7) };
-            let v = if bits & 0x80 != 0 { -v } else { v };
-            assert_eq!(v, r, "x {x}");
-        }
-        let mut row = Vec::new();
-        let raw: Vec<f32> = (0..576).map(|i| ctxcost_core::inputs::uniform(1, 5, i)).collect();
-        encode_fp8_latent_row(&raw, 512, &mut row);
-        assert_eq!(row.len(), 656);
     }
 
     /// Compiles every kernel with NVRTC when libnvrtc can be loaded (no GPU needed);
