@@ -24,7 +24,7 @@ pub fn render(records: &[Record]) -> String {
     let ok: Vec<&Record> = records.iter().filter(|r| r.status == Status::Ok).collect();
     // point key -> (dense, dsa)
     let mut points: BTreeMap<(String, String, usize, usize, String), (Option<&Record>, Option<&Record>)> = BTreeMap::new();
-    for r in &ok {
+    for r in ok.iter().filter(|r| !r.case.is_rest()) {
         let c = &r.case;
         let k = (c.phase.to_string(), c.precision.to_string(), c.batch, c.context, c.shape.name.clone());
         let e = points.entry(k).or_default();
@@ -55,6 +55,21 @@ pub fn render(records: &[Record]) -> String {
             sm.map(fmt_ms).unwrap_or_else(|| "-".into()),
             ratio.map(|r| format!("{:.3}", r.ratio)).unwrap_or_else(|| "-".into()),
             ratio.map(|r| format!("[{:.3}, {:.3}]", r.lo, r.hi)).unwrap_or_default(),
+        ));
+    }
+    // The rest of the layer (`rest` engines): not attention, so not in the table above.
+    for r in ok.iter().filter(|r| r.case.is_rest()) {
+        let c = &r.case;
+        out.push_str(&format!(
+            "rest of the layer: {} {} {} B={} L={} EP {}: {} ms per run ({} tokens)\n",
+            r.engine,
+            c.phase,
+            c.precision,
+            c.batch,
+            format_tokens(c.context),
+            c.shape.ep,
+            r.median_ms().map(fmt_ms).unwrap_or_else(|| "-".into()),
+            c.query_tokens()
         ));
     }
     // Growth exponents: slope of log(time) on log(context), overall and past top-k.
