@@ -39,8 +39,12 @@ fn unsupported(case: &Case) -> Option<String> {
         Precision::Fp8 => return Some("rest-cuda runs bf16 GEMMs (cuBLAS) only: FP8 block-scaled GEMMs are not implemented".into()),
         Precision::F32 => return Some("rest-cuda runs bf16 GEMMs only".into()),
     }
-    if let Some(g) = plan(case).iter().find(|g| g.k % 8 != 0 || g.n % 8 != 0) {
-        return Some(format!("GEMM `{}` is {} x {}: the device generator needs multiples of 8", g.name, g.k, g.n));
+    let too_big = |g: &Gemm| {
+        let (i, w, o) = g.elements();
+        i.max(w).max(o) > (i32::MAX as usize) - 8
+    };
+    if let Some(g) = plan(case).iter().find(|g| too_big(g)) {
+        return Some(format!("GEMM `{}` has an operand beyond 2^31 elements", g.name));
     }
     None
 }
@@ -109,11 +113,14 @@ impl RestCuda {
         let mut operands = Vec::with_capacity(gemms.len());
         for g in &gemms {
             let (ni, nw, no) = g.elements();
-            let mut input = launch::alloc::<u16>(&dev, ni, "rest GEMM input")?;
-            let mut weight = launch::alloc::<u16>(&dev, nw, "rest GEMM weight")?;
+            // Generated flat ([1, 1, 1, len] rounded up to the generator's 8-element chunks): the
+            // flat index of a row-major [batch, rows, cols] element is its generator index.
+            let (ni8, nw8) = (ni.next_multiple_of(8), nw.next_multiple_of(8));
+            let mut input = launch::alloc::<u16>(&dev, ni8, "rest GEMM input")?;
+            let mut weight = launch::alloc::<u16>(&dev, nw8, "rest GEMM weight")?;
             let mut out = launch::alloc::<u16>(&dev, no, "rest GEMM output")?;
-            launch::gen_bf16(&dev, &gen, &mut input, case.seed, g.input_stream, [g.batch, g.m, 1, g.k], false)?;
-            launch::gen_bf16(&dev, &gen, &mut weight, case.seed, g.weight_stream, [g.batch, g.k, 1, g.n], false)?;
+            launch::gen_bf16(&dev, &gen, &mut input, case.seed, g.input_stream, [1, 1, 1, ni8], false)?;
+            launch::gen_bf16(&dev, &gen, &mut weight, case.seed, g.weight_stream, [1, 1, 1, nw8], false)?;
             launch::fill_bytes(&dev, &mut out, 0xFF)?;
             operands.push(Operands { input, weight, out });
         }
