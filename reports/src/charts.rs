@@ -491,7 +491,8 @@ where
         let Some(e) = &r.record.endpoint else { continue };
         let Some(s) = (if phase == Phase::Prefill { &e.metrics.ttft_ms } else { &e.metrics.tpot_ms }) else { continue };
         let name = format!("{} ({}) load {}{}", e.label, e.side, e.load.key(), if phase == Phase::Decode { format!(", {} out", e.max_tokens) } else { String::new() });
-        by_line.entry(name).or_default().push((r.record.case.context as f64, s.median, s.ci_lo, s.ci_hi));
+        // At the prompt length the server measured (the target where it reported none).
+        by_line.entry(name).or_default().push((crate::endpoint::measured_context(&r.record) as f64, s.median, s.ci_lo, s.ci_hi));
     }
     let lines: Vec<Line<(f64, f64, f64, f64)>> = by_line
         .into_iter()
@@ -502,7 +503,7 @@ where
             (name, color, pts)
         })
         .collect();
-    draw_log_lines(area, &caption, &lines, "prompt length (tokens)", &format!("{metric} ms"))
+    draw_log_lines(area, &caption, &lines, "measured prompt length (tokens)", &format!("{metric} ms"))
 }
 
 fn draw_cost<DB: DrawingBackend>(a: &Analysis, fig3: &Fig3, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult

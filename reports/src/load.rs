@@ -169,7 +169,8 @@ pub fn records_frame(set: &RecordSet) -> PolarsResult<DataFrame> {
         u("batch", &|r| r.record.case.batch as u64),
         u("query_len", &|r| r.record.case.query_len as u64),
         u("query_tokens", &|r| r.record.case.query_tokens() as u64),
-        s("precision", &|r| r.record.case.precision.to_string()),
+        // An endpoint case's precision is a placeholder (its shape is `endpoint`).
+        s("precision", &|r| if r.record.endpoint.is_some() && r.record.case.shape.name == ctxcost_core::endpoint::ENDPOINT_SHAPE { "n/a".into() } else { r.record.case.precision.to_string() }),
         u("layers", &|r| r.record.case.shape.layers as u64),
         u("top_k", &|r| r.record.case.shape.top_k as u64),
         s("status", &|r| format!("{:?}", r.record.status).to_lowercase()),
@@ -198,6 +199,8 @@ pub fn records_frame(set: &RecordSet) -> PolarsResult<DataFrame> {
         s("finished_at", &|r| r.record.finished_at.clone()),
         Series::new("samples_ms".into(), samples).into(),
     ];
+    let mut columns = columns;
+    columns.extend(crate::endpoint::record_columns(set));
     DataFrame::new(rs.len(), columns)
 }
 

@@ -112,17 +112,17 @@ Cost ratios: API list price per request, and GPU cost per million tokens from me
             let usd = |v: Option<f64>| v.map(|u| sig(u, 3)).unwrap_or_else(|| "-".into());
             Some(vec![
                 row.phase.to_string(),
-                fmt_tokens(row.context as f64),
+                x.prompt_cell(),
                 x.load.key(),
                 format!("{} ({}, {})", x.label, x.side, x.model),
-                format!("{}/{}", m.ok, m.requests),
+                x.requests_cell(),
                 ms(&m.ttft_ms, 1),
                 ms(&m.tpot_ms, 2),
                 ms(&m.itl_ms, 2),
                 ms(&m.e2e_ms, 1),
                 format!("{:.1}", m.output_tokens_per_s),
                 m.goodput_rps.map(|g| format!("{g:.2}/s ({:.0}%)", 100.0 * m.slo_attainment.unwrap_or(f64::NAN))).unwrap_or_else(|| "-".into()),
-                format!("{:.1}%{}", 100.0 * x.cache.fraction, if x.cache.flagged { " FLAGGED" } else { "" }),
+                x.cache_cell(" FLAGGED"),
                 if faults.is_empty() { "-".into() } else { faults.join(", ") },
                 usd(x.cost.api_usd_per_request),
                 usd(crate::endpoint::gpu_usd_per_m(row.phase, x)),
@@ -132,7 +132,7 @@ Cost ratios: API list price per request, and GPU cost per million tokens from me
     b.push(Block::Table {
         id: Some("endpoint-table"),
         header: [
-            "phase", "prompt", "load", "side", "ok", "TTFT ms [95% CI]", "TPOT ms [95% CI]", "ITL ms", "E2E ms", "output tok/s", "goodput", "cached",
+            "phase", "prompt (measured)", "load", "side", "ok/sent", "TTFT ms [95% CI]", "TPOT ms [95% CI]", "ITL ms", "E2E ms", "output tok/s", "goodput", "cached",
             "faults", "API $/request", "GPU $/M tokens",
         ]
         .map(String::from)
@@ -157,12 +157,20 @@ fn document(r: &Report) -> (String, Vec<Block>) {
 
     // 1. Verdict first: one headline per phase, the warnings, the table, then the long sentences.
     b.push(Block::H2 { id: "verdict", text: "Verdict".into() });
-    b.push(Block::Strong(QUESTION.into()));
+    // An endpoint-only record set: the endpoint verdict alone, no DSA question.
+    let endpoint_only = crate::endpoint::is_endpoint_only(set);
+    if !endpoint_only {
+        b.push(Block::Strong(QUESTION.into()));
+    }
     let mut heads: Vec<String> = [Phase::Prefill, Phase::Decode].into_iter().filter_map(|p| verdict::headline(a, p)).collect();
     if heads.is_empty() && r.endpoints.is_empty() {
         heads.push(format!("Not {}", verdict::NOT_MEASURED.trim_start_matches("not ")));
     }
-    heads.extend(crate::endpoint::ab_sentences(&r.endpoints));
+    if endpoint_only {
+        heads.extend(crate::endpoint::verdict_lines(set, &r.endpoints));
+    } else {
+        heads.extend(crate::endpoint::ab_sentences(&r.endpoints));
+    }
     b.push(Block::List { id: Some("verdict-headline"), items: heads });
     if !a.warnings.is_empty() {
         b.push(Block::List { id: Some("verdict-warnings"), items: a.warnings.iter().map(|w| format!("Warning: {w}")).collect() });
@@ -229,11 +237,13 @@ fn document(r: &Report) -> (String, Vec<Block>) {
             rows: pair_rows,
         });
     }
-    b.push(Block::P(format!(
-        "Basis: {HEADLINE_BASIS}. \"Holds\" means the median ratio is at most 0.5; where the 95% CI straddles 0.5 the report says so. \
-The verdict compares, at every point, the fastest verified DSA engine with the fastest verified dense engine of the same machine. \
-Roofline bound: the ratio if every component of both sides ran at the ceilings (see Method); the gap between it and the measured ratio is the kernels', not the method's."
-    )));
+    if !endpoint_only {
+        b.push(Block::P(format!(
+            "Basis: {HEADLINE_BASIS}. \"Holds\" means the median ratio is at most 0.5; where the 95% CI straddles 0.5 the report says so. \
+    The verdict compares, at every point, the fastest verified DSA engine with the fastest verified dense engine of the same machine. \
+    Roofline bound: the ratio if every component of both sides ran at the ceilings (see Method); the gap between it and the measured ratio is the kernels', not the method's."
+        )));
+    }
     let mut items: Vec<String> = a.series.iter().map(|s| verdict::series_sentence(a, s, &r.fig3)).collect();
     items.extend(a.pairs.iter().filter(|s| !verdict::same_as_verdict(a, s)).map(|s| verdict::series_sentence(a, s, &r.fig3)));
     if !items.is_empty() {
@@ -495,7 +505,7 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
     b.push(Block::H2 { id: "method", text: "Method".into() });
     b.push(Block::List {
         id: None,
-        items: vec![
+        items: if endpoint_only { crate::endpoint::method_items() } else { vec![
             "Every case measures one layer's attention. Prefill at L: a chunk of q query tokens at positions [L-q, L) attending causally to L keys (the marginal cost near position L). Decode at L: B sequences, each one new token over an L-token cache.".into(),
             "Median of the raw samples of each case (recomputed from `samples_ms`). seconds_per_token = median case seconds / query tokens (B x q: per chunk token in prefill, per sequence token of the batch in decode).".into(),
             "usd_per_million_tokens = seconds_per_token x usd_per_gpu_hour / 3600 x 1e6; attention-only = layers x one layer; whole model = layers x one layer + the rest of the model per token.".into(),
@@ -506,7 +516,7 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
             "Roofline bound: for each point, the DSA/dense ratio if every component ran at the ceilings. Each component takes max(FLOPs / GEMM rate, bytes / copy bandwidth), with the FLOPs and bytes of the analytic model (DSA.md section 3): dense attention (MHA mode in prefill, MQA mode in decode); DSA's indexer (its keys over all L keys, its queries), top-k (no FLOPs or bytes in the model: a fused top-k keeps the scores on chip) and sparse MQA attention over the selected keys. FP8 matrix work (the indexer at fp8) counts at twice the bf16 GEMM rate; attention computes in bf16 at every precision. It is what the method gives when both sides run at the hardware's limits: a measured ratio above it is DSA's kernels' gap, one below it means the dense side runs far from its ceilings (flagged on the first screen on GPU machines).".into(),
             "Break-even: the context from which the ratio stays at or below the threshold, interpolated linearly in the ratio against log-context between the last measured point above and the next; its bracket is where the CI bounds cross.".into(),
             format!("DeepSeek's numbers: {FIG3_CITATION}. Positions in K are read as multiples of 1024 tokens; values between the 1K samples are interpolated linearly."),
-        ],
+        ] },
     });
 
     b.push(Block::H2 { id: "assumptions", text: "Assumptions".into() });
@@ -565,6 +575,7 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
     if set.problems.len() > 20 {
         dq.push(format!("... and {} more bad lines", set.problems.len() - 20));
     }
+    dq.extend(crate::endpoint::data_problems(set, &r.endpoints));
     if dq.is_empty() {
         dq.push("None: every record read was measured, paired and verified where verification ran.".into());
     }
@@ -607,9 +618,9 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
 }
 
 /// An endpoint-only report: drop the dense/DSA tables and charts, which would only say "not
-/// measured".
+/// measured", the DeepSeek price table and the kernel cost assumptions.
 fn without_kernel_sections(blocks: Vec<Block>) -> Vec<Block> {
-    const KERNEL: [&str; 6] = ["charts", "ratios", "engines", "break-even", "costs", "fp8-split"];
+    const KERNEL: [&str; 8] = ["charts", "ratios", "engines", "break-even", "costs", "fp8-split", "api-prices", "assumptions"];
     let mut out = Vec::new();
     let mut skipping = false;
     for blk in blocks {

@@ -151,6 +151,10 @@ pub fn write(report: &Report, out: &Path) -> Result<Written, ReportError> {
 /// One row per series and context: costs (USD per million tokens), ratios with CIs, verdicts,
 /// DeepSeek's Fig. 3 ratios at the same position.
 pub fn summary_frame(report: &Report) -> PolarsResult<DataFrame> {
+    // Endpoint records only: one row per case and side, endpoint columns.
+    if crate::endpoint::is_endpoint_only(&report.set) {
+        return crate::endpoint::summary_frame(&report.set, &report.endpoints);
+    }
     let a = &report.analysis;
     let rows: Vec<(&analysis::Series, &analysis::Point)> = a.series.iter().flat_map(|s| s.points.iter().map(move |p| (s, p))).collect();
     let s = |name: &str, f: &dyn Fn(&analysis::Series, &analysis::Point) -> String| {

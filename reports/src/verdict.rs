@@ -224,6 +224,14 @@ pub const NOT_MEASURED: &str = "not measured: the records hold no point with a u
 /// The verdict as printed at the end of `ctxcost run` and by `ctxcost report`: the headlines,
 /// the warnings, then the long sentences.
 pub fn lines(a: &Analysis, set: &RecordSet, fig3: &Fig3) -> Vec<String> {
+    // Endpoint records only: the endpoint verdict, no DSA question.
+    if crate::endpoint::is_endpoint_only(set) {
+        let e = crate::endpoint::analyse(set);
+        let mut out = vec!["endpoint verdict:".to_string()];
+        out.extend(crate::endpoint::verdict_lines(set, &e).into_iter().map(|l| format!("  - {l}")));
+        out.extend(crate::endpoint::cache_warnings(set, &e).into_iter().map(|w| format!("  note: {w}")));
+        return out;
+    }
     let mut out = vec![format!("verdict: {QUESTION}")];
     for phase in [Phase::Prefill, Phase::Decode] {
         if let Some(h) = headline(a, phase) {
