@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use ctxcost_core::units::{parse_contexts, parse_duration_secs, parse_size};
 use ctxcost_core::{Backend, Phase, Precision};
 use ctxcost_engines::external::ExternalSpec;
+use ctxcost_engines::kernel_choice;
 use ctxcost_engines::registry::{available_engines, backend_of, cuda_available, engine_ids, method_of};
 use ctxcost_workloads::{Sweep, PRESETS};
 
@@ -115,6 +116,12 @@ pub struct RunArgs {
     /// Skip verification against the reference (not recommended: results are unchecked).
     #[arg(long)]
     pub no_verify: bool,
+    /// Kernel choice of our CUDA engines, `AXIS=VALUE[,VALUE...]`: each value is a case of its own,
+    /// measured interleaved in the same point (`--variant sparse=split,bulk`). Repeatable (one axis a
+    /// flag; several multiply). Axes: dsa-cuda sparse, indexer, indexer_load; dense-cuda decode,
+    /// prefill_tile, fp8_cvt (`ctxcost engines` lists their values).
+    #[arg(long, value_name = "AXIS=VALUES")]
+    pub variant: Vec<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -279,6 +286,22 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
     if let Some(w) = a.warmup {
         sweep.sampling.warmup = w;
     }
+    let mut flag_axes = Vec::new();
+    for text in &a.variant {
+        let Some((axis, values)) = text.split_once('=') else {
+            bail!("--variant {text}: use AXIS=VALUE[,VALUE...], e.g. `--variant sparse=split,bulk` (kernel choices: {})", kernel_choice::describe_axes());
+        };
+        let axis = axis.trim().to_string();
+        if flag_axes.contains(&axis) {
+            bail!("--variant: `{axis}` is given twice; list its values in one flag (`--variant {axis}=A,B`)");
+        }
+        sweep.variants.insert(axis.clone(), split_list(values));
+        flag_axes.push(axis);
+    }
+    for (axis, values) in &sweep.variants {
+        let source = if flag_axes.contains(axis) { "--variant" } else { "sweep file [variants]" };
+        kernel_choice::check_variant(&sweep.engines, axis, values).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    }
     sweep.validate()?;
     if let Some(t) = &a.tensors {
         // Parse now so a bad file fails before any work; the child re-reads it.
@@ -322,7 +345,7 @@ pub fn cpu_case_host_bytes(case: &ctxcost_core::Case) -> f64 {
 
 /// The sweep's points, each case carrying its engine's method from the engine table.
 pub fn points(sweep: &Sweep, external: &[ExternalSpec]) -> Vec<ctxcost_workloads::Point> {
-    sweep.points(&|id| method_of(id, external).unwrap_or_else(|| ctxcost_core::Method::legacy_from_id(id)))
+    sweep.points(&|id| method_of(id, external).unwrap_or_else(|| ctxcost_core::Method::legacy_from_id(id)), &kernel_choice::applies)
 }
 
 fn check_memory(sweep: &Sweep, external: &[ExternalSpec]) -> Result<()> {
@@ -357,6 +380,11 @@ pub fn print_engines() {
     println!("{:<18} {:<6} {:<9} {:<11} remote OpenAI-compatible servers (vLLM, SGLang, hosted APIs), one engine per side: `ctxcost endpoint`", "http-<label>", "-", "http", "available");
     println!("\nExternal engines (backend `external`) run as worker processes (peers/PROTOCOL.md); each says in its first");
     println!("records whether its library is installed. Plug in your own with `ctxcost run --external ID:METHOD=COMMAND`.");
+    println!("\nKernel choices of our CUDA engines (`ctxcost run --variant AXIS=V1,V2` measures each value as a case of its own;");
+    println!("the first value is the default where the device runs it):");
+    for axis in kernel_choice::KERNEL_AXES {
+        println!("  {:<11} {:<13} {:<42} {}", axis.engine, axis.name, axis.values.join(", "), axis.what);
+    }
 }
 
 /// `ctxcost ceilings`.

@@ -95,6 +95,10 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
         (vec!["run", "--sweep", both_batches.to_str().unwrap(), "--out", out_s], "batch"),
         (vec!["run", "--external", "mine=python3 x.py", "--out", out_s], "--external"),
         (vec!["run", "--external", "dense-cpu:dense=python3 x.py", "--out", out_s], "built-in"),
+        (vec!["run", "--engines", "dsa-cuda", "--variant", "sparse=split,nope", "--out", out_s], "choose from: split, split2, early, bulk, cpa, mma"),
+        (vec!["run", "--engines", "dense-cpu", "--variant", "sparse=split", "--out", out_s], "no engine of this run has the kernel choice `sparse`"),
+        (vec!["run", "--engines", "dsa-cuda", "--variant", "sparse", "--out", out_s], "AXIS=VALUE"),
+        (vec!["run", "--engines", "dsa-cuda", "--variant", "sparse=bulk,bulk", "--out", out_s], "listed twice"),
     ];
     for (args, needle) in cases {
         let o = run(&args);
@@ -106,12 +110,36 @@ fn bad_input_is_one_clear_line_and_nonzero_exit() {
     }
 }
 
+/// `--variant sparse=split,bulk` makes one case per value where the axis applies (the bf16 cache),
+/// each with its own key and the choice in the record's case; FP8 cases are not multiplied.
+#[test]
+fn variants_are_cases_of_their_own() {
+    let dir = tmpdir("variants");
+    let out = dir.join("v.jsonl");
+    let args = [
+        "run", "--preset", "h200", "--engines", "dsa-cuda", "--contexts", "1k", "--phase", "decode", "--batch", "1", "--precision", "bf16,fp8",
+        "--variant", "sparse=split,bulk", "--max-samples", "3", "--no-report", "--out", out.to_str().unwrap(),
+    ];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = records(&out);
+    let keys: Vec<&str> = recs.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(recs.len(), 3, "{keys:?}");
+    assert_eq!(keys.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("|bf16|") && k.ends_with("|sparse=split")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("|bf16|") && k.ends_with("|sparse=bulk")), "{keys:?}");
+    assert!(keys.iter().any(|k| k.contains("|fp8|") && !k.contains("sparse=")), "{keys:?}");
+    let bulk = recs.iter().find(|r| r["key"].as_str().unwrap().ends_with("sparse=bulk")).unwrap();
+    assert_eq!(bulk["case"]["kernel"]["sparse"], "bulk");
+}
+
 #[test]
 fn engines_lists_cuda_as_unavailable_without_a_gpu() {
     let o = run(&["engines"]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("dense-cpu") && text.contains("available"));
+    assert!(text.contains("Kernel choices") && text.contains("split, split2, early, bulk, cpa, mma"), "{text}");
     if !Path::new("/dev/nvidia0").exists() {
         let line = text.lines().find(|l| l.starts_with("dense-cuda")).unwrap();
         assert!(line.contains("unavailable"), "{text}");

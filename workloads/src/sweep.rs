@@ -4,7 +4,11 @@
 //! engines, under two minutes on two cores), `cpu-full` (the `small` shape up to 32K) and
 //! `h200` (DeepSeek-V3.2-Exp's full attention geometry, 1K..128K, for the CUDA engines).
 //! A TOML sweep file has the same fields as [`Sweep`]; every field is optional and falls back
-//! to the `base` preset it names (default `cpu-quick`).
+//! to the `base` preset it names (default `cpu-quick`). Its `[variants]` table is the kernel
+//! choices axis (`sparse = ["split", "bulk"]`): each case of an engine with that choice is
+//! measured once per value, interleaved in the same point.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +61,10 @@ pub struct Sweep {
     pub precisions: Vec<Precision>,
     pub seed: u64,
     pub sampling: Sampling,
+    /// Kernel choices to sweep: axis -> values (`sparse = ["split", "bulk"]`). Checked against the
+    /// engines' axes where the plan is made (this crate knows no engine).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variants: BTreeMap<String, Vec<String>>,
 }
 
 /// One point of the grid: the cases of all engines at the same shape, phase, context,
@@ -84,6 +92,7 @@ impl Sweep {
                 precisions: vec![Precision::F32],
                 seed: 42,
                 sampling: Sampling { warmup: 2, target_rel_ci: 0.02, min_samples: 5, max_samples: 60, max_seconds: 4.0 },
+                variants: BTreeMap::new(),
             }),
             "cpu-full" => Ok(Sweep {
                 name: name.into(),
@@ -98,6 +107,7 @@ impl Sweep {
                 precisions: vec![Precision::F32, Precision::Bf16],
                 seed: 42,
                 sampling: Sampling { max_seconds: 15.0, ..Sampling::default() },
+                variants: BTreeMap::new(),
             }),
             "h200" => Ok(Sweep {
                 name: name.into(),
@@ -112,6 +122,7 @@ impl Sweep {
                 precisions: vec![Precision::Bf16, Precision::Fp8],
                 seed: 42,
                 sampling: Sampling { warmup: 3, target_rel_ci: 0.01, min_samples: 10, max_samples: 200, max_seconds: 5.0 },
+                variants: BTreeMap::new(),
             }),
             _ => Err(WorkloadError::UnknownPreset(name.into())),
         }
@@ -179,6 +190,9 @@ impl Sweep {
         if let Some(x) = f.sampling {
             s.sampling = x;
         }
+        if let Some(v) = f.variants {
+            s.variants = v;
+        }
         Ok(s)
     }
 
@@ -230,8 +244,10 @@ impl Sweep {
 
     /// Expand into points, in a stable order: phase, precision, batch, context (growing, so
     /// a sweep that runs out of time has its small contexts done). `method_of` gives each
-    /// engine's method (the engine table knows it; this crate knows no engine).
-    pub fn points(&self, method_of: &dyn Fn(&str) -> Method) -> Vec<Point> {
+    /// engine's method and `varies(case, axis)` whether a kernel choice axis applies to a case
+    /// (the engine table and its kernel choices know; this crate knows no engine). A case is
+    /// measured once per value of every axis that applies to it, all in the same point.
+    pub fn points(&self, method_of: &dyn Fn(&str) -> Method, varies: &dyn Fn(&Case, &str) -> bool) -> Vec<Point> {
         let mut out = Vec::new();
         for &phase in &self.phases {
             let batches = if phase == Phase::Prefill { &self.prefill_batch } else { &self.decode_batch };
@@ -242,11 +258,18 @@ impl Sweep {
                             Phase::Prefill => self.prefill_chunk.min(context),
                             Phase::Decode => self.decode_query_len.min(context),
                         };
-                        let cases = self
-                            .engines
-                            .iter()
-                            .map(|e| Case { engine: e.clone(), method: method_of(e), shape: self.shape.clone(), phase, context, batch, query_len, precision, seed: self.seed, kernel: Default::default() })
-                            .collect();
+                        let mut cases = Vec::new();
+                        for e in &self.engines {
+                            let base = Case { engine: e.clone(), method: method_of(e), shape: self.shape.clone(), phase, context, batch, query_len, precision, seed: self.seed, kernel: Default::default() };
+                            let mut variants = vec![base.clone()];
+                            for (axis, values) in self.variants.iter().filter(|(axis, _)| varies(&base, axis)) {
+                                variants = variants
+                                    .iter()
+                                    .flat_map(|c| values.iter().map(move |v| Case { kernel: c.kernel.clone().with(axis, v), ..c.clone() }))
+                                    .collect();
+                            }
+                            cases.extend(variants);
+                        }
                         out.push(Point { cases });
                     }
                 }
@@ -306,6 +329,8 @@ pub struct SweepFile {
     pub precisions: Option<Vec<String>>,
     pub seed: Option<u64>,
     pub sampling: Option<Sampling>,
+    /// Kernel choices: `[variants]` with `axis = ["value", ...]`.
+    pub variants: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[cfg(test)]
@@ -316,7 +341,7 @@ mod tests {
     fn presets_expand() {
         let q = Sweep::preset("cpu-quick").unwrap();
         q.validate().unwrap();
-        let pts = q.points(&Method::legacy_from_id);
+        let pts = q.points(&Method::legacy_from_id, &|_, _| false);
         assert_eq!(pts.len(), 2 * 4); // 2 phases x 4 contexts
         assert!(pts.iter().all(|p| p.cases.len() == 2));
         assert_eq!(pts[0].cases[0].query_len, 128);
@@ -344,12 +369,40 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.contexts, vec![1024, 2048, 4096]);
-        assert_eq!(s.points(&Method::legacy_from_id).len(), 2 * 3);
+        assert_eq!(s.points(&Method::legacy_from_id, &|_, _| false).len(), 2 * 3);
         assert_eq!(s.shape.top_k, 32);
         let s2 = Sweep::from_toml_str("contexts = [1024, \"2k\"]").unwrap();
         assert_eq!(s2.contexts, vec![1024, 2048]);
         assert!(Sweep::from_toml_str("contxts = \"1k\"").unwrap_err().to_string().contains("contxts"));
         assert!(Sweep::from_toml_str("contexts = \"0\"").is_err());
         assert!(Sweep::from_toml_str("top_k = 0").unwrap().validate().is_err());
+    }
+
+    #[test]
+    fn variants_multiply_only_the_cases_they_apply_to() {
+        let s = Sweep::from_toml_str(
+            r#"
+            contexts = "1k,2k"
+            phases = ["decode"]
+            [variants]
+            sparse = ["split", "bulk"]
+            indexer = ["wgmma", "mma"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.variants["sparse"], vec!["split", "bulk"]);
+        // Only dsa-cpu takes `sparse` here; `indexer` applies to nothing.
+        let pts = s.points(&Method::legacy_from_id, &|c, axis| c.engine == "dsa-cpu" && axis == "sparse");
+        assert_eq!(pts.len(), 2);
+        let engines: Vec<(&str, String)> = pts[0].cases.iter().map(|c| (c.engine.as_str(), c.kernel.to_string())).collect();
+        assert_eq!(engines, vec![("dense-cpu", String::new()), ("dsa-cpu", "sparse=split".into()), ("dsa-cpu", "sparse=bulk".into())]);
+        let keys: std::collections::BTreeSet<String> = pts[0].cases.iter().map(Case::key).collect();
+        assert_eq!(keys.len(), 3, "every variant has its own key");
+        assert!(pts[0].cases.iter().all(|c| c.point_key() == pts[0].cases[0].point_key()));
+        // Two axes that apply multiply.
+        let pts = s.points(&Method::legacy_from_id, &|c, _| c.engine == "dsa-cpu");
+        assert_eq!(pts[0].cases.len(), 1 + 4);
+        assert!(pts[0].cases.iter().any(|c| c.kernel.to_string() == "indexer=mma,sparse=bulk"));
+        assert!(Sweep::from_toml_str("[variants]\nsparse = \"split\"").is_err());
     }
 }
