@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/dsa_attention.sh: the DSA sparse attention kernels through the runner on a GPU machine, with
-# the ceilings in the same run: the wgmma kernel (default on sm_90) against the mma.sync kernel
-# (CTXCOST_SPARSE_DECODE=mma, the named baseline), the variant with a __syncthreads per tile
-# (CTXCOST_SPARSE_DECOUPLE=0) and the cp.async gather (=cpa); FP8 caches run mma.sync in every case.
+# the ceilings in the same run: the default wgmma kernel (sm_90) against the mma.sync kernel (the named
+# baseline) and the cp.async gather, interleaved in the same points (`--variant sparse=split,mma,cpa`);
+# FP8 caches run mma.sync in every case. (The __syncthreads-per-tile build of an earlier run is a
+# timing switch now: kernels/experiments/.)
 #
 #   cargo build --profile runner -p ctxcost --no-default-features --features cuda
 #   OUT=<dir> bash bench/dsa_attention.sh      # CTXCOST_BIN overrides target/runner/ctxcost
@@ -30,9 +31,7 @@ step() {
 D="--phase decode --batch 64"
 P="--phase prefill --batch 1 --chunk 4096"
 step new-decode 70 $D --contexts 1000,3000,16k,128k --precision bf16,fp8
-CTXCOST_SPARSE_DECODE=mma step mma-decode 40 $D --contexts 16k,128k --precision bf16
-CTXCOST_SPARSE_DECOUPLE=0 step sync-decode 40 $D --contexts 16k,128k --precision bf16
-CTXCOST_SPARSE_DECODE=cpa step cpa-decode 30 $D --contexts 16k --precision bf16
+step variants-decode 90 $D --contexts 16k,128k --precision bf16 --variant sparse=split,mma,cpa
 step new-prefill 50 $P --contexts 3000,128k --precision bf16
-CTXCOST_SPARSE_DECODE=mma step mma-prefill 40 $P --contexts 128k --precision bf16
+step variants-prefill 60 $P --contexts 128k --precision bf16 --variant sparse=split,mma
 cat "$R"/*.jsonl > "$OUT/all.jsonl"

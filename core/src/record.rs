@@ -53,9 +53,9 @@ pub struct Environment {
     /// GPU name, UUID, driver, CUDA version, clocks: where readable.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub gpu: BTreeMap<String, String>,
-    /// `CTXCOST_*` environment variables of the measuring process: the switches that pick
-    /// kernel variants (e.g. `CTXCOST_DENSE_DECODE=mma`) or plant test slowdowns, so a record
-    /// says which code ran. Absent variables mean the build's defaults (see `tool.git_sha`).
+    /// `CTXCOST_*` environment variables of the measuring process (`CTXCOST_L2_FLUSH`, planted
+    /// test slowdowns). Kernel variants are in the case (`case.kernel`), not here; records
+    /// before that say `CTXCOST_SPARSE_VARIANT` and the like here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
 }
