@@ -169,7 +169,7 @@ pub struct MockArgs {
     /// Time per output token (ms).
     #[arg(long, default_value_t = 10.0)]
     pub tpot_ms: f64,
-    /// Usage block style: vllm or deepseek.
+    /// Usage block style: vllm, deepseek or plain (no cached-token count).
     #[arg(long, default_value = "vllm")]
     pub usage: String,
     /// Share of prompt tokens reported as cached.
@@ -189,6 +189,9 @@ pub struct MockArgs {
     /// Refuse prompts beyond this many tokens with HTTP 400, and list it in /v1/models.
     #[arg(long, value_name = "TOKENS")]
     pub max_model_len: Option<u64>,
+    /// Keep --max-model-len out of /v1/models (the client learns it from a 400).
+    #[arg(long)]
+    pub unlisted_limit: bool,
     /// Refuse requests that carry `ignore_eos` (HTTP 422, as a strict request schema does).
     #[arg(long)]
     pub reject_ignore_eos: bool,
@@ -712,7 +715,8 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
     let usage = match a.usage.as_str() {
         "vllm" => UsageStyle::Vllm,
         "deepseek" => UsageStyle::DeepSeek,
-        u => bail!("--usage `{u}`: choose vllm or deepseek"),
+        "plain" => UsageStyle::Plain,
+        u => bail!("--usage `{u}`: choose vllm, deepseek or plain"),
     };
     let mut faults = BTreeMap::new();
     for part in a.fault.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -738,6 +742,7 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
         buffered: a.buffered,
         token_growth_per_1k: a.token_growth,
         max_model_len: a.max_model_len,
+        max_model_len_unlisted: a.unlisted_limit,
         reject_ignore_eos: a.reject_ignore_eos,
         ..Default::default()
     };

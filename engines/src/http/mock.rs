@@ -29,6 +29,8 @@ pub enum UsageStyle {
     Vllm,
     /// `usage.prompt_cache_hit_tokens` / `prompt_cache_miss_tokens`.
     DeepSeek,
+    /// Prompt and completion tokens only: no cached-token count at all.
+    Plain,
 }
 
 /// A fault injected into one request.
@@ -88,8 +90,9 @@ pub struct MockConfig {
     /// `w * (1 + token_growth_per_1k * w / 1000)` tokens (rounded); 0 counts words.
     pub token_growth_per_1k: f64,
     /// Refuse prompts of more tokens than this with HTTP 400 (vLLM's message), and list it
-    /// as `max_model_len` in `/v1/models`.
+    /// as `max_model_len` in `/v1/models` unless `max_model_len_unlisted`.
     pub max_model_len: Option<u64>,
+    pub max_model_len_unlisted: bool,
     /// Refuse a request carrying `ignore_eos` with HTTP 422 naming the field (a strict
     /// request schema, as `transformers serve` has).
     pub reject_ignore_eos: bool,
@@ -116,6 +119,7 @@ impl Default for MockConfig {
             buffered: false,
             token_growth_per_1k: 0.0,
             max_model_len: None,
+            max_model_len_unlisted: false,
             reject_ignore_eos: false,
         }
     }
@@ -239,7 +243,7 @@ async fn respond(
     }
     if request_line.starts_with("GET ") && path.ends_with("/models") {
         let mut model = json!({"id": "mock", "object": "model"});
-        if let Some(n) = cfg.max_model_len {
+        if let Some(n) = cfg.max_model_len.filter(|_| !cfg.max_model_len_unlisted) {
             model["max_model_len"] = json!(n);
         }
         return plain(sock, "200 OK", "", &json!({"object": "list", "data": [model]}).to_string()).await;
@@ -291,6 +295,7 @@ async fn respond(
     let usage = match cfg.usage {
         UsageStyle::Vllm => json!({"prompt_tokens": prompt_words, "completion_tokens": max_tokens,
             "total_tokens": prompt_words + max_tokens, "prompt_tokens_details": {"cached_tokens": cached}}),
+        UsageStyle::Plain => json!({"prompt_tokens": prompt_words, "completion_tokens": max_tokens, "total_tokens": prompt_words + max_tokens}),
         UsageStyle::DeepSeek => json!({"prompt_tokens": prompt_words, "completion_tokens": max_tokens,
             "total_tokens": prompt_words + max_tokens, "prompt_cache_hit_tokens": cached, "prompt_cache_miss_tokens": prompt_words - cached}),
     };
