@@ -864,7 +864,52 @@ mod tests {
         r.prompt_tokens = Some(300);
         assert!(prompt_check(&[r.clone()], 1024).unwrap().flagged);
         r.prompt_tokens = None;
-        assert!(prompt_check(&[r], 1024).is_none());
+        assert!(prompt_check(&[r.clone()], 1024).is_none());
+        // 1% or 8 tokens: 16 tokens off a 1K target is a miss (the old 20% let 840 of 1024 pass).
+        r.prompt_tokens = Some(1040);
+        assert!(prompt_check(&[r.clone()], 1024).unwrap().flagged);
+        r.prompt_tokens = Some(840);
+        assert!(prompt_check(&[r.clone()], 1024).unwrap().flagged);
+        r.prompt_tokens = Some(65_000);
+        assert!(!prompt_check(&[r], 65_536).unwrap().flagged, "1% of 64K is 655 tokens");
+    }
+
+    fn block(requests: Vec<RequestLog>, planned: usize) -> EndpointBlock {
+        let metrics = metrics(&requests, &Slo::default(), &CLOSED);
+        EndpointBlock {
+            side: "a".into(),
+            label: "x".into(),
+            url: String::new(),
+            model: String::new(),
+            api: "chat".into(),
+            load: CLOSED,
+            target_prompt_tokens: 1024,
+            prompt_fit: "calibrated".into(),
+            max_tokens: 1,
+            slo: Slo::default(),
+            planned_requests: planned,
+            not_run: None,
+            cache: cache_check(&requests, 0.05),
+            metrics: EndpointMetrics { prompt_check: prompt_check(&requests, 1024), ..metrics },
+            requests,
+            cost: EndpointCost::default(),
+        }
+    }
+
+    #[test]
+    fn table_cells_say_unknown_missed_and_planned() {
+        let mut r = req(0, 0.0, &[10.0], 20.0, Some(1));
+        r.cached_tokens = None;
+        r.prompt_tokens = Some(840);
+        let b = block(vec![r.clone(), RequestLog { index: 1, ..r.clone() }], 4);
+        assert_eq!(b.cache_cell("!"), "unknown", "no cached-token count is not 0%");
+        assert_eq!(b.requests_cell(), "2/2 of 4 planned; stopped by --max-seconds");
+        assert_eq!(b.prompt_cell(), "1K (840, missed)");
+        r.cached_tokens = Some(0);
+        r.prompt_tokens = Some(1020);
+        let b = block(vec![r], 1);
+        assert_eq!((b.cache_cell("!"), b.requests_cell(), b.prompt_cell()), ("0.0%".to_string(), "1/1".to_string(), "1K (1020)".to_string()));
+        assert!(endpoint_shape().validate().is_ok() && endpoint_shape().name == ENDPOINT_SHAPE);
     }
 
     #[test]

@@ -240,3 +240,127 @@ fn resume_checks_the_file_before_any_request() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn endpoint_only_runs_get_endpoint_reports_and_a_refused_length_fails_alone() {
+    // A server whose limit (64K) is not listed in /v1/models: the 128K target is refused by
+    // a 400, and the 1K case is kept. Tokens per word grow; no cached-token count.
+    let m = mock(&["--ttft-ms", "2", "--tpot-ms", "1", "--token-growth", "0.05", "--max-model-len", "65536", "--unlisted-limit", "--usage", "plain"]);
+    let dir = tmp("shaped");
+    let (out, report) = (dir.join("e.jsonl"), dir.join("rep"));
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "1k,2k,128k", "--phase", "prefill", "--requests", "3"])
+        .args(["--warmup", "0", "--timeout", "30s", "--report-dir"])
+        .arg(&report)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(1), "one failed case: exit 1\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let recs = read_back(&out);
+    assert_eq!(recs.len(), 3, "{stderr}");
+    for r in &recs {
+        // No DeepSeek shape, 61 layers or KV model for a model the client does not know.
+        assert_eq!(r.case.shape.name, "endpoint");
+        assert_eq!(r.case.shape.layers, 1);
+        assert_eq!(r.memory.kv_bytes_model, 0.0);
+        let e = r.endpoint.as_ref().unwrap();
+        assert_eq!(e.planned_requests, 3);
+        if r.case.context <= 2048 {
+            assert_eq!(r.status, ctxcost_core::record::Status::Ok, "{:?}", r.reason);
+            let p = e.metrics.prompt_check.unwrap();
+            assert!(!p.flagged && p.measured_median.abs_diff(r.case.context as u64) <= 10, "{p:?}");
+        } else {
+            assert_eq!(r.status, ctxcost_core::record::Status::Failed);
+            let why = r.reason.as_deref().unwrap_or("");
+            assert!(why.contains("maximum context length is 65536") && why.contains("not run"), "{why}");
+            assert!(e.requests.is_empty());
+        }
+    }
+    // Terminal: the endpoint verdict, no DSA question; cached share unknown, not 0.0%.
+    assert!(stdout.contains("endpoint verdict") && stdout.contains("grows as prompt length^"), "{stdout}");
+    assert!(!stdout.contains("DSA") && !stdout.contains("not measured"), "{stdout}");
+    assert!(stdout.contains("unknown") && !stdout.contains("0.0%"), "{stdout}");
+    let md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
+    assert!(!md.contains("Every case measures one layer's attention") && !md.contains("DSA") && !md.contains("Not measured:"), "{md}");
+    assert!(md.contains("whole requests to a serving system"), "{md}");
+    assert!(md.contains("maximum context length is 65536"), "the refusal is a data problem: {md}");
+    // summary.csv: endpoint columns, one row per case and side.
+    let csv = std::fs::read_to_string(report.join("summary.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    for col in ["label", "side", "target_prompt_tokens", "measured_prompt_tokens", "ttft_p50_ms", "e2e_p50_ms", "output_tokens_per_s"] {
+        assert!(header.split(',').any(|c| c == col), "{col} not in {header}");
+    }
+    assert!(!header.contains("dsa"), "{header}");
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    // records.parquet names the endpoint columns (its schema is stored as plain text).
+    let pq = std::fs::read(report.join("records.parquet")).unwrap();
+    for col in ["endpoint_label", "endpoint_side", "measured_prompt_tokens", "e2e_p50_ms", "output_tokens_per_s"] {
+        assert!(pq.windows(col.len()).any(|w| w == col.as_bytes()), "{col} not in records.parquet");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_missed_prompt_length_is_flagged_everywhere() {
+    // A tokenizer that counts words, against a server whose tokens per word grow: the local
+    // fit is exact at its calibration length only, so the short case misses.
+    let m = mock(&["--ttft-ms", "2", "--tpot-ms", "1", "--token-growth", "0.2"]);
+    let dir = tmp("missed");
+    let tok = dir.join("tokenizer.json");
+    std::fs::write(
+        &tok,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"WhitespaceSplit"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"[UNK]":0},"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let (out, report) = (dir.join("m.jsonl"), dir.join("rep"));
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "256,4k", "--phase", "prefill", "--requests", "2", "--warmup", "0"])
+        .arg("--tokenizer")
+        .arg(&tok)
+        .arg("--report-dir")
+        .arg(&report)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let recs = read_back(&out);
+    let short = recs.iter().find(|r| r.case.context == 256).unwrap();
+    let p = short.endpoint.as_ref().unwrap().metrics.prompt_check.unwrap();
+    assert!(p.flagged, "{p:?}");
+    assert!(short.reason.as_deref().unwrap_or("").contains("prompt length missed"), "{:?}", short.reason);
+    // Terminal: the measured column marks it, and a list says by how much.
+    assert!(stdout.contains(&format!("{}!", p.measured_median)) && stdout.contains("prompt length missed"), "{stdout}");
+    let md = std::fs::read_to_string(report.join("REPORT.md")).unwrap();
+    let data = &md[md.find("data problems").expect("data problems section")..];
+    assert!(data.contains("prompt length missed"), "{md}");
+    assert!(md.contains(&format!("256 ({}, missed)", p.measured_median)), "the table shows the measured length: {md}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_case_stopped_by_max_seconds_says_sent_of_planned() {
+    let m = mock(&["--ttft-ms", "400", "--tpot-ms", "1"]);
+    let dir = tmp("stopped");
+    let out = dir.join("s.jsonl");
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "256", "--phase", "prefill", "--requests", "6"])
+        .args(["--warmup", "0", "--max-seconds", "1s", "--no-report", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let recs = read_back(&out);
+    let e = recs[0].endpoint.as_ref().unwrap();
+    assert!(e.metrics.requests < 6 && e.planned_requests == 6, "{} sent", e.metrics.requests);
+    let want = format!("{0}/{0} of 6 planned; stopped by --max-seconds", e.metrics.requests);
+    assert!(stdout.contains(&want), "{want} not in:\n{stdout}");
+    assert_eq!(recs[0].stop_rule.as_deref(), Some("max-time"));
+    std::fs::remove_dir_all(&dir).ok();
+}

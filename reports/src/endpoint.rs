@@ -267,7 +267,7 @@ pub fn verdict_lines(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
     for ((phase, load, _, label), mut pts) in single {
         pts.sort_by_key(|p| p.0);
         let metric = primary_name(phase);
-        let at: Vec<String> = pts.iter().map(|(c, m)| format!("{} {m:.2} ms", fmt_tokens(*c as f64))).collect();
+        let at: Vec<String> = pts.iter().map(|(c, m)| format!("{m:.2} ms at {c} tokens")).collect();
         let mut s = format!("endpoint {label} {phase} (load {load}): {metric} median {}", at.join("; "));
         if pts.len() >= 2 {
             let xs: Vec<f64> = pts.iter().map(|p| p.0 as f64).collect();
