@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use ctxcost_core::stats::{self, RatioCi};
 use ctxcost_core::{Method, Phase, Precision};
 
+pub use crate::format::{fmt_contexts, fmt_tokens};
 use crate::cost::{self, OtherCost, OtherSource};
 use crate::load::{LoadedRecord, RecordSet};
 use crate::reference::Fig3;
@@ -497,11 +498,11 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
                 && r.record.case.phase == key.phase
         })
         .collect();
-    if gemms.is_empty() {
     let rest: Vec<&LoadedRecord> = gemms.iter().copied().filter(|r| r.record.case.is_rest() && !r.record.components_ms.is_empty()).collect();
     if !rest.is_empty() {
         return measured_rest(&rest, key, query_tokens);
     }
+    if gemms.is_empty() {
         return None;
     }
     let same_tokens: Vec<&&LoadedRecord> = gemms.iter().filter(|r| r.record.case.query_tokens() == query_tokens).collect();
@@ -509,12 +510,11 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
     let per_token: Vec<f64> = chosen.iter().map(|r| cost::seconds_per_token(r.median_ms(), r.record.case.query_tokens())).collect();
     Some(OtherCost {
         seconds_per_token: stats::median(&per_token),
-        source: OtherSource::Measured { engine: chosen[0].record.engine.clone(), records: chosen.len() },
         dsa_extra_seconds_per_token: 0.0,
+        source: OtherSource::Measured { engine: chosen[0].record.engine.clone(), records: chosen.len() },
     })
 }
 
-/// The record of each side by context: (dense, DSA).
 /// The rest of the model from `rest` records (see [`measured_other`]).
 fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
     let tokens_of = |r: &&LoadedRecord| r.record.case.query_tokens();
@@ -556,6 +556,7 @@ fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -
     })
 }
 
+/// The record of each side by context: (dense, DSA).
 type ByContext = (BTreeMap<usize, usize>, BTreeMap<usize, usize>);
 
 /// Usable records of a series by context and method.
@@ -966,10 +967,6 @@ fn precision_splits(set: &RecordSet, series: &[Series]) -> Vec<PrecisionSplit> {
     out
 }
 
-/// A list of contexts: `4K, 16K`.
-pub fn fmt_contexts(cs: &[usize]) -> String {
-    cs.iter().map(|c| fmt_tokens(*c as f64)).collect::<Vec<_>>().join(", ")
-}
 
 /// A measured ratio below this share of its roofline bound is flagged: the dense side is far
 /// from the ceilings.
@@ -1064,23 +1061,6 @@ fn warnings(set: &RecordSet, series: &[Series], pairs: &[Series], engines: &[Eng
         ));
     }
     out
-}
-
-/// Format a token count: `1K`, `3.4K`, `128K`, `1.5M`, `700`.
-pub fn fmt_tokens(x: f64) -> String {
-    if !x.is_finite() {
-        return "n/a".into();
-    }
-    let k = x / 1024.0;
-    if k >= 1024.0 {
-        format!("{}M", format!("{:.3}", k / 1024.0).trim_end_matches('0').trim_end_matches('.'))
-    } else if k >= 100.0 || (k >= 1.0 && (k - k.round()).abs() < 0.05) {
-        format!("{:.0}K", k)
-    } else if k >= 1.0 {
-        format!("{:.1}K", k)
-    } else {
-        format!("{:.0}", x)
-    }
 }
 
 #[cfg(test)]

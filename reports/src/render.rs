@@ -6,10 +6,11 @@
 use ctxcost_core::record::Status;
 use ctxcost_core::Phase;
 
-use crate::analysis::{fmt_tokens, BreakEven, Crossing, Series};
+use crate::format::fmt_tokens;
+use crate::analysis::{BreakEven, Crossing, Series};
 use crate::charts::{Chart, ChartKind};
 use crate::reference::FIG3_CITATION;
-use crate::report::Report;
+use crate::model::Report;
 use crate::verdict::{self, HEADLINE_BASIS, QUESTION};
 use crate::yardstick::{self, CeilingSource, SLOW_ENGINE_SHARE};
 
@@ -415,17 +416,17 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
             .iter()
             .flat_map(|s| {
                 s.points.iter().map(move |p| {
-                    vec![
                     let fig3 = r.fig3.at(s.key.phase, p.context as f64);
+                    vec![
                         format!("{} {}", s.key.phase, label(r, s)),
                         fmt_tokens(p.context as f64),
                         sig(p.dense.attn_marginal, 4),
                         sig(p.dsa.attn_marginal, 4),
                         sig(p.dense.model_marginal, 4),
                         sig(p.dsa.model_marginal, 4),
-                        sig(p.dense.attn_request, 4),
                         opt(fig3.map(|f| f.0)),
                         opt(fig3.map(|f| f.1)),
+                        sig(p.dense.attn_request, 4),
                         sig(p.dsa.attn_request, 4),
                         sig(p.dense.model_request, 4),
                         sig(p.dsa.model_request, 4),
@@ -531,10 +532,10 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
         "When no `rest` record (engines `rest-*`, or a legacy `gemm-*` record) exists for a series, the rest of the model is analytic: 2 x active parameters / {} TFLOP/s (`--other-tflops`), an assumed achieved rate.",
         a.settings.other_tflops
     ));
-    for (env, (c, source)) in &a.ceilings {
     if a.series.iter().any(|s| matches!(s.other.source, crate::cost::OtherSource::Rest(_))) {
         assumptions.extend(crate::cost::REST_DIFFERENCES.iter().map(|x| x.to_string()));
     }
+    for (env, (c, source)) in &a.ceilings {
         let from = match source {
             CeilingSource::Records => "stored in this machine's records (same run)".to_string(),
             CeilingSource::Inputs if *c == yardstick::Ceilings::default() => {
