@@ -106,7 +106,10 @@ pub struct RequestLog {
     pub intended_ms: f64,
     /// When the final attempt was actually sent.
     pub sent_ms: f64,
-    /// Arrival of every chunk that carried generated text.
+    /// Arrival of every chunk that carried generated text (of a failed request: those that
+    /// came before it failed). Where the server counted generated tokens but streamed no text
+    /// (its detokenizer held back a byte-level token that is not yet whole UTF-8, as with
+    /// max_tokens = 1), the first chunk with a finish reason stands for the output.
     pub chunks_ms: Vec<f64>,
     /// End of the stream (or of the final failed attempt).
     pub end_ms: f64,

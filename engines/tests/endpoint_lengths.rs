@@ -132,3 +132,16 @@ async fn a_cut_stream_keeps_its_chunks() {
     // A failed request still gives no latency.
     assert_eq!(log.ttft_ms(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_without_text_still_gives_a_ttft() {
+    // transformers serve at max_tokens 1 with a byte-level BPE: one token generated, no text.
+    let server = MockServer::start("127.0.0.1:0", MockConfig { ttft_ms: 30.0, empty_text: true, ..Default::default() }).await.unwrap();
+    let ep = Arc::new(Endpoint::new("m", &server.url(), "mock", Api::Chat, None, true).unwrap());
+    let body = Arc::new(serde_json::to_vec(&request_body(Api::Chat, "mock", "[1] a b", 1, true)).unwrap());
+    let t0 = tokio::time::Instant::now();
+    let log = send(ep, body, 0, t0, t0, RequestLimits::default()).await;
+    assert!(log.ok && log.completion_tokens == Some(1));
+    let ttft = log.ttft_ms().expect("the finish event stands for the token");
+    assert!((29.0..500.0).contains(&ttft), "{ttft}");
+}

@@ -421,7 +421,8 @@ fn redirect_note(resp: &reqwest::Response) -> String {
 
 /// Result of one attempt.
 enum Attempt {
-    Ok { sent: Instant, chunks: Vec<Instant>, end: Instant, usage: Usage, redirected_to: Option<String> },
+    /// `finished_at`: the first event with a finish reason.
+    Ok { sent: Instant, chunks: Vec<Instant>, end: Instant, usage: Usage, redirected_to: Option<String>, finished_at: Option<Instant> },
     /// `chunks`: text chunks received before a stream failed (a cut stream keeps them).
     Failed { sent: Instant, fault: FaultKind, status: Option<u16>, detail: String, retry_after: Option<Duration>, chunks: Vec<Instant> },
 }
@@ -463,7 +464,13 @@ pub async fn send(ep: Arc<Endpoint>, body: Arc<Vec<u8>>, index: usize, t0: Insta
             },
         };
         match attempt {
-            Attempt::Ok { sent, chunks, end, usage, redirected_to } => {
+            Attempt::Ok { sent, mut chunks, end, usage, redirected_to, finished_at } => {
+                // Tokens generated but no text streamed (a byte-level BPE token that is not yet
+                // whole UTF-8 is held back by the server's detokenizer; common with
+                // max_tokens = 1): the first finish marks when the output was generated.
+                if chunks.is_empty() && usage.completion_tokens.is_some_and(|n| n >= 1) {
+                    chunks.extend(finished_at);
+                }
                 log.sent_ms = ms(sent);
                 log.chunks_ms = chunks.into_iter().map(ms).collect();
                 log.end_ms = ms(end);
@@ -561,6 +568,7 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
     let mut chunks = Vec::new();
     let mut usage = Usage::default();
     let mut finished = false;
+    let mut finished_at: Option<Instant> = None;
     let mut events_seen = 0usize;
     // The start of the body, to show what came when it turns out not to be a stream.
     let mut head: Vec<u8> = Vec::new();
@@ -571,7 +579,7 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
                 // Body ended without [DONE]: complete only if a choice finished and nothing
                 // is left half-parsed.
                 if finished && !parser.pending() {
-                    return Attempt::Ok { sent, chunks, end: Instant::now(), usage, redirected_to };
+                    return Attempt::Ok { sent, chunks, end: Instant::now(), usage, redirected_to, finished_at };
                 }
                 if events_seen == 0 && head.iter().any(|b| !b.is_ascii_whitespace()) {
                     return failed(
@@ -600,10 +608,13 @@ async fn attempt(ep: &Endpoint, body: &[u8]) -> Attempt {
         for ev in events {
             events_seen += 1;
             match openai::interpret(&ev.data, ep.api) {
-                Ok(StreamItem::Done) => return Attempt::Ok { sent, chunks, end: at, usage, redirected_to },
+                Ok(StreamItem::Done) => return Attempt::Ok { sent, chunks, end: at, usage, redirected_to, finished_at },
                 Ok(StreamItem::Chunk { text, finished: f, usage: u }) => {
                     if text {
                         chunks.push(at);
+                    }
+                    if f && finished_at.is_none() {
+                        finished_at = Some(at);
                     }
                     finished |= f;
                     if let Some(u) = u {

@@ -96,6 +96,9 @@ pub struct MockConfig {
     /// Refuse a request carrying `ignore_eos` with HTTP 422 naming the field (a strict
     /// request schema, as `transformers serve` has).
     pub reject_ignore_eos: bool,
+    /// Stream every token with empty text (the finish reason and usage still come), as a
+    /// server whose detokenizer holds back partial byte-level tokens does at max_tokens 1.
+    pub empty_text: bool,
 }
 
 impl MockConfig {
@@ -121,6 +124,7 @@ impl Default for MockConfig {
             max_model_len: None,
             max_model_len_unlisted: false,
             reject_ignore_eos: false,
+            empty_text: false,
         }
     }
 }
@@ -331,7 +335,7 @@ async fn respond(
             continue;
         }
         let finish = (t + 1 == max_tokens).then_some("length");
-        out.send(sock, &event(&format!(" w{t}"), finish)).await?;
+        out.send(sock, &event(&if cfg.empty_text { String::new() } else { format!(" w{t}") }, finish)).await?;
     }
     if with_usage {
         out.send(sock, &format!("data: {}\n\n", json!({"id": "mock", "choices": [], "usage": usage}))).await?;
