@@ -148,7 +148,7 @@ pub struct EndpointArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
-    pub output: crate::cli::OutputArgs,
+    pub output: crate::output::OutputArgs,
 }
 
 /// Arguments of `ctxcost serve-mock`.
@@ -600,7 +600,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     let records = recordio::read_records(&plan.out)?;
     println!("{}", render_summary(&records));
     if let Some(dir) = &plan.report_dir {
-        crate::runner::write_report(&plan.out, dir);
+        crate::output::write_report(&plan.out, dir);
     }
     Ok(if failed_cases > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

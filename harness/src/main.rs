@@ -6,17 +6,20 @@
 //! `serve-mock`.
 
 mod cli;
+mod cmd_ceilings;
 #[cfg(feature = "http")]
 mod cmd_endpoint;
 #[cfg(feature = "report")]
 mod cmd_compare;
 #[cfg(feature = "report")]
 mod cmd_report;
+mod cmd_engines;
+mod cmd_run;
 mod envinfo;
 mod memory;
 mod point;
+mod output;
 mod recordio;
-mod runner;
 mod summary;
 
 use std::process::ExitCode;
@@ -36,16 +39,16 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(cli::Command::Run(Box::default())) {
-        cli::Command::Run(args) => runner::run(*args),
+        cli::Command::Run(args) => cmd_run::run(*args),
         cli::Command::Engines => {
-            cli::print_engines();
+            cmd_engines::run();
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "report")]
         cli::Command::Report(args) => cmd_report::run(args),
         #[cfg(feature = "report")]
         cli::Command::Compare(args) => cmd_compare::run(args),
-        cli::Command::Ceilings => cli::ceilings(),
+        cli::Command::Ceilings => cmd_ceilings::run(),
         #[cfg(feature = "http")]
         cli::Command::Endpoint(args) => cmd_endpoint::run(*args),
         #[cfg(feature = "http")]
