@@ -27,6 +27,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends quietly, as other command-line tools do, instead of a
+    // panic on the broken pipe.
+    // SAFETY: setting a signal's disposition to its default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,
