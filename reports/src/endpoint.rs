@@ -252,7 +252,9 @@ pub fn verdict_lines(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
     }
     // Sides without a partner: the metric against the measured prompt length.
     let paired: std::collections::HashSet<usize> = e.ab.iter().flat_map(|p| [p.a_record, p.b_record]).collect();
-    let mut single: BTreeMap<(Phase, String, usize, String), Vec<(usize, f64)>> = BTreeMap::new();
+    // (phase, load, max_tokens, label) -> (measured prompt tokens, metric median)
+    type Line = (Phase, String, usize, String);
+    let mut single: BTreeMap<Line, Vec<(usize, f64)>> = BTreeMap::new();
     for row in &e.rows {
         if paired.contains(&row.record) {
             continue;
