@@ -6,7 +6,8 @@
 //! reproduce bit for bit ([`inputs`]), the versioned record schema ([`record`]), the
 //! statistics used by the runner and the reports ([`stats`]), output verification
 //! helpers ([`verify`]), the records of remote endpoints ([`endpoint`]), the API price
-//! table ([`prices`]) and the GEMMs of the rest of a layer ([`rest`]). This crate knows no
+//! table ([`prices`]), the GEMMs of the rest of a layer ([`rest`]) and where a record was
+//! measured in a sweep spread over GPUs and hosts ([`placement`]). This crate knows no
 //! engine.
 
 pub mod analytic;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod inputs;
 pub mod jsonl;
 pub mod numeric;
+pub mod placement;
 pub mod prices;
 pub mod record;
 pub mod rest;

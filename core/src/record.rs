@@ -8,7 +8,10 @@
 //! - 3: `case.method` (`dense` | `dsa`), from the engine table. Readers infer it for older
 //!   records from the id (`dsa-*` is DSA). Later within 3, readable by the same reader rules:
 //!   method `rest` (the rest of a layer, `rest-*` engines) and the shape's rest-of-layer
-//!   geometry and `ep` (absent in older records: 0, and 1 for `ep`).
+//!   geometry and `ep` (absent in older records: 0, and 1 for `ep`). Later within 3:
+//!   optional `env.placement` (sweep fingerprint and size, point, shard, GPU, replica; see
+//!   [`crate::placement`]); readers of earlier 3 ignore it, and records without it read as
+//!   before.
 //!
 //! Readers must check `schema_version` and refuse records newer than they know.
 
@@ -18,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::analytic::Work;
 use crate::endpoint::EndpointBlock;
+use crate::placement::Placement;
 use crate::stats::Summary;
 use crate::verify::{Comparison, SelectionCheck};
 use crate::Case;
@@ -58,14 +62,34 @@ pub struct Environment {
     /// before that say `CTXCOST_SPARSE_VARIANT` and the like here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub settings: BTreeMap<String, String>,
+    /// Where in a sweep spread over GPUs and hosts the record was measured (`ctxcost run`
+    /// records; absent in older ones and in endpoint records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
 }
 
 impl Environment {
-    /// A short label used to tell machines apart in reports and comparisons.
+    /// A short label used to tell machines apart in reports and comparisons. The shards of
+    /// one sweep (`--shard K/N`, on one host or many) are one run: they are labelled by
+    /// device model and sweep, not host, so a merged file reads as a single run.
     pub fn label(&self) -> String {
+        if let Some(p) = &self.placement {
+            if let Some(s) = p.shard {
+                return format!("{} (sweep {}, {} shards)", self.device_model(), p.sweep, s.count);
+            }
+        }
         match self.gpu.get("name") {
             Some(g) => format!("{} ({})", g, self.hostname),
             None => format!("{} x{} ({})", self.cpu, self.cpu_cores, self.hostname),
+        }
+    }
+
+    /// The model of the device that measured: the GPU's name, else the CPU's (with its
+    /// core count). Records of one case must never mix two.
+    pub fn device_model(&self) -> String {
+        match self.gpu.get("name") {
+            Some(g) => g.clone(),
+            None => format!("{} x{}", self.cpu, self.cpu_cores),
         }
     }
 }

@@ -3,11 +3,19 @@
 //! each record to the JSONL file the moment it arrives, shows progress, and ends with the
 //! summary table and the report. Its arguments are merged here too, in one place (flags over
 //! the TOML sweep file over the preset) and validated before any work.
+//!
+//! Over several GPUs (`--gpus`), one worker thread per GPU takes the next point and runs its
+//! child pinned with `CUDA_VISIBLE_DEVICES`; every record comes back to the main thread,
+//! the only writer of the file, so lines never interleave. `--shard K/N` keeps the points
+//! whose index is K mod N; `--replicate N` measures each point on N different GPUs. Every
+//! record carries its placement (sweep fingerprint and size, point, shard, GPU, replica) so
+//! `ctxcost merge` can check and join shards.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::Instant;
 
 use std::path::PathBuf;
@@ -16,6 +24,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use ctxcost_core::placement::{fingerprint, GpuSlot, Placement, Shard};
 use ctxcost_core::record::{Record, Status};
 use ctxcost_core::units::{format_tokens, parse_contexts, parse_duration_secs, parse_size};
 use ctxcost_core::{Backend, Phase, Precision};
@@ -24,6 +33,7 @@ use ctxcost_engines::kernel_choice;
 use ctxcost_engines::registry::{backend_of, cuda_available, engine_ids, method_of};
 use ctxcost_workloads::{Sweep, PRESETS};
 
+use crate::envinfo::ListedGpu;
 use crate::point::Job;
 use crate::output::{write_report, OutputArgs};
 use crate::{envinfo, recordio, summary};
@@ -98,6 +108,21 @@ pub struct RunArgs {
     /// prefill_tile, fp8_cvt (`ctxcost engines` lists their values).
     #[arg(long, value_name = "AXIS=VALUES")]
     pub variant: Vec<String>,
+    /// Run points in parallel, one measuring process per GPU, pinned with CUDA_VISIBLE_DEVICES
+    /// (indices as nvidia-smi numbers them, PCI bus order): `all` (every GPU nvidia-smi lists)
+    /// or a list such as `0,1,3`. A point's cases always run together on one GPU. A list of
+    /// GPUs this machine lacks is allowed when every engine runs on the CPU (to try the flag).
+    #[arg(long, value_name = "all|LIST", help_heading = "Several GPUs and hosts")]
+    pub gpus: Option<String>,
+    /// Run shard K of N of the sweep's points (point i is in shard i mod N; K counts from 0):
+    /// `--shard 2/8`. `--shard auto/8` takes K from SLURM_ARRAY_TASK_ID (less
+    /// SLURM_ARRAY_TASK_MIN) or JOB_COMPLETION_INDEX. Join the shards' files with `ctxcost merge`.
+    #[arg(long, value_name = "K/N", help_heading = "Several GPUs and hosts")]
+    pub shard: Option<String>,
+    /// Measure each point on N different GPUs of `--gpus`, to see GPU-to-GPU spread (the
+    /// report's "Spread across GPUs") [default 1].
+    #[arg(long, value_name = "N", help_heading = "Several GPUs and hosts")]
+    pub replicate: Option<u32>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -114,6 +139,14 @@ pub struct Plan {
     pub report_dir: Option<PathBuf>,
     /// Engines plugged in with `--external`.
     pub external: Vec<ExternalSpec>,
+    /// GPUs to run on in parallel (`--gpus`); empty: one process at a time, not pinned.
+    pub gpus: Vec<GpuSlot>,
+    /// This run's shard of the sweep (`--shard`).
+    pub shard: Option<Shard>,
+    /// GPUs that measure each point (`--replicate`, at least 1).
+    pub replicas: u32,
+    /// Fingerprint of the resolved sweep (shared by its shards).
+    pub fingerprint: String,
 }
 
 fn split_list(s: &str) -> Vec<String> {
@@ -253,8 +286,95 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         ctxcost_workloads::tensors::load(&t.to_string_lossy())?;
     }
     check_memory(&sweep, &external)?;
+    let gpus = match &a.gpus {
+        None => Vec::new(),
+        Some(text) => {
+            let cpu_only = sweep.engines.iter().all(|id| backend_of(id, &external) == Some(Backend::Cpu));
+            parse_gpus(text, &envinfo::list_gpus(), cpu_only)?
+        }
+    };
+    let shard = a.shard.as_deref().map(|t| parse_shard(t, &|v| std::env::var(v).ok())).transpose()?;
+    let replicas = a.replicate.unwrap_or(1);
+    if replicas == 0 {
+        bail!("--replicate 0: each point needs at least one GPU (e.g. `--replicate 2 --gpus 0,1`)");
+    }
+    if replicas > 1 && (gpus.len() as u32) < replicas {
+        bail!("--replicate {replicas} needs at least {replicas} GPUs in --gpus (each point runs once on each of {replicas} different GPUs), e.g. `--gpus all` or `--gpus 0,1`");
+    }
+    let verify = !a.no_verify;
+    let fingerprint = sweep_fingerprint(&sweep, verify, &external);
     let (out, report_dir) = a.output.paths(&sweep.name);
-    Ok(Plan { sweep, out, resume: a.output.resume, force: a.output.force, tensors: a.tensors.clone(), verify: !a.no_verify, report_dir, external })
+    Ok(Plan { sweep, out, resume: a.output.resume, force: a.output.force, tensors: a.tensors.clone(), verify, report_dir, external, gpus, shard, replicas, fingerprint })
+}
+
+/// The fingerprint of a resolved sweep: every setting that decides its cases and how they are
+/// measured (the sweep with its sampling, verification, external engines), not where they run
+/// (`--gpus`, `--shard`, `--replicate`, `--out`).
+pub fn sweep_fingerprint(sweep: &Sweep, verify: bool, external: &[ExternalSpec]) -> String {
+    let text = serde_json::to_string(&(sweep, verify, external)).expect("a sweep serialises");
+    fingerprint(text.as_bytes())
+}
+
+/// `--gpus all|0,1,3` against the GPUs nvidia-smi lists. An index it does not list is allowed
+/// when every engine runs on the CPU (a fake device list: the children only get
+/// CUDA_VISIBLE_DEVICES set).
+pub fn parse_gpus(text: &str, listed: &[ListedGpu], cpu_only: bool) -> Result<Vec<GpuSlot>> {
+    let slot = |index: u32| GpuSlot { index, uuid: listed.iter().find(|g| g.index == index).map(|g| g.uuid.clone()) };
+    if text.trim().eq_ignore_ascii_case("all") {
+        if listed.is_empty() {
+            bail!("--gpus all: nvidia-smi lists no GPU on this machine; name the devices (`--gpus 0,1`) or leave --gpus out");
+        }
+        return Ok(listed.iter().map(|g| slot(g.index)).collect());
+    }
+    let list: Vec<u32> = split_list(text)
+        .iter()
+        .map(|x| x.parse::<u32>().map_err(|_| anyhow::anyhow!("--gpus: `{x}` is not a GPU index (use `all` or indices such as `0,1,3`)")))
+        .collect::<Result<_>>()?;
+    if list.is_empty() {
+        bail!("--gpus: no GPU named (use `all` or indices such as `0,1,3`)");
+    }
+    no_repeats("--gpus", &list)?;
+    if !cpu_only && !listed.is_empty() {
+        if let Some(i) = list.iter().find(|i| !listed.iter().any(|g| g.index == **i)) {
+            let have: Vec<String> = listed.iter().map(|g| g.index.to_string()).collect();
+            bail!("--gpus: GPU {i} is not on this machine (nvidia-smi lists {}); choose from those or use `--gpus all`", have.join(", "));
+        }
+    }
+    Ok(list.into_iter().map(slot).collect())
+}
+
+/// `--shard K/N` or `--shard auto/N` (K from the scheduler's array index: Slurm's
+/// SLURM_ARRAY_TASK_ID less SLURM_ARRAY_TASK_MIN, or a Kubernetes indexed Job's
+/// JOB_COMPLETION_INDEX). `var` reads the environment.
+pub fn parse_shard(text: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Shard> {
+    let Some((k, n)) = text.split_once('/') else {
+        bail!("--shard {text}: use K/N with K counting from 0 (`--shard 0/4`), or `--shard auto/4` to read K from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX");
+    };
+    let count: usize = match n.trim().parse() {
+        Ok(c) if c > 0 => c,
+        _ => bail!("--shard {text}: N must be a whole number of shards, at least 1 (e.g. `--shard 0/4`)"),
+    };
+    let number = |name: &str, v: &str| v.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--shard {text}: {name}={v:?} is not a whole number"));
+    let (index, from) = if k.trim().eq_ignore_ascii_case("auto") {
+        if let Some(id) = var("SLURM_ARRAY_TASK_ID") {
+            let id = number("SLURM_ARRAY_TASK_ID", &id)?;
+            let min = var("SLURM_ARRAY_TASK_MIN").map(|m| number("SLURM_ARRAY_TASK_MIN", &m)).transpose()?.unwrap_or(0);
+            if id < min {
+                bail!("--shard {text}: SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}");
+            }
+            (id - min, format!(" (SLURM_ARRAY_TASK_ID={id} less SLURM_ARRAY_TASK_MIN={min}; give the array {count} tasks, e.g. `--array=0-{}`)", count - 1))
+        } else if let Some(i) = var("JOB_COMPLETION_INDEX") {
+            (number("JOB_COMPLETION_INDEX", &i)?, format!(" (JOB_COMPLETION_INDEX={i}; set the Job's completions to {count})"))
+        } else {
+            bail!("--shard {text}: neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX is set; give K (`--shard 0/{count}`)");
+        }
+    } else {
+        (k.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("--shard {text}: K must be a whole number from 0, or `auto` (e.g. `--shard 0/{count}`)"))?, String::new())
+    };
+    if index >= count {
+        bail!("--shard {text}: shard {index} is not below N={count}{from}; K counts from 0 to {}", count - 1);
+    }
+    Ok(Shard { index, count })
 }
 
 /// Host bytes a CPU case needs (inputs as f32, the score matrix, outputs), estimated from
@@ -301,28 +421,122 @@ fn check_memory(sweep: &Sweep, external: &[ExternalSpec]) -> Result<()> {
     Ok(())
 }
 
+/// One measurement of a point: its pending cases, on one replica.
+struct Item {
+    point: usize,
+    point_cases: usize,
+    replica: u32,
+    cases: Vec<ctxcost_core::Case>,
+}
+
+/// Hands out the pending items to the GPU workers: in sweep order, and never two replicas
+/// of a point to the same GPU.
+struct Queue {
+    pending: Vec<Item>,
+    ran_on: HashMap<usize, Vec<usize>>,
+    started: usize,
+}
+
+impl Queue {
+    /// The next item the worker of `slot` may take, with its ordinal (from 1).
+    fn take(&mut self, slot: usize) -> Option<(usize, Item)> {
+        let i = self.pending.iter().position(|it| !self.ran_on.get(&it.point).is_some_and(|s| s.contains(&slot)))?;
+        let item = self.pending.remove(i);
+        self.ran_on.entry(item.point).or_default().push(slot);
+        self.started += 1;
+        Some((self.started, item))
+    }
+}
+
+/// What a worker tells the writer (the parent's main thread, the only writer of the file).
+enum Event {
+    Start { slot: usize, label: String },
+    Record { slot: usize, ordinal: usize, label: String, record: Box<Record> },
+    Note(String),
+    Idle { slot: usize },
+}
+
+/// `gpu1 ` where the run is pinned to GPUs, else nothing.
+fn slot_name(gpu: Option<&GpuSlot>) -> String {
+    gpu.map(|g| format!("gpu{}", g.index)).unwrap_or_default()
+}
+
+/// The environment records of `gpu` carry: the machine's, with that GPU's nvidia-smi facts
+/// where it lists it (the run's ceilings and CUDA version kept).
+fn env_for(base: &ctxcost_core::record::Environment, gpu: Option<&GpuSlot>) -> ctxcost_core::record::Environment {
+    let mut env = base.clone();
+    if let Some(g) = gpu.filter(|g| g.uuid.is_some()) {
+        env.gpu.extend(envinfo::gpu_info(g.index));
+    }
+    env
+}
+
+/// Point the parent's own CUDA use (the same-run ceilings) at the first GPU of `--gpus`,
+/// before anything touches CUDA.
+fn pin_parent(args: &RunArgs) {
+    let Some(text) = &args.gpus else { return };
+    let first = if text.trim().eq_ignore_ascii_case("all") { envinfo::list_gpus().first().map(|g| g.index) } else { split_list(text).first().and_then(|x| x.parse::<u32>().ok()) };
+    if let Some(i) = first {
+        std::env::set_var("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+        std::env::set_var("CUDA_VISIBLE_DEVICES", i.to_string());
+    }
+}
+
 /// Run a sweep.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
+    pin_parent(&args);
     let plan = resolve(args)?;
-    let (mut writer, done) = recordio::open_output(&plan.out, plan.resume, plan.force)?;
-    let points = points(&plan.sweep, &plan.external);
-    let total: usize = points.iter().map(|p| p.cases.len()).sum();
-    let pending: Vec<_> = points
-        .into_iter()
-        .map(|p| p.cases.into_iter().filter(|c| !done.contains(&c.key())).collect::<Vec<_>>())
-        .filter(|cs| !cs.is_empty())
-        .collect();
-    let already = total - pending.iter().map(Vec::len).sum::<usize>();
+    let (mut writer, done) = recordio::open_output_replicas(&plan.out, plan.resume, plan.force)?;
+    let all_points = points(&plan.sweep, &plan.external);
+    let sweep_points = all_points.len();
+    let sweep_cases: usize = all_points.iter().map(|p| p.cases.len()).sum();
+    let mut total = 0usize;
+    let mut owned = 0usize;
+    let mut items = Vec::new();
+    for (point, p) in all_points.into_iter().enumerate() {
+        if plan.shard.is_some_and(|s| !s.owns(point)) {
+            continue;
+        }
+        owned += 1;
+        for replica in 0..plan.replicas {
+            total += p.cases.len();
+            let cases: Vec<_> = p.cases.iter().filter(|c| !done.contains(&(c.key(), replica))).cloned().collect();
+            if !cases.is_empty() {
+                items.push(Item { point, point_cases: p.cases.len(), replica, cases });
+            }
+        }
+    }
+    let already = total - items.iter().map(|it| it.cases.len()).sum::<usize>();
+    let n_items = items.len();
+    let mut where_ = String::new();
+    if let Some(s) = plan.shard {
+        where_.push_str(&format!("; shard {s}: {owned} of {sweep_points} points"));
+    }
+    if !plan.gpus.is_empty() {
+        let names: Vec<String> = plan.gpus.iter().map(|g| g.index.to_string()).collect();
+        where_.push_str(&format!("; GPUs {} in parallel", names.join(",")));
+        if plan.replicas > 1 {
+            where_.push_str(&format!(", each point on {} of them", plan.replicas));
+        }
+    }
     eprintln!(
-        "ctxcost {}: sweep `{}` ({} shape), {} cases in {} points{} -> {}",
+        "ctxcost {}: sweep `{}` ({} shape, fingerprint {}), {} cases in {} points{}{} -> {}",
         env!("CARGO_PKG_VERSION"),
         plan.sweep.name,
         plan.sweep.shape.name,
+        plan.fingerprint,
         total,
-        pending.len(),
+        n_items,
         if already > 0 { format!(", {already} already recorded") } else { String::new() },
+        where_,
         plan.out.display()
     );
+    if !plan.gpus.is_empty() && plan.gpus.iter().all(|g| g.uuid.is_none()) {
+        eprintln!("note: nvidia-smi lists none of these GPUs: each measuring process gets CUDA_VISIBLE_DEVICES all the same, and records name the index given");
+    }
+    if plan.shard.is_some() && owned == 0 {
+        eprintln!("note: this shard holds no point (the sweep has {sweep_points}); nothing to run");
+    }
     let mut env = envinfo::capture();
     same_run_ceilings(&plan, &mut env);
     let tool = envinfo::tool();
@@ -332,36 +546,62 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} cases  {elapsed_precise} elapsed, ETA {eta}  {msg}").expect("valid template"));
     bar.set_position(already as u64);
     let started = Instant::now();
-    let mut this_run: HashSet<String> = HashSet::new();
+    let slots: Vec<Option<GpuSlot>> = if plan.gpus.is_empty() { vec![None] } else { plan.gpus.iter().cloned().map(Some).collect() };
+    let queue = Mutex::new(Queue { pending: items, ran_on: HashMap::new(), started: 0 });
+    let placement = |it: &Item, gpu: Option<&GpuSlot>| Placement {
+        sweep: plan.fingerprint.clone(),
+        points: sweep_points,
+        cases: sweep_cases,
+        point: it.point,
+        point_cases: it.point_cases,
+        replicas: plan.replicas,
+        replica: it.replica,
+        shard: plan.shard,
+        gpu: gpu.cloned(),
+    };
     let mut failed = 0usize;
-    let n_points = pending.len();
-    for (pi, cases) in pending.into_iter().enumerate() {
-        let c0 = &cases[0];
-        let label = format!("{} {} L={} B={} {}", c0.shape.name, c0.phase, format_tokens(c0.context), c0.batch, c0.precision);
-        bar.set_message(label.clone());
-        let job = Job { cases: cases.clone(), sampling: plan.sweep.sampling.clone(), verify: plan.verify, tensors: plan.tensors.as_ref().map(|p| p.to_string_lossy().to_string()), tool: tool.clone(), env: env.clone(), external: plan.external.clone() };
-        let mut child = Command::new(&exe)
-            .arg("__point")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting a measuring process")?;
-        {
-            let mut stdin = child.stdin.take().expect("piped");
-            stdin.write_all(serde_json::to_string(&job)?.as_bytes())?;
+    let mut current: Vec<String> = vec![String::new(); slots.len()];
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = mpsc::channel::<Event>();
+        for (slot, gpu) in slots.iter().enumerate() {
+            let tx = tx.clone();
+            let (queue, exe, tool, placement, plan) = (&queue, &exe, &tool, &placement, &plan);
+            let env = env_for(&env, gpu.as_ref());
+            scope.spawn(move || {
+                loop {
+                    let next = queue.lock().expect("queue lock").take(slot);
+                    let Some((ordinal, item)) = next else { break };
+                    let c0 = &item.cases[0];
+                    let label = format!("{} {} L={} B={} {}", c0.shape.name, c0.phase, format_tokens(c0.context), c0.batch, c0.precision);
+                    let _ = tx.send(Event::Start { slot, label: label.clone() });
+                    let mut env = env.clone();
+                    env.placement = Some(placement(&item, gpu.as_ref()));
+                    let job = Job { cases: item.cases.clone(), sampling: plan.sweep.sampling.clone(), verify: plan.verify, tensors: plan.tensors.as_ref().map(|p| p.to_string_lossy().to_string()), tool: tool.clone(), env, external: plan.external.clone() };
+                    let send = |record: Record| {
+                        let _ = tx.send(Event::Record { slot, ordinal, label: label.clone(), record: Box::new(record) });
+                    };
+                    let note = |text: String| {
+                        let _ = tx.send(Event::Note(text));
+                    };
+                    measure_point(exe, &job, gpu.as_ref(), send, note);
+                }
+                let _ = tx.send(Event::Idle { slot });
+            });
         }
-        let mut err_pipe = child.stderr.take().expect("piped");
-        let err_thread = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err_pipe.read_to_string(&mut s);
-            s
-        });
-        let mut got: HashSet<String> = HashSet::new();
-        for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-            let line = line?;
-            match Record::from_line(&line) {
-                Ok(r) => {
+        drop(tx);
+        for ev in rx {
+            match ev {
+                Event::Start { slot, label } => {
+                    current[slot] = label;
+                    bar.set_message(progress_message(&slots, &current));
+                }
+                Event::Idle { slot } => {
+                    current[slot] = "done".into();
+                    bar.set_message(progress_message(&slots, &current));
+                }
+                Event::Note(text) => bar.suspend(|| eprint!("{text}")),
+                Event::Record { slot, ordinal, label, record } => {
+                    let r = *record;
                     if r.status == Status::Failed {
                         failed += 1;
                     }
@@ -370,49 +610,99 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                             Status::Ok => format!("{:.4} ms median", r.median_ms().unwrap_or(f64::NAN)),
                             _ => format!("{:?}: {}", r.status, r.reason.as_deref().unwrap_or("")).to_lowercase(),
                         };
-                        bar.suspend(|| eprintln!("[{}/{}] {} {} {}", pi + 1, n_points, r.engine, label, what));
+                        let on = slot_name(slots[slot].as_ref());
+                        let on = if on.is_empty() { on } else { format!(" {on}") };
+                        bar.suspend(|| eprintln!("[{ordinal}/{n_items}{on}] {} {} {}", r.engine, label, what));
                     }
                     writer.append(&r)?;
-                    got.insert(r.key.clone());
-                    this_run.insert(r.key);
                     bar.inc(1);
                 }
-                Err(e) => bar.suspend(|| eprintln!("warning: measuring process wrote a line that is not a record ({e}): {line}")),
             }
         }
-        let status = child.wait()?;
-        let stderr_text = err_thread.join().unwrap_or_default();
-        let missing: Vec<_> = cases.iter().filter(|c| !got.contains(&c.key())).collect();
-        if !missing.is_empty() {
-            let why = match (status.code(), status.signal()) {
-                (_, Some(9)) => "measuring process was killed (signal 9; out of host memory?)".to_string(),
-                (_, Some(6)) => "measuring process aborted (SIGABRT)".to_string(),
-                (_, Some(11)) => "measuring process crashed (segmentation fault, SIGSEGV)".to_string(),
-                (_, Some(sig)) => format!("measuring process died on signal {sig}"),
-                (Some(code), _) => format!("measuring process exited with code {code}"),
-                _ => "measuring process ended abnormally".to_string(),
-            };
-            let last = stderr_cause(&stderr_text);
-            for c in missing {
-                let mut r = failed_record(c, &job, format!("{why}{}", if last.is_empty() { String::new() } else { format!(": {last}") }));
-                r.finished_at = envinfo::utc_now();
-                writer.append(&r)?;
-                this_run.insert(r.key);
-                failed += 1;
-                bar.inc(1);
-            }
-        } else if !stderr_text.trim().is_empty() {
-            bar.suspend(|| eprint!("{stderr_text}"));
-        }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     eprintln!("finished in {:.1} s; records in {}", started.elapsed().as_secs_f64(), plan.out.display());
-    let records = recordio::read_records(&plan.out)?;
+    // The summary pairs the first replica of each case (a ratio never pairs two GPUs).
+    let records: Vec<Record> = recordio::read_records(&plan.out)?.into_iter().filter(|r| recordio::replica_of(r) == 0).collect();
     println!("{}", summary::render(&records));
     if let Some(dir) = &plan.report_dir {
         write_report(&plan.out, dir);
     }
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The bar's message: the point each GPU measures (`gpu0: decode L=1k ... | gpu1: ...`).
+fn progress_message(slots: &[Option<GpuSlot>], current: &[String]) -> String {
+    if slots.len() == 1 && slots[0].is_none() {
+        return current[0].clone();
+    }
+    slots.iter().zip(current).map(|(g, c)| format!("{}: {}", slot_name(g.as_ref()), if c.is_empty() { "-" } else { c })).collect::<Vec<_>>().join(" | ")
+}
+
+/// Measure one point in a child process (pinned to `gpu` when given) and hand over each
+/// record as its line arrives; cases the child did not record (it crashed or was killed)
+/// get `failed` records naming the cause.
+fn measure_point(exe: &std::path::Path, job: &Job, gpu: Option<&GpuSlot>, mut send: impl FnMut(Record), note: impl Fn(String)) {
+    let mut cmd = Command::new(exe);
+    cmd.arg("__point").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(g) = gpu {
+        cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID").env("CUDA_VISIBLE_DEVICES", g.index.to_string());
+    }
+    let mut got: HashSet<String> = HashSet::new();
+    let (why, stderr_text) = match cmd.spawn() {
+        Err(e) => (format!("starting a measuring process: {e}"), String::new()),
+        Ok(mut child) => {
+            let mut stdin = child.stdin.take().expect("piped");
+            let job_text = serde_json::to_string(job).expect("a job serialises");
+            // A child that dies at once closes its stdin: its cases fail below.
+            let _ = stdin.write_all(job_text.as_bytes());
+            drop(stdin);
+            let mut err_pipe = child.stderr.take().expect("piped");
+            let err_thread = std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = err_pipe.read_to_string(&mut s);
+                s
+            });
+            for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+                let Ok(line) = line else { break };
+                match Record::from_line(&line) {
+                    Ok(r) => {
+                        got.insert(r.key.clone());
+                        send(r);
+                    }
+                    Err(e) => note(format!("warning: measuring process wrote a line that is not a record ({e}): {line}\n")),
+                }
+            }
+            let status = child.wait();
+            let stderr_text = err_thread.join().unwrap_or_default();
+            let why = match status {
+                Err(e) => format!("waiting for the measuring process: {e}"),
+                Ok(status) => match (status.code(), status.signal()) {
+                    (_, Some(9)) => "measuring process was killed (signal 9; out of host memory?)".to_string(),
+                    (_, Some(6)) => "measuring process aborted (SIGABRT)".to_string(),
+                    (_, Some(11)) => "measuring process crashed (segmentation fault, SIGSEGV)".to_string(),
+                    (_, Some(sig)) => format!("measuring process died on signal {sig}"),
+                    (Some(code), _) => format!("measuring process exited with code {code}"),
+                    _ => "measuring process ended abnormally".to_string(),
+                },
+            };
+            (why, stderr_text)
+        }
+    };
+    let missing: Vec<_> = job.cases.iter().filter(|c| !got.contains(&c.key())).collect();
+    if missing.is_empty() {
+        if !stderr_text.trim().is_empty() {
+            note(stderr_text);
+        }
+        return;
+    }
+    let last = stderr_cause(&stderr_text);
+    for c in missing {
+        let mut r = failed_record(c, job, format!("{why}{}", if last.is_empty() { String::new() } else { format!(": {last}") }));
+        r.finished_at = envinfo::utc_now();
+        send(r);
+    }
 }
 
 /// When the sweep runs on a GPU, measure the copy bandwidth and the bf16 GEMM rate once

@@ -1,5 +1,6 @@
 //! Environment capture for records: tool version and git SHA, host, CPU, memory, and the
-//! GPU (name, UUID, driver, clocks) where `nvidia-smi` can be read. Also UTC timestamps.
+//! GPU (name, UUID, driver, clocks) where `nvidia-smi` can be read, and the GPUs it lists
+//! (for `--gpus`). Also UTC timestamps.
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,17 +33,45 @@ pub fn capture() -> Environment {
         cpu,
         cpu_cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         host_memory_bytes: crate::memory::mem_total_bytes().unwrap_or(0),
-        gpu: gpu_info(),
+        gpu: gpu_info(0),
         settings: std::env::vars().filter(|(k, _)| k.starts_with("CTXCOST_")).collect(),
+        placement: None,
     }
 }
 
-/// GPU facts from nvidia-smi (empty where there is none).
-fn gpu_info() -> BTreeMap<String, String> {
+/// A GPU as nvidia-smi lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedGpu {
+    /// nvidia-smi's index (PCI bus order).
+    pub index: u32,
+    pub uuid: String,
+    pub name: String,
+}
+
+/// Every GPU nvidia-smi lists (empty where there is no nvidia-smi or no GPU).
+pub fn list_gpus() -> Vec<ListedGpu> {
+    let Ok(o) = std::process::Command::new("nvidia-smi").args(["--query-gpu=index,uuid,name", "--format=csv,noheader"]).output() else {
+        return Vec::new();
+    };
+    if !o.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(',').map(str::trim);
+            let index = f.next()?.parse().ok()?;
+            Some(ListedGpu { index, uuid: f.next()?.to_string(), name: f.next()?.to_string() })
+        })
+        .collect()
+}
+
+/// GPU facts of the GPU with nvidia-smi index `id` (empty where there is none).
+pub fn gpu_info(id: u32) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let fields = ["name", "uuid", "driver_version", "memory.total", "clocks.sm", "clocks.max.sm", "clocks.mem", "power.limit", "pstate"];
     let out = std::process::Command::new("nvidia-smi")
-        .args([format!("--query-gpu={}", fields.join(",")), "--format=csv,noheader,nounits".into(), "--id=0".into()])
+        .args([format!("--query-gpu={}", fields.join(",")), "--format=csv,noheader,nounits".into(), format!("--id={id}")])
         .output();
     if let Ok(o) = out {
         if o.status.success() {

@@ -53,6 +53,13 @@ pub fn check_output(path: &Path, resume: bool, force: bool) -> Result<()> {
 /// Open the output for a run and lock it. Without `resume` an existing file is refused (or
 /// emptied with `force`); with `resume` the keys of its complete records are returned.
 pub fn open_output(path: &Path, resume: bool, force: bool) -> Result<(RecordWriter, HashSet<String>)> {
+    let (w, done) = open_output_replicas(path, resume, force)?;
+    Ok((w, done.into_iter().map(|(k, _)| k).collect()))
+}
+
+/// [`open_output`], with each key of a resumed file paired with its replica
+/// ([`replica_of`]: `--replicate` measures a case once per replica).
+pub fn open_output_replicas(path: &Path, resume: bool, force: bool) -> Result<(RecordWriter, HashSet<(String, u32)>)> {
     check_output(path, resume, force)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("--out {}: cannot create folder {} (choose a writable path)", path.display(), dir.display()))?;
@@ -76,12 +83,17 @@ pub fn open_output(path: &Path, resume: bool, force: bool) -> Result<(RecordWrit
         if c.needs_newline && c.torn.is_none() {
             file.write_all(b"\n")?;
         }
-        done = c.records.into_iter().map(|(_, r)| r.key).collect();
+        done = c.records.into_iter().map(|(_, r)| { let n = replica_of(&r); (r.key, n) }).collect();
     } else if force {
         file.set_len(0)?;
     }
     file.seek(SeekFrom::End(0))?;
     Ok((RecordWriter { file }, done))
+}
+
+/// Which replica of its case a record is (`--replicate`; 0 for records without placement).
+pub fn replica_of(r: &Record) -> u32 {
+    r.env.placement.as_ref().map_or(0, |p| p.replica)
 }
 
 /// Take the advisory write lock on the whole file, or say who holds it.
