@@ -2,8 +2,8 @@
 //!
 //! The binary owns the command line, the runner (child process per point, interleaved
 //! sampling, crash-safe JSONL records, `--resume`), environment capture, memory probes and
-//! progress display. Verbs: `run`, `engines`, `report`, `compare`, `ceilings`, `endpoint`,
-//! `serve-mock`.
+//! progress display. Verbs: `run`, `engines`, `report`, `compare`, `merge`, `ceilings`,
+//! `endpoint`, `serve-mock`.
 
 mod cli;
 mod cmd_ceilings;
@@ -14,6 +14,7 @@ mod cmd_compare;
 #[cfg(feature = "report")]
 mod cmd_report;
 mod cmd_engines;
+mod cmd_merge;
 mod cmd_run;
 mod envinfo;
 mod memory;
@@ -54,6 +55,7 @@ fn dispatch(cli: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Report(args) => cmd_report::run(args),
         #[cfg(feature = "report")]
         cli::Command::Compare(args) => cmd_compare::run(args),
+        cli::Command::Merge(args) => cmd_merge::run(args),
         cli::Command::Ceilings => cmd_ceilings::run(),
         #[cfg(feature = "http")]
         cli::Command::Endpoint(args) => cmd_endpoint::run(*args),

@@ -83,7 +83,7 @@ pub fn open_output_replicas(path: &Path, resume: bool, force: bool) -> Result<(R
         if c.needs_newline && c.torn.is_none() {
             file.write_all(b"\n")?;
         }
-        done = c.records.into_iter().map(|(_, r)| { let n = replica_of(&r); (r.key, n) }).collect();
+        done = c.records.into_iter().map(|(_, r)| (replica_of(&r), r)).map(|(n, r)| (r.key, n)).collect();
     } else if force {
         file.set_len(0)?;
     }
