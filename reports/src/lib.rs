@@ -12,6 +12,7 @@
 //! - [`verdict`]: the headline per phase and the verdict sentences.
 //! - [`endpoint`]: remote endpoint cases: metrics per side, B/A with paired CIs, cache flags.
 //! - [`reference`]: DeepSeek's Fig. 3 curves and API prices, shipped as data.
+//! - [`spread`]: the spread of a case's medians across GPUs (`run --replicate`).
 //! - [`charts`]: plotters charts (SVG and PNG, shipped font).
 //! - [`render`]: HTML and Markdown.
 
@@ -27,5 +28,6 @@ pub mod model;
 pub mod reference;
 pub mod render;
 pub mod report;
+pub mod spread;
 pub mod verdict;
 pub mod yardstick;

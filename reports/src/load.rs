@@ -5,7 +5,9 @@
 //! Records from several files (runs, machines) combine. When the same case (same
 //! [`Record::key`] on the same machine) appears more than once, the record read last wins
 //! and the earlier ones are counted as superseded, so a resumed or repeated run does not
-//! double-count a point.
+//! double-count a point. Replicas of a case on other GPUs (`run --replicate`,
+//! `env.placement.replica` above 0) are neither: they are kept apart in
+//! [`RecordSet::replicas`] for the spread across GPUs, and the analysis reads the first.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +59,8 @@ pub struct RecordSet {
     pub problems: Vec<LineProblem>,
     /// Records replaced by a later record of the same case on the same machine.
     pub superseded: Vec<LoadedRecord>,
+    /// Further replicas of kept cases, measured on other GPUs (`run --replicate`).
+    pub replicas: Vec<LoadedRecord>,
     /// The files read, with the number of records each held.
     pub files: Vec<(String, usize)>,
 }
@@ -105,7 +109,7 @@ pub fn load_files(paths: &[PathBuf]) -> Result<RecordSet, ReportError> {
         set.problems.extend(problems);
     }
     let (records, superseded) = dedup_latest(all);
-    set.records = records;
+    (set.records, set.replicas) = split_replicas(records);
     set.superseded = superseded;
     Ok(set)
 }
@@ -117,19 +121,31 @@ pub fn from_records(records: Vec<LoadedRecord>) -> RecordSet {
         *files.entry(r.file.clone()).or_default() += 1;
     }
     let (records, superseded) = dedup_latest(records);
-    RecordSet { records, problems: Vec::new(), superseded, files: files.into_iter().collect() }
+    let (records, replicas) = split_replicas(records);
+    RecordSet { records, problems: Vec::new(), superseded, replicas, files: files.into_iter().collect() }
 }
 
-/// Keep the last record of each (machine, case key); return (kept, superseded).
+/// Which replica of its case a record is (`run --replicate`; 0 when not replicated).
+pub fn replica(r: &Record) -> u32 {
+    r.env.placement.as_ref().map_or(0, |p| p.replica)
+}
+
+/// Split kept records into the first replica of each case and the further ones.
+fn split_replicas(kept: Vec<LoadedRecord>) -> (Vec<LoadedRecord>, Vec<LoadedRecord>) {
+    kept.into_iter().partition(|r| replica(&r.record) == 0)
+}
+
+/// Keep the last record of each (machine, case key, replica); return (kept, superseded).
 fn dedup_latest(all: Vec<LoadedRecord>) -> (Vec<LoadedRecord>, Vec<LoadedRecord>) {
-    let mut last: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let id = |r: &LoadedRecord| (r.env_label.clone(), r.record.key.clone(), replica(&r.record));
+    let mut last: BTreeMap<(String, String, u32), usize> = BTreeMap::new();
     for (i, r) in all.iter().enumerate() {
-        last.insert((r.env_label.clone(), r.record.key.clone()), i);
+        last.insert(id(r), i);
     }
     let mut kept = Vec::new();
     let mut superseded = Vec::new();
     for (i, r) in all.into_iter().enumerate() {
-        if last.get(&(r.env_label.clone(), r.record.key.clone())) == Some(&i) {
+        if last.get(&id(&r)) == Some(&i) {
             kept.push(r);
         } else {
             superseded.push(r);

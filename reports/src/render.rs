@@ -69,6 +69,40 @@ fn label(r: &Report, s: &Series) -> String {
     s.key.label(r.analysis.mixed_env)
 }
 
+/// Spread across GPUs (`run --replicate`): each case measured on several GPUs, the median of
+/// each and how far apart they are. Absent when no case ran on more than one GPU.
+fn gpu_spread_section(r: &Report, b: &mut Vec<Block>) {
+    let spreads = crate::spread::spreads(&r.set);
+    if spreads.is_empty() {
+        return;
+    }
+    b.push(Block::H2 { id: "gpu-spread", text: "Spread across GPUs".into() });
+    let within = spreads.iter().filter(|s| s.cis_overlap).count();
+    b.push(Block::P(format!(
+        "{} case(s) were measured on more than one GPU (`ctxcost run --replicate`). Spread = (largest median - smallest) / smallest; the largest is {:.1}% ({}). \
+In {within} of them every GPU's 95% CI overlaps the others' (the GPUs agree within the noise). Verdicts and ratios use the first GPU of each point only, so a ratio never pairs two GPUs.",
+        spreads.len(),
+        100.0 * spreads[0].spread,
+        spreads[0].key
+    )));
+    let mixed = r.analysis.mixed_env;
+    b.push(Block::Table {
+        id: Some("gpu-spread-table"),
+        header: ["case", "median per GPU, ms [95% CI]", "spread", "CIs overlap"].map(String::from).to_vec(),
+        rows: spreads
+            .iter()
+            .map(|s| {
+                vec![
+                    if mixed { format!("{} ({})", s.key, s.env) } else { s.key.clone() },
+                    s.gpus.iter().map(|(g, m, lo, hi)| format!("{g}: {} [{}, {}]", sig(*m, 3), sig(*lo, 3), sig(*hi, 3))).collect::<Vec<_>>().join("; "),
+                    format!("{:.1}%", 100.0 * s.spread),
+                    if s.cis_overlap { "yes".into() } else { "no".into() },
+                ]
+            })
+            .collect(),
+    });
+}
+
 /// Remote endpoints: A/B ratios, the chart, every case and side, cache flags, definitions.
 fn endpoint_section(r: &Report, b: &mut Vec<Block>) {
     let e = &r.endpoints;
@@ -582,6 +616,7 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
     }
     b.push(Block::List { id: Some("data-problems"), items: dq });
 
+    gpu_spread_section(r, &mut b);
     b.push(Block::H2 { id: "environment", text: "Environment".into() });
     let mut env_rows = Vec::new();
     for label in set.env_labels() {
