@@ -1,6 +1,7 @@
-//! The short table printed at the end of a run: per point, dense and DSA medians and their
-//! ratio with its 95% CI (from the paired, interleaved samples), then the measured growth
-//! exponent of time with context per engine and phase.
+//! The short table printed at the end of a run: per point, the fastest verified dense and DSA
+//! engines (named) and their ratio with its 95% CI (from the paired, interleaved samples),
+//! every engine's speed against the fastest of its method where a method had several, then
+//! the measured growth exponent of time with context per engine and phase.
 
 use std::collections::BTreeMap;
 
@@ -18,44 +19,88 @@ fn fmt_ms(ms: f64) -> String {
     }
 }
 
+/// An engine as the summary names it: its id, with its kernel choice when one was set.
+fn engine_label(r: &Record) -> String {
+    if r.case.kernel.is_empty() {
+        r.engine.clone()
+    } else {
+        format!("{}[{}]", r.engine, r.case.kernel)
+    }
+}
+
+/// Whether a record may stand for its method: ok, and verified unless verification was off.
+fn usable(r: &Record) -> bool {
+    r.status == Status::Ok && r.median_ms().is_some() && r.verification.as_ref().map_or(true, |v| v.passed)
+}
+
 /// Render the summary of a set of records.
+///
+/// Per point, the ratio compares the fastest verified DSA engine with the fastest verified
+/// dense engine, both named (the report does the same); where a method had several engines,
+/// each one's median and its speed relative to the fastest follow.
 pub fn render(records: &[Record]) -> String {
     let mut out = String::new();
     let ok: Vec<&Record> = records.iter().filter(|r| r.status == Status::Ok).collect();
-    // point key -> (dense, dsa)
-    let mut points: BTreeMap<(String, String, usize, usize, String), (Option<&Record>, Option<&Record>)> = BTreeMap::new();
-    for r in ok.iter().filter(|r| !r.case.is_rest()) {
+    // point -> engines of each method
+    type PointKey = (String, String, usize, usize, usize, String);
+    let mut points: BTreeMap<PointKey, (Vec<&Record>, Vec<&Record>)> = BTreeMap::new();
+    for r in records.iter().filter(|r| usable(r) && !r.case.is_rest() && r.endpoint.is_none()) {
         let c = &r.case;
-        let k = (c.phase.to_string(), c.precision.to_string(), c.batch, c.context, c.shape.name.clone());
+        let k = (c.phase.to_string(), c.precision.to_string(), c.batch, c.context, c.query_len, c.shape.name.clone());
         let e = points.entry(k).or_default();
         if c.is_sparse() {
-            e.1 = Some(r);
+            e.1.push(r);
         } else {
-            e.0 = Some(r);
+            e.0.push(r);
         }
     }
+    let fastest = |rs: &[&'_ Record]| -> Option<f64> { rs.iter().filter_map(|r| r.median_ms()).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x)))) };
+    fn best<'a>(rs: &[&'a Record]) -> Option<&'a Record> {
+        let f = rs.iter().filter_map(|r| r.median_ms()).fold(f64::INFINITY, f64::min);
+        rs.iter().copied().find(|r| r.median_ms() == Some(f))
+    }
     out.push_str(&format!(
-        "{:<8} {:<5} {:>3} {:>7} {:>12} {:>12} {:>8}  {}\n",
-        "phase", "prec", "B", "context", "dense ms", "dsa ms", "dsa/dense", "95% CI"
+        "{:<8} {:<5} {:>3} {:>7} {:>10} {:<18} {:>10} {:<18} {:>9}  {}\n",
+        "phase", "prec", "B", "context", "dense ms", "(fastest dense)", "dsa ms", "(fastest dsa)", "dsa/dense", "95% CI"
     ));
-    for ((phase, prec, b, ctx, _shape), (d, s)) in &points {
-        let dm = d.and_then(|r| r.median_ms());
-        let sm = s.and_then(|r| r.median_ms());
+    let mut several = Vec::new();
+    for ((phase, prec, b, ctx, _q, _shape), (dense, dsa)) in &points {
+        let (d, s) = (best(dense), best(dsa));
+        // Paired when both were sampled in lockstep (same point of one run: equal counts).
         let ratio = match (d, s) {
             (Some(d), Some(s)) => ratio_ci(&s.samples_ms, &d.samples_ms),
             _ => None,
         };
         out.push_str(&format!(
-            "{:<8} {:<5} {:>3} {:>7} {:>12} {:>12} {:>8}  {}\n",
+            "{:<8} {:<5} {:>3} {:>7} {:>10} {:<18} {:>10} {:<18} {:>9}  {}\n",
             phase,
             prec,
             b,
             format_tokens(*ctx),
-            dm.map(fmt_ms).unwrap_or_else(|| "-".into()),
-            sm.map(fmt_ms).unwrap_or_else(|| "-".into()),
+            d.and_then(|r| r.median_ms()).map(fmt_ms).unwrap_or_else(|| "-".into()),
+            d.map(engine_label).unwrap_or_default(),
+            s.and_then(|r| r.median_ms()).map(fmt_ms).unwrap_or_else(|| "-".into()),
+            s.map(engine_label).unwrap_or_default(),
             ratio.map(|r| format!("{:.3}", r.ratio)).unwrap_or_else(|| "-".into()),
             ratio.map(|r| format!("[{:.3}, {:.3}]", r.lo, r.hi)).unwrap_or_default(),
         ));
+        for (method, rs) in [("dense", dense), ("dsa", dsa)] {
+            if rs.len() < 2 {
+                continue;
+            }
+            let f = fastest(rs).unwrap_or(f64::NAN);
+            let mut sorted: Vec<&&Record> = rs.iter().collect();
+            sorted.sort_by(|a, b| a.median_ms().partial_cmp(&b.median_ms()).unwrap_or(std::cmp::Ordering::Equal));
+            let list: Vec<String> = sorted.iter().map(|r| format!("{} {} ms ({:.2})", engine_label(r), fmt_ms(r.median_ms().unwrap_or(f64::NAN)), f / r.median_ms().unwrap_or(f64::NAN))).collect();
+            several.push(format!("  {phase} {prec} B={b} {} {method}: {}", format_tokens(*ctx), list.join(", ")));
+        }
+    }
+    if !several.is_empty() {
+        out.push_str("engines of one method at one point, fastest first (speed relative to the fastest):\n");
+        for l in several {
+            out.push_str(&l);
+            out.push('\n');
+        }
     }
     // The rest of the layer (`rest` engines): not attention, so not in the table above.
     for r in ok.iter().filter(|r| r.case.is_rest()) {
@@ -77,7 +122,7 @@ pub fn render(records: &[Record]) -> String {
     for r in &ok {
         if let Some(m) = r.median_ms() {
             series
-                .entry((r.engine.clone(), r.case.phase.to_string(), r.case.precision.to_string()))
+                .entry((engine_label(r), r.case.phase.to_string(), r.case.precision.to_string()))
                 .or_default()
                 .push((r.case.context as f64, m, r.case.shape.top_k));
         }
@@ -109,4 +154,65 @@ pub fn render(records: &[Record]) -> String {
         out.push_str(&format!("  ... and {} more (see the record file)\n", not_ok.len() - 20));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+    use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
+    use ctxcost_core::{Case, Method, ModelShape, Phase, Precision};
+
+    fn rec(engine: &str, method: Method, ms: f64, verified: bool) -> Record {
+        let case = Case {
+            engine: engine.into(),
+            method,
+            shape: ModelShape::tiny(),
+            phase: Phase::Decode,
+            context: 4096,
+            batch: 4,
+            query_len: 1,
+            precision: Precision::Bf16,
+            seed: 1,
+            kernel: Default::default(),
+        };
+        let samples = vec![ms, ms * 1.01, ms * 0.99, ms];
+        Record {
+            schema_version: SCHEMA_VERSION,
+            tool: Tool::default(),
+            env: Environment::default(),
+            key: case.key(),
+            engine: engine.into(),
+            case,
+            status: Status::Ok,
+            reason: None,
+            stats: Some(ctxcost_core::stats::summarize(&samples)),
+            samples_ms: samples,
+            components_ms: Default::default(),
+            timer: "t".into(),
+            warmup_runs: 1,
+            stop_rule: None,
+            work: Default::default(),
+            rates: Rates::default(),
+            memory: Memory::default(),
+            verification: Some(ctxcost_core::record::Verification { passed: verified, ..Default::default() }),
+            endpoint: None,
+            started_at: String::new(),
+            finished_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_ratio_uses_the_fastest_verified_engine_of_each_method_and_names_it() {
+        let records = vec![
+            rec("dense-cuda", Method::Dense, 4.0, true),
+            rec("cudnn-sdpa", Method::Dense, 2.0, true),
+            rec("broken-fast", Method::Dense, 0.5, false),
+            rec("dsa-cuda", Method::Dsa, 1.0, true),
+        ];
+        let text = render(&records);
+        let row = text.lines().find(|l| l.starts_with("decode")).unwrap();
+        assert!(row.contains("cudnn-sdpa") && row.contains("dsa-cuda") && row.contains("0.500"), "{text}");
+        assert!(!row.contains("broken-fast"), "an unverified engine never stands for its method: {text}");
+        assert!(text.contains("cudnn-sdpa 2.000 ms (1.00), dense-cuda 4.000 ms (0.50)"), "{text}");
+    }
 }
