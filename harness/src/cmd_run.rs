@@ -764,7 +764,43 @@ fn failed_record(c: &ctxcost_core::Case, job: &Job, reason: String) -> Record {
 
 #[cfg(test)]
 mod tests {
-    use super::stderr_cause;
+    use super::{parse_gpus, parse_shard, stderr_cause};
+    use crate::envinfo::ListedGpu;
+    use ctxcost_core::placement::Shard;
+
+    #[test]
+    fn shards_come_from_the_flag_or_the_schedulers_array_index() {
+        let none = |_: &str| None;
+        assert_eq!(parse_shard("2/4", &none).unwrap(), Shard { index: 2, count: 4 });
+        let slurm = |v: &str| match v {
+            "SLURM_ARRAY_TASK_ID" => Some("3".to_string()),
+            "SLURM_ARRAY_TASK_MIN" => Some("1".to_string()),
+            _ => None,
+        };
+        assert_eq!(parse_shard("auto/3", &slurm).unwrap(), Shard { index: 2, count: 3 });
+        let k8s = |v: &str| (v == "JOB_COMPLETION_INDEX").then(|| "0".to_string());
+        assert_eq!(parse_shard("auto/2", &k8s).unwrap(), Shard { index: 0, count: 2 });
+        for (text, needle) in [("4/4", "not below N=4"), ("1", "K/N"), ("0/0", "at least 1"), ("x/2", "whole number"), ("auto/2", "SLURM_ARRAY_TASK_ID")] {
+            let e = parse_shard(text, &none).unwrap_err().to_string();
+            assert!(e.contains("--shard") && e.contains(needle), "{text}: {e}");
+        }
+        let e = parse_shard("auto/2", &slurm).unwrap_err().to_string();
+        assert!(e.contains("SLURM_ARRAY_TASK_ID=3") && e.contains("--array=0-1"), "{e}");
+    }
+
+    #[test]
+    fn gpu_lists_are_checked_against_nvidia_smi_unless_every_engine_is_on_the_cpu() {
+        let listed = [ListedGpu { index: 0, uuid: "GPU-a".into(), name: "H200".into() }, ListedGpu { index: 1, uuid: "GPU-b".into(), name: "H200".into() }];
+        let all = parse_gpus("all", &listed, false).unwrap();
+        assert_eq!(all.iter().map(|g| (g.index, g.uuid.clone().unwrap())).collect::<Vec<_>>(), [(0, "GPU-a".to_string()), (1, "GPU-b".to_string())]);
+        assert!(parse_gpus("all", &[], true).unwrap_err().to_string().contains("lists no GPU"));
+        assert!(parse_gpus("0,3", &listed, false).unwrap_err().to_string().contains("GPU 3 is not on this machine"));
+        let fake = parse_gpus("0,3", &listed, true).unwrap();
+        assert_eq!((fake[1].index, fake[1].uuid.is_none()), (3, true));
+        assert_eq!(parse_gpus("2,5", &[], false).unwrap().len(), 2);
+        assert!(parse_gpus("0,0", &[], true).unwrap_err().to_string().contains("listed twice"));
+        assert!(parse_gpus("a", &[], true).unwrap_err().to_string().contains("not a GPU index"));
+    }
 
     #[test]
     fn a_panic_is_named_by_its_message_not_the_backtrace_hint() {
