@@ -573,7 +573,10 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     let Some((ordinal, item)) = next else { break };
                     let c0 = &item.cases[0];
                     let label = format!("{} {} L={} B={} {}", c0.shape.name, c0.phase, format_tokens(c0.context), c0.batch, c0.precision);
-                    let _ = tx.send(Event::Start { slot, label: label.clone() });
+                    // The writer is gone (it met an error): start nothing more.
+                    if tx.send(Event::Start { slot, label: label.clone() }).is_err() {
+                        break;
+                    }
                     let mut env = env.clone();
                     env.placement = Some(placement(&item, gpu.as_ref()));
                     let job = Job { cases: item.cases.clone(), sampling: plan.sweep.sampling.clone(), verify: plan.verify, tensors: plan.tensors.as_ref().map(|p| p.to_string_lossy().to_string()), tool: tool.clone(), env, external: plan.external.clone() };
