@@ -456,6 +456,21 @@ enum Event {
     Idle { slot: usize },
 }
 
+/// A measuring process that dies before it has read its job closes its stdin: the worker's
+/// write must then fail (its point gets `failed` records), not raise SIGPIPE, which `main`
+/// leaves at its default (ending the whole run). SIGPIPE goes to the thread that wrote, so
+/// blocking it in the worker threads (and the threads they start) is enough.
+fn ignore_sigpipe_in_this_thread() {
+    // SAFETY: sigset_t is plain data, filled by sigemptyset/sigaddset before use;
+    // pthread_sigmask only changes this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// `gpu1 ` where the run is pinned to GPUs, else nothing.
 fn slot_name(gpu: Option<&GpuSlot>) -> String {
     gpu.map(|g| format!("gpu{}", g.index)).unwrap_or_default()
@@ -568,6 +583,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             let (queue, exe, tool, placement, plan) = (&queue, &exe, &tool, &placement, &plan);
             let env = env_for(&env, gpu.as_ref());
             scope.spawn(move || {
+                ignore_sigpipe_in_this_thread();
                 loop {
                     let next = queue.lock().expect("queue lock").take(slot);
                     let Some((ordinal, item)) = next else { break };

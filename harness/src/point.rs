@@ -110,6 +110,13 @@ pub fn child_main() -> Result<ExitCode> {
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
+    // A worker of an external engine that dies closes its stdin: writing to it must be an
+    // error for that case (a `failed` record), not SIGPIPE ending the whole point (`main`
+    // restores SIGPIPE's default for the verbs whose output may be piped into `head`).
+    // SAFETY: setting a signal's disposition before this process starts any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("reading the job")?;
     let job: Job = serde_json::from_str(&text).context("parsing the job")?;
