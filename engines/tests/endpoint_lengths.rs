@@ -1,7 +1,8 @@
 //! Prompt lengths and refusals against servers that do not make them easy: tokens per word
 //! that grow with the prompt (no single line fits), a context limit (listed or learned from
 //! a 400), a strict request schema that refuses `ignore_eos`, a base URL without `/v1`, and a
-//! stream cut midway (its chunks kept).
+//! stream cut midway (its chunks kept); real prompt text (the shipped corpus, a JSONL file
+//! shorter than the prompts) fitted as closely as the synthetic filler.
 #![cfg(feature = "http")]
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use ctxcost_core::Phase;
 use ctxcost_engines::http::client::{list_models, send, Endpoint, RequestLimits};
 use ctxcost_engines::http::mock::{MockConfig, MockFault, MockServer};
 use ctxcost_engines::http::openai::{request_body, Api};
+use ctxcost_engines::http::prompt::PromptText;
 use ctxcost_engines::http::{Bench, CaseSpec, RunSettings, SideSpec};
 
 fn settings(requests: usize) -> RunSettings {
@@ -67,6 +69,34 @@ async fn every_target_is_hit_where_one_line_misses() {
         }
         assert_eq!(blk.planned_requests, 3);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_text_hits_every_target() {
+    // A JSONL corpus of 3 short documents (~1300 words): the 4000-token prompts wrap round it.
+    let dir = std::env::temp_dir().join(format!("ctxcost-realtext-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("docs.jsonl");
+    let doc = |n: usize, w: &str| serde_json::json!({ "text": format!("{w}\n").repeat(n).trim_end() }).to_string();
+    std::fs::write(&file, [doc(100, "Four score and seven years ago,"), doc(40, "we cannot dedicate -- we cannot consecrate"), doc(1, "the end")].join("\n")).unwrap();
+    let texts = [PromptText::default(), PromptText::from_flag(file.to_str().unwrap()).unwrap(), PromptText::Synthetic];
+    let cfg = growing();
+    for text in texts {
+        let shown = text.describe();
+        let server = MockServer::start("127.0.0.1:0", cfg.clone()).await.unwrap();
+        let mut bench = Bench::new(vec![side(&server.url())], settings(2), None).unwrap().with_prompt_text(text);
+        let cal = bench.calibrate(4000).await.unwrap();
+        assert!(cal[0].description.contains(&shown), "{}", cal[0].description);
+        for (n, target) in [300usize, 1000, 2500, 4000].into_iter().enumerate() {
+            let blk = bench.run_case(n as u64, &prefill(target), Arc::new(AtomicUsize::new(0))).await.unwrap().remove(0);
+            let check = blk.metrics.prompt_check.unwrap();
+            assert!(!check.flagged, "{shown} {target}: {check:?}");
+            let fit = &bench.fit_lines(target)[0];
+            assert!(fit.contains("words of text"), "{fit}");
+        }
+        assert!(server.received.load(std::sync::atomic::Ordering::SeqCst) <= 2 + 4 * 6 + 4 * 2, "{shown}: too many probes");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

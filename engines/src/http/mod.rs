@@ -3,7 +3,8 @@
 //!
 //! - [`sse`]: incremental server-sent-events parser (any byte split gives the same events).
 //! - [`openai`]: request bodies and the meaning of streamed events (vLLM and DeepSeek usage).
-//! - [`prompt`]: prompts of an exact token length with a unique leading nonce.
+//! - [`prompt`]: prompts of an exact token length with a unique leading nonce, of real text
+//!   (a shipped public-domain corpus or a file) or synthetic filler words.
 //! - [`client`]: one streamed request with raw timestamps; faults classified; URLs joined
 //!   and redacted (credentials and query values never reach a text), redirects to another
 //!   server refused.
@@ -34,7 +35,7 @@ use ctxcost_core::Phase;
 pub use client::{Endpoint, RequestLimits};
 pub use load::{LoadSpec, Progress};
 use openai::Api;
-use prompt::{LengthSearch, PromptBuilder, TokenizerModel, MAX_PROBES_PER_TARGET};
+use prompt::{LengthSearch, PromptBuilder, PromptText, TokenizerModel, MAX_PROBES_PER_TARGET};
 
 /// One side as the user described it.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ struct Side {
     max_model_len: Option<u64>,
     /// The least target refused for the server's limit, with why.
     refused_target: Option<(usize, String)>,
-    /// Fitted filler words per target, or why the target cannot be reached.
+    /// Fitted units of text per target, or why the target cannot be reached.
     fits: BTreeMap<usize, Result<Fit, String>>,
     /// Probes sent (each gets its own nonce).
     probes: u64,
@@ -97,7 +98,7 @@ struct Side {
 /// How a side's prompts of one target length were fitted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fit {
-    /// Filler words of the case's prompts.
+    /// Units of text (words, [`prompt`]) of the case's prompts.
     pub words: usize,
     /// The server's prompt tokens for that many words in a probe (`None` with a tokenizer).
     pub probed_tokens: Option<u64>,
@@ -118,7 +119,7 @@ pub struct Bench {
 pub struct Calibration {
     pub label: String,
     pub method: &'static str,
-    /// (filler words, server prompt tokens) of each calibration request.
+    /// (units of text, server prompt tokens) of each calibration request.
     pub points: Vec<(usize, u64)>,
     pub description: String,
 }
@@ -170,6 +171,12 @@ impl Bench {
         Ok(Bench { sides: out, builder: PromptBuilder::new(settings.seed), settings, tokenizer })
     }
 
+    /// Build prompts from `text` instead of the shipped corpus (before [`Bench::calibrate`]).
+    pub fn with_prompt_text(mut self, text: PromptText) -> Bench {
+        self.builder = PromptBuilder::with_text(self.settings.seed, text);
+        self
+    }
+
     pub fn labels(&self) -> Vec<String> {
         self.sides.iter().map(|s| s.spec.label.clone()).collect()
     }
@@ -180,7 +187,7 @@ impl Bench {
         Arc::new(serde_json::to_vec(&v).expect("JSON body"))
     }
 
-    /// Send one unrecorded request of `words` filler words with `max_tokens = 1`; return the
+    /// Send one unrecorded request of `words` units of text with `max_tokens = 1`; return the
     /// server's prompt tokens.
     async fn probe(&mut self, side: usize, words: usize) -> Result<u64, ProbeError> {
         self.sides[side].probes += 1;
@@ -229,7 +236,7 @@ impl Bench {
                 let local = TokenizerModel::local_count(&tok, &self.builder.prompt(&nonce, words))? as i64;
                 let overhead = p as i64 - local;
                 self.sides[i].tokenizer = Some(TokenizerModel { tokenizer: Box::new(tok), overhead });
-                let description = format!("tokenizer count + {overhead} template tokens{limit}");
+                let description = format!("tokenizer count + {overhead} template tokens{limit}; text: {}", self.builder.text().describe());
                 out.push(Calibration { label, method: "tokenizer", points: vec![(words, p)], description });
             } else {
                 for words in [32usize, 256] {
@@ -237,7 +244,7 @@ impl Bench {
                     self.sides[i].search.add(words, p);
                 }
                 let pts = self.sides[i].search.points().to_vec();
-                let description = format!("searched per target from probes (server prompt tokens of filler words){limit}");
+                let description = format!("searched per target from probes (server prompt tokens of words of text){limit}; text: {}", self.builder.text().describe());
                 out.push(Calibration { label, method: "calibrated", points: pts, description });
             }
         }
@@ -290,7 +297,7 @@ impl Bench {
             match self.probe(i, w).await {
                 Ok(p) => self.sides[i].search.add(w, p),
                 Err(ProbeError::Refused(why)) => self.sides[i].search.refuse(w, why),
-                Err(ProbeError::Other(why)) => return Err(format!("a probe of {w} filler words failed: {why}")),
+                Err(ProbeError::Other(why)) => return Err(format!("a probe of {w} words of text failed: {why}")),
             }
         }
         let search = &self.sides[i].search;
@@ -317,9 +324,9 @@ impl Bench {
                 let f = s.fits.get(&target)?;
                 Some(match f {
                     Ok(Fit { words, probed_tokens: Some(p), probes }) => {
-                        format!("prompt {target} on {}: {words} filler words gave {p} tokens in a probe ({probes} new probe(s))", s.spec.label)
+                        format!("prompt {target} on {}: {words} words of text gave {p} tokens in a probe ({probes} new probe(s))", s.spec.label)
                     }
-                    Ok(Fit { words, .. }) => format!("prompt {target} on {}: {words} filler words (tokenizer)", s.spec.label),
+                    Ok(Fit { words, .. }) => format!("prompt {target} on {}: {words} words of text (tokenizer)", s.spec.label),
                     Err(why) => format!("prompt {target} on {}: cannot be fitted: {why}", s.spec.label),
                 })
             })

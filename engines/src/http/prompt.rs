@@ -1,16 +1,26 @@
 //! Prompts of an exact token length, each starting with a unique nonce.
 //!
-//! A prompt is `nonce + filler + instruction`: the nonce (`[ref 1234-5678-9012]`, a fixed
+//! A prompt is `nonce + text + instruction`: the nonce (`[ref 1234-5678-9012]`, a fixed
 //! number of digits, so its token count does not vary) makes every prompt differ from its
-//! first token, which defeats prefix caching; the filler is a fixed, seeded sequence of common
-//! English words, the same for every request, so prompts of one length differ only in the
-//! nonce and A/B sides see the same text.
+//! first token, which defeats prefix caching; the text is the same for every request of a
+//! length, so prompts of one length differ only in the nonce and A/B sides see the same text.
+//! The text ([`PromptText`]) is real text by default: the documents of a corpus in order
+//! (the shipped one, [`DEFAULT_CORPUS`], or `--prompt-text FILE`), cut after a number of
+//! its words, wrapping round to its start when a prompt needs more words than it has. Real
+//! text matters for servers with speculative or MTP decoding, whose speed depends on how
+//! predictable the text is. `--prompt-text synthetic` gives the former filler: a fixed,
+//! seeded sequence of common English words.
 //!
-//! The server's `usage.prompt_tokens` is the ground truth. With a `tokenizer.json` (the
-//! served model's), the filler length is searched so that the local count plus the chat
+//! Lengths are fitted in **units** of the text: its whitespace-separated words (a cut never
+//! splits a word, and the text between words, newlines included, is kept as written). The
+//! server's `usage.prompt_tokens` is the ground truth. With a `tokenizer.json` (the served
+//! model's), the number of units is searched so that the local count plus the chat
 //! template's overhead hits the target exactly; the overhead is measured by one calibration
 //! request. Without a tokenizer, each target gets its own search over probe requests
 //! ([`LengthSearch`]), refitted after every probe, since tokens per word are not constant.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use ctxcost_core::inputs::splitmix64;
 
@@ -25,15 +35,186 @@ const WORDS: &[&str] = &[
 
 const INSTRUCTION: &str = "Summarise the text above.";
 
-/// Builds prompts from a number of filler words.
+/// The name of the shipped corpus (`--prompt-text default`): two plays of Shakespeare in
+/// the public domain, `engines/data/` (its README names the source and licence).
+pub const DEFAULT_CORPUS: &str = "default (Shakespeare: Julius Caesar, Macbeth)";
+
+const DEFAULT_DOCUMENTS: [&str; 2] = [include_str!("../../data/julius-caesar.txt"), include_str!("../../data/macbeth.txt")];
+
+/// The largest corpus file read (the whole file is held in memory).
+const MAX_CORPUS_BYTES: u64 = 256 << 20;
+
+/// Where the text of prompts comes from.
+#[derive(Debug, Clone)]
+pub enum PromptText {
+    /// Real text: a corpus's words in order, cut after the fitted number.
+    Corpus(Arc<Corpus>),
+    /// Seeded common English words (the text of prompts before real text).
+    Synthetic,
+}
+
+impl Default for PromptText {
+    /// The shipped corpus.
+    fn default() -> Self {
+        PromptText::Corpus(Arc::new(Corpus::from_documents(DEFAULT_CORPUS, DEFAULT_DOCUMENTS.iter().copied())))
+    }
+}
+
+impl PromptText {
+    /// The value of `--prompt-text`: `default` (the shipped corpus), `synthetic` (filler
+    /// words), or a file: plain text, or JSONL of documents with a `text` field (a `.jsonl`
+    /// or `.ndjson` name, or a first line that is a JSON object). Every fault of the file is
+    /// found here, before any request.
+    pub fn from_flag(value: &str) -> Result<PromptText, String> {
+        match value.trim() {
+            "" | "default" => Ok(PromptText::default()),
+            "synthetic" => Ok(PromptText::Synthetic),
+            path => Ok(PromptText::Corpus(Arc::new(Corpus::load(Path::new(path))?))),
+        }
+    }
+
+    /// What the text is, for terminal lines: `synthetic filler words`, or the corpus's name
+    /// with its documents and words.
+    pub fn describe(&self) -> String {
+        match self {
+            PromptText::Synthetic => "synthetic filler words".into(),
+            PromptText::Corpus(c) => format!("{}, {} document(s), {} words", c.name, c.documents, c.words()),
+        }
+    }
+}
+
+/// Real text for prompts: documents joined by a blank line, with the end of each
+/// whitespace-separated word indexed so a prompt can be cut after any number of them.
+#[derive(Debug, PartialEq)]
+pub struct Corpus {
+    /// What the text is: the shipped corpus's name or the file's path.
+    pub name: String,
+    /// Documents that had any text.
+    pub documents: usize,
+    text: String,
+    /// Byte offset just past each word of `text`.
+    word_ends: Vec<usize>,
+}
+
+impl Corpus {
+    /// A corpus of documents (each trimmed; empty ones left out).
+    pub fn from_documents<'a>(name: &str, docs: impl IntoIterator<Item = &'a str>) -> Corpus {
+        let mut text = String::new();
+        let mut documents = 0;
+        for d in docs.into_iter().map(str::trim).filter(|d| !d.is_empty()) {
+            if !text.is_empty() {
+                text.push_str("\n\n");
+            }
+            text.push_str(d);
+            documents += 1;
+        }
+        let mut word_ends = Vec::new();
+        let mut in_word = false;
+        for (i, c) in text.char_indices() {
+            if c.is_whitespace() {
+                if in_word {
+                    word_ends.push(i);
+                }
+                in_word = false;
+            } else {
+                in_word = true;
+            }
+        }
+        if in_word {
+            word_ends.push(text.len());
+        }
+        Corpus { name: name.to_string(), documents, text, word_ends }
+    }
+
+    /// Read a corpus file: plain UTF-8 text (one document), or JSONL with one JSON object
+    /// per line whose `text` field is a document. A file that cannot be read, is not UTF-8
+    /// text, has a line that is not such an object, or holds no words is an error naming
+    /// the file (and the line).
+    pub fn load(path: &Path) -> Result<Corpus, String> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: cannot read it ({e})"))?;
+        if !meta.is_file() {
+            return Err(format!("{shown}: not a file (give a text or JSONL file, `default` or `synthetic`)"));
+        }
+        if meta.len() > MAX_CORPUS_BYTES {
+            return Err(format!("{shown}: {} MiB; give at most {} MiB of text", meta.len() >> 20, MAX_CORPUS_BYTES >> 20));
+        }
+        let bytes = std::fs::read(path).map_err(|e| format!("{shown}: cannot read it ({e})"))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            format!("{shown}: not UTF-8 text (invalid byte at offset {}); give plain text or JSONL", e.utf8_error().valid_up_to())
+        })?;
+        if text.contains('\0') {
+            return Err(format!("{shown}: holds NUL bytes, not text; give plain text or JSONL"));
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+        let jsonl = ext == "jsonl"
+            || ext == "ndjson"
+            || (first.starts_with('{') && serde_json::from_str::<serde_json::Value>(first).is_ok_and(|v| v.is_object()));
+        let corpus = if jsonl {
+            let mut docs = Vec::new();
+            for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("{shown} line {}: not JSON ({e}); each line of a JSONL corpus is {{\"text\": \"...\"}}", n + 1))?;
+                match v.get("text") {
+                    Some(serde_json::Value::String(s)) => docs.push(s.clone()),
+                    _ => return Err(format!("{shown} line {}: no string `text` field; each line of a JSONL corpus is {{\"text\": \"...\"}}", n + 1)),
+                }
+            }
+            Corpus::from_documents(&shown.to_string(), docs.iter().map(String::as_str))
+        } else {
+            Corpus::from_documents(&shown.to_string(), [text.as_str()])
+        };
+        if corpus.words() == 0 {
+            return Err(format!("{shown}: holds no words of text"));
+        }
+        Ok(corpus)
+    }
+
+    /// Words (units) in the corpus.
+    pub fn words(&self) -> usize {
+        self.word_ends.len()
+    }
+
+    /// Push the first `units` words onto `s`: whole copies of the text (each after a blank
+    /// line) while `units` exceeds it, then the text up to the end of the last word.
+    fn push_words(&self, s: &mut String, units: usize) {
+        let n = self.words();
+        let (copies, rest) = (units / n, units % n);
+        for k in 0..copies {
+            if k > 0 {
+                s.push_str("\n\n");
+            }
+            s.push_str(&self.text);
+        }
+        if rest > 0 {
+            if copies > 0 {
+                s.push_str("\n\n");
+            }
+            s.push_str(&self.text[..self.word_ends[rest - 1]]);
+        }
+    }
+}
+
+/// Builds prompts from a number of units of its text.
 #[derive(Debug, Clone)]
 pub struct PromptBuilder {
     seed: u64,
+    text: PromptText,
 }
 
 impl PromptBuilder {
+    /// Prompts of the shipped corpus.
     pub fn new(seed: u64) -> Self {
-        PromptBuilder { seed }
+        PromptBuilder { seed, text: PromptText::default() }
+    }
+
+    pub fn with_text(seed: u64, text: PromptText) -> Self {
+        PromptBuilder { seed, text }
+    }
+
+    pub fn text(&self) -> &PromptText {
+        &self.text
     }
 
     /// The nonce of prompt `index` of `side` (0 or 1) in case `case`: unique per request, the
@@ -44,22 +225,38 @@ impl PromptBuilder {
         format!("[ref {:04}-{:04}-{:04}]", d / 100_000_000, (d / 10_000) % 10_000, d % 10_000)
     }
 
-    /// The prompt with `words` filler words behind `nonce`.
-    pub fn prompt(&self, nonce: &str, words: usize) -> String {
-        let mut s = String::with_capacity(nonce.len() + words * 7 + INSTRUCTION.len() + 2);
-        s.push_str(nonce);
-        for i in 0..words {
-            s.push(' ');
-            let w = splitmix64(self.seed.wrapping_add(0xF111 + i as u64)) as usize % WORDS.len();
-            s.push_str(WORDS[w]);
+    /// The prompt with `units` words of text behind `nonce`: real text after a blank line
+    /// (and the instruction after another), synthetic filler words space-separated.
+    pub fn prompt(&self, nonce: &str, units: usize) -> String {
+        match &self.text {
+            PromptText::Synthetic => {
+                let mut s = String::with_capacity(nonce.len() + units * 7 + INSTRUCTION.len() + 2);
+                s.push_str(nonce);
+                for i in 0..units {
+                    s.push(' ');
+                    let w = splitmix64(self.seed.wrapping_add(0xF111 + i as u64)) as usize % WORDS.len();
+                    s.push_str(WORDS[w]);
+                }
+                s.push(' ');
+                s.push_str(INSTRUCTION);
+                s
+            }
+            PromptText::Corpus(c) => {
+                let mut s = String::with_capacity(nonce.len() + units * 7 + INSTRUCTION.len() + 4);
+                s.push_str(nonce);
+                s.push_str("\n\n");
+                c.push_words(&mut s, units);
+                if units > 0 {
+                    s.push_str("\n\n");
+                }
+                s.push_str(INSTRUCTION);
+                s
+            }
         }
-        s.push(' ');
-        s.push_str(INSTRUCTION);
-        s
     }
 }
 
-/// Local token counts with the served model's `tokenizer.json`: the filler length is
+/// Local token counts with the served model's `tokenizer.json`: the text's length is
 /// searched so that the local count plus the chat template's overhead hits the target.
 #[derive(Debug, Clone)]
 pub struct TokenizerModel {
@@ -79,18 +276,18 @@ impl TokenizerModel {
         tok.encode(text, false).map(|e| e.len()).map_err(|e| format!("tokenizer failed: {e}"))
     }
 
-    /// Predicted server prompt tokens for `words` filler words.
+    /// Predicted server prompt tokens for `words` units of text.
     pub fn predict(&self, b: &PromptBuilder, nonce: &str, words: usize) -> Result<f64, String> {
         Ok((Self::local_count(&self.tokenizer, &b.prompt(nonce, words))? as i64 + self.overhead) as f64)
     }
 
-    /// Filler words for a target token count: the smallest count whose prediction reaches
-    /// the target (predictions grow with the filler).
+    /// Units of text for a target token count: the smallest count whose prediction reaches
+    /// the target (predictions grow with the text).
     pub fn words_for(&self, b: &PromptBuilder, nonce: &str, target: usize) -> Result<usize, String> {
         let t = target as f64;
         let (mut lo, mut hi) = (0usize, target.max(1) * 2 + 16);
         if self.predict(b, nonce, hi)? < t {
-            return Err(format!("cannot reach {target} prompt tokens with the filler text"));
+            return Err(format!("cannot reach {target} prompt tokens with the prompt text"));
         }
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -115,7 +312,7 @@ pub fn fit_tolerance(target: usize) -> f64 {
 pub const MAX_PROBES_PER_TARGET: usize = 8;
 
 /// Without a tokenizer, the server's `usage.prompt_tokens` of probe requests is the only
-/// measure of a prompt's length, and tokens per filler word differ with the length (a BPE
+/// measure of a prompt's length, and tokens per word of text differ with the length (a BPE
 /// tokenizer's ratio is not constant, the chat template adds a fixed part, the nonce a few
 /// tokens). So each target gets its own search over the probes made so far (of every
 /// target): a secant through the two probes nearest the target, kept inside the bracket of
@@ -125,9 +322,9 @@ pub const MAX_PROBES_PER_TARGET: usize = 8;
 /// limit) bounds the search from above.
 #[derive(Debug, Clone, Default)]
 pub struct LengthSearch {
-    /// (filler words, server prompt tokens) of every successful probe, sorted by words.
+    /// (units of text, server prompt tokens) of every successful probe, sorted by units.
     points: Vec<(usize, u64)>,
-    /// The fewest filler words the server refused (HTTP 4xx), with its message.
+    /// The fewest units of text the server refused (HTTP 4xx), with its message.
     refused: Option<(usize, String)>,
 }
 
@@ -147,7 +344,7 @@ impl LengthSearch {
         }
     }
 
-    /// Record that the server refused a prompt of `words` filler words.
+    /// Record that the server refused a prompt of `words` units of text.
     pub fn refuse(&mut self, words: usize, why: String) {
         if self.refused.as_ref().is_none_or(|(w, _)| words < *w) {
             self.refused = Some((words, why));
@@ -164,7 +361,7 @@ impl LengthSearch {
         self.nearest(target).filter(|p| dist(p.1, target) <= fit_tolerance(target))
     }
 
-    /// The filler words to probe next for `target`, or `None` when no new count can bring
+    /// The units of text to probe next for `target`, or `None` when no new count can bring
     /// the search closer (the bracket is one word wide, or the refusal bound is reached).
     pub fn next(&self, target: usize) -> Option<usize> {
         let t = target as f64;
@@ -232,13 +429,109 @@ mod tests {
     }
 
     #[test]
-    fn prompts_share_the_filler_and_start_with_the_nonce() {
-        let b = PromptBuilder::new(1);
+    fn synthetic_prompts_share_the_filler_and_start_with_the_nonce() {
+        let b = PromptBuilder::with_text(1, PromptText::Synthetic);
         let (x, y) = (b.prompt("[ref 1]", 50), b.prompt("[ref 2]", 50));
         assert!(x.starts_with("[ref 1] "));
         assert_eq!(x["[ref 1]".len()..], y["[ref 2]".len()..]);
         assert_eq!(x.split_whitespace().count(), 2 + 50 + 4);
-        assert_ne!(b.prompt("n", 50), PromptBuilder::new(2).prompt("n", 50));
+        assert_ne!(b.prompt("n", 50), PromptBuilder::with_text(2, PromptText::Synthetic).prompt("n", 50));
+    }
+
+    /// The mock server's token rule: whitespace-separated words ([`super::super::mock`]).
+    fn mock_tokens(s: &str) -> usize {
+        s.split_whitespace().count()
+    }
+
+    #[test]
+    fn real_text_is_cut_to_a_token_count_after_the_nonce() {
+        let b = PromptBuilder::new(1);
+        let PromptText::Corpus(c) = b.text() else { panic!("real text is the default") };
+        assert!(c.words() > 30_000 && c.documents == 2, "{}", b.text().describe());
+        let nonce = b.nonce(0, 0, 0);
+        let overhead = mock_tokens(&nonce) + mock_tokens(INSTRUCTION);
+        for target in [overhead, 100, 1000, 4096, c.words() + overhead, 100_000] {
+            let units = target - overhead;
+            let p = b.prompt(&nonce, units);
+            assert_eq!(mock_tokens(&p), target, "{target}");
+            assert!(p.starts_with(&format!("{nonce}\n\n")) && p.ends_with(INSTRUCTION));
+            if units > 0 && units <= c.words() {
+                // The text as written (line breaks kept), cut after a whole word.
+                let body = &p[nonce.len() + 2..p.len() - INSTRUCTION.len() - 2];
+                assert!(c.text.starts_with(body), "{target}");
+                assert!(c.text[body.len()..].starts_with(char::is_whitespace) || body.len() == c.text.len());
+            }
+        }
+        assert!(b.prompt(&nonce, 200).starts_with(&format!("{nonce}\n\nJULIUS CAESAR\n\nby William Shakespeare")));
+        // Past the corpus's end the text starts over.
+        let long = b.prompt(&nonce, c.words() + 5);
+        assert_eq!(long.matches("JULIUS CAESAR\n\nby William Shakespeare").count(), 2);
+        // Prompts of one length differ in the nonce alone.
+        let (x, y) = (b.prompt("[ref 1]", 300), b.prompt("[ref 2]", 300));
+        assert_eq!(x["[ref 1]".len()..], y["[ref 2]".len()..]);
+    }
+
+    #[test]
+    fn the_tokenizer_fit_counts_units_of_real_text() {
+        // A word-level tokenizer counts as the mock does.
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+            "pre_tokenizer":{"type":"WhitespaceSplit"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"[UNK]":0},"unk_token":"[UNK]"}}"#;
+        let tok: tokenizers::Tokenizer = json.parse().unwrap();
+        let tm = TokenizerModel { tokenizer: Box::new(tok), overhead: 6 };
+        let b = PromptBuilder::new(3);
+        let nonce = b.nonce(1, 0, 0);
+        for target in [64usize, 777, 5000] {
+            let units = tm.words_for(&b, &nonce, target).unwrap();
+            assert_eq!(mock_tokens(&b.prompt(&nonce, units)) + 6, target);
+        }
+    }
+
+    fn corpus_file(name: &str, body: &[u8]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("ctxcost-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn corpus_files_plain_and_jsonl() {
+        let plain = corpus_file("plain.txt", b"  Four score and seven\nyears ago  \n");
+        let c = Corpus::load(&plain).unwrap();
+        assert_eq!((c.words(), c.documents, c.text.as_str()), (6, 1, "Four score and seven\nyears ago"));
+        let jsonl = corpus_file("docs.jsonl", b"{\"id\":1,\"text\":\"one two\"}\n\n{\"text\":\"  \"}\n{\"text\":\"three\\nfour five\"}\n");
+        let c = Corpus::load(&jsonl).unwrap();
+        assert_eq!((c.words(), c.documents, c.text.as_str()), (5, 2, "one two\n\nthree\nfour five"));
+        // A JSONL corpus under another name is known by its first line.
+        let sniffed = corpus_file("docs.txt", b"{\"text\":\"a b c\"}\n");
+        assert_eq!(Corpus::load(&sniffed).unwrap().text, "a b c");
+        let b = PromptBuilder::with_text(0, PromptText::from_flag(jsonl.to_str().unwrap()).unwrap());
+        assert_eq!(b.prompt("[n]", 3), "[n]\n\none two\n\nthree\n\nSummarise the text above.");
+        assert_eq!(b.prompt("[n]", 7), "[n]\n\none two\n\nthree\nfour five\n\none two\n\nSummarise the text above.");
+        assert!(matches!(PromptText::from_flag("synthetic").unwrap(), PromptText::Synthetic));
+        assert!(matches!(PromptText::from_flag("default").unwrap(), PromptText::Corpus(c) if c.name == DEFAULT_CORPUS));
+    }
+
+    #[test]
+    fn a_bad_corpus_file_is_one_clear_error() {
+        let cases: [(&str, &[u8], &str); 6] = [
+            ("bad.jsonl", b"{\"text\":\"ok\"}\n{\"body\":\"x\"}\n", "line 2: no string `text` field"),
+            ("broken.jsonl", b"{\"text\":\"ok\"}\n{\"text\":\n", "line 2: not JSON"),
+            ("latin1.txt", b"caf\xe9 au lait", "not UTF-8 text"),
+            ("nul.txt", b"abc\0def", "NUL bytes"),
+            ("empty.txt", b" \n\t\n", "holds no words"),
+            ("blank.jsonl", b"{\"text\":\"\"}\n", "holds no words"),
+        ];
+        for (name, body, want) in cases {
+            let p = corpus_file(name, body);
+            let e = PromptText::from_flag(p.to_str().unwrap()).unwrap_err();
+            assert!(e.contains(want) && e.contains(name), "{name}: {e}");
+        }
+        let e = PromptText::from_flag("/no/such/corpus.txt").unwrap_err();
+        assert!(e.contains("/no/such/corpus.txt") && e.contains("cannot read"), "{e}");
+        let e = PromptText::from_flag(std::env::temp_dir().to_str().unwrap()).unwrap_err();
+        assert!(e.contains("not a file"), "{e}");
     }
 
     /// A server whose tokens per word grow with the prompt (as BPE ratios differ between
