@@ -200,6 +200,35 @@ impl fmt::Display for KernelChoice {
     }
 }
 
+/// What pairs records: the point of a case ([`Case::point_key`]), everything of a case but its
+/// engine, kernel choices and seed, and for a remote endpoint case its API, output length and
+/// load ([`crate::record::Record::point_key`]). Ordered by shape, phase, endpoint part, batch,
+/// query tokens, precision, then context, so the points of one series sort by context.
+/// Written as `shape|phase|L=..|B=..|q=..|precision` plus the endpoint part
+/// (`|api=chat|out=128|load=c4`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PointKey {
+    pub shape: String,
+    pub phase: Phase,
+    /// `|api=..|out=..|load=..` for an endpoint case ([`crate::endpoint::key_suffix`]); empty
+    /// for a kernel case.
+    pub endpoint: String,
+    pub batch: usize,
+    pub query_len: usize,
+    pub precision: Precision,
+    pub context: usize,
+}
+
+impl fmt::Display for PointKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}|{}|L={}|B={}|q={}|{}{}",
+            self.shape, self.phase, self.context, self.batch, self.query_len, self.precision, self.endpoint
+        )
+    }
+}
+
 /// One measured case. Serialised into every record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "CaseRepr")]
@@ -306,13 +335,20 @@ impl Case {
         )
     }
 
-    /// The key of the point this case belongs to (the case without its engine and kernel
-    /// choices), used to pair dense and sparse cases.
-    pub fn point_key(&self) -> String {
-        format!(
-            "{}|{}|L={}|B={}|q={}|{}",
-            self.shape.name, self.phase, self.context, self.batch, self.query_len, self.precision
-        )
+    /// The key of the point this case belongs to: the case without its engine, kernel choices
+    /// and seed. Dense and DSA cases of one point share it. A record's key
+    /// ([`crate::record::Record::point_key`]) adds an endpoint case's API, output length and
+    /// load; that is the one pairing key.
+    pub fn point_key(&self) -> PointKey {
+        PointKey {
+            shape: self.shape.name.clone(),
+            phase: self.phase,
+            endpoint: String::new(),
+            batch: self.batch,
+            query_len: self.query_len,
+            precision: self.precision,
+            context: self.context,
+        }
     }
 
     /// Check the case is well-formed; the error names the field and the fix.

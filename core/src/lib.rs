@@ -26,7 +26,7 @@ pub mod stats;
 pub mod units;
 pub mod verify;
 
-pub use case::{Backend, Case, KernelChoice, Method, Phase, Precision};
+pub use case::{Backend, Case, KernelChoice, Method, Phase, PointKey, Precision};
 pub use error::CoreError;
 pub use inputs::{InputTensor, Inputs};
 pub use shape::ModelShape;

@@ -24,6 +24,7 @@ use crate::endpoint::EndpointBlock;
 use crate::placement::Placement;
 use crate::stats::Summary;
 use crate::verify::{Comparison, SelectionCheck};
+use crate::case::PointKey;
 use crate::Case;
 
 /// The schema version this crate writes.
@@ -168,6 +169,61 @@ pub struct Record {
 }
 
 impl Record {
+    /// The one record builder: a record of `case` measured by `engine` with nothing measured
+    /// yet (status `ok`, no samples, no statistics, not finished), keyed by [`Case::key`], with
+    /// the case's analytic work and modelled KV bytes. Kernel points fill in samples, memory
+    /// and verification; endpoint cases add their block with [`Record::with_endpoint`].
+    pub fn new(case: &Case, tool: Tool, env: Environment, engine: &str, timer: &str, started_at: String) -> Record {
+        Record {
+            schema_version: SCHEMA_VERSION,
+            tool,
+            env,
+            key: case.key(),
+            case: case.clone(),
+            engine: engine.to_string(),
+            status: Status::Ok,
+            reason: None,
+            samples_ms: vec![],
+            components_ms: BTreeMap::new(),
+            timer: timer.to_string(),
+            warmup_runs: 0,
+            stats: None,
+            stop_rule: None,
+            work: crate::analytic::case_work(case),
+            rates: Rates::default(),
+            memory: Memory { kv_bytes_model: crate::analytic::case_kv_bytes(case), ..Default::default() },
+            verification: None,
+            endpoint: None,
+            started_at,
+            finished_at: String::new(),
+        }
+    }
+
+    /// This record as a remote endpoint case: its key gains the block's API, output length and
+    /// load ([`EndpointBlock::key_suffix`]); no analytic work (a server's kernels are not
+    /// known), and no KV model for the `endpoint` shape, whose geometry is a placeholder.
+    pub fn with_endpoint(mut self, block: EndpointBlock) -> Record {
+        self.key = format!("{}{}", self.case.key(), block.key_suffix());
+        self.work = Work::default();
+        if self.case.shape.name == crate::endpoint::ENDPOINT_SHAPE {
+            self.memory.kv_bytes_model = 0.0;
+        }
+        self.endpoint = Some(block);
+        self
+    }
+
+    /// The one pairing key: the record's [`Case::point_key`], with an endpoint case's API,
+    /// output length and load. Records of one point (dense and DSA engines, or the two sides
+    /// of an endpoint A/B run) share it; reports, the run summary and the endpoint summary pair
+    /// by it (with the machine, where records of several machines mix).
+    pub fn point_key(&self) -> PointKey {
+        let mut k = self.case.point_key();
+        if let Some(e) = &self.endpoint {
+            k.endpoint = e.key_suffix();
+        }
+        k
+    }
+
     /// The method of the engine that made the record (from its case).
     pub fn method(&self) -> crate::Method {
         self.case.method
@@ -277,6 +333,48 @@ pub(crate) mod tests {
         assert!(!empty.contains("null"), "{empty}");
         let back: crate::stats::Summary = serde_json::from_str(&empty).unwrap();
         assert!(back.median.is_nan() && back.n == 0);
+    }
+
+    #[test]
+    fn one_builder_one_pairing_key() {
+        let base = sample_record();
+        let r = Record::new(&base.case, Tool::default(), Environment::default(), "dense-cpu", "monotonic-clock", "t0".into());
+        assert_eq!((r.key.as_str(), r.status, r.work), (base.case.key().as_str(), Status::Ok, crate::analytic::case_work(&base.case)));
+        assert_eq!(r.point_key().to_string(), "tiny|decode|L=1024|B=16|q=1|f32");
+        // Two sides of an endpoint A/B case share the point key; their keys differ by engine.
+        let side = |engine: &str, label: &str, rate: f64| {
+            let case = Case { engine: engine.into(), shape: crate::endpoint::endpoint_shape(), ..base.case.clone() };
+            let block = crate::endpoint::EndpointBlock {
+                side: label.into(),
+                label: label.into(),
+                url: String::new(),
+                model: "m".into(),
+                api: "chat".into(),
+                load: crate::endpoint::Load::Open { rate_rps: rate },
+                target_prompt_tokens: 1024,
+                prompt_fit: String::new(),
+                max_tokens: 8,
+                slo: Default::default(),
+                planned_requests: 0,
+                not_run: None,
+                requests: vec![],
+                metrics: Default::default(),
+                cache: Default::default(),
+                cost: Default::default(),
+            };
+            Record::new(&case, Tool::default(), Environment::default(), engine, "client-monotonic", "t0".into()).with_endpoint(block)
+        };
+        let rate = 2.5;
+        let (a, b) = (side("http-a", "a", rate), side("http-b", "b", rate));
+        assert!(a.key.ends_with("|api=chat|out=8|load=r2.5"), "{}", a.key);
+        assert_eq!((a.work, a.memory.kv_bytes_model), (Work::default(), 0.0));
+        assert_eq!(a.point_key(), b.point_key());
+        assert_ne!(a.key, b.key);
+        assert!(a.point_key().to_string().ends_with("|api=chat|out=8|load=r2.5"));
+        // Another rate at the same prompt length is another point.
+        let c = side("http-a", "a", 5.0);
+        assert_ne!(a.point_key(), c.point_key());
+        assert_ne!(a.key, c.key);
     }
 
     #[test]

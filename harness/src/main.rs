@@ -15,6 +15,8 @@ mod cmd_compare;
 mod cmd_report;
 mod cmd_engines;
 mod cmd_merge;
+#[cfg(feature = "http")]
+mod endpoint_plan;
 mod cmd_run;
 mod envinfo;
 mod memory;

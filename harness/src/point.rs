@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use ctxcost_core::analytic::{case_kv_bytes, case_work};
-use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
+use ctxcost_core::record::{Environment, Rates, Record, Status, Tool};
 use ctxcost_core::stats::summarize;
 use ctxcost_core::{Case, Inputs};
 use ctxcost_engines::external::ExternalSpec;
@@ -55,30 +54,7 @@ fn planted_slowdowns() -> BTreeMap<String, f64> {
 
 /// A record for a case with nothing measured yet (status `ok` until told otherwise).
 pub fn base_record(case: &Case, job: &Job, engine_id: &str, timer: &str) -> Record {
-    let work = case_work(case);
-    Record {
-        schema_version: SCHEMA_VERSION,
-        tool: job.tool.clone(),
-        env: job.env.clone(),
-        key: case.key(),
-        case: case.clone(),
-        engine: engine_id.to_string(),
-        status: Status::Ok,
-        reason: None,
-        samples_ms: vec![],
-        components_ms: BTreeMap::new(),
-        timer: timer.to_string(),
-        warmup_runs: 0,
-        stats: None,
-        stop_rule: None,
-        work,
-        rates: Rates::default(),
-        memory: Memory { kv_bytes_model: case_kv_bytes(case), ..Default::default() },
-        verification: None,
-        endpoint: None,
-        started_at: envinfo::utc_now(),
-        finished_at: String::new(),
-    }
+    Record::new(case, job.tool.clone(), job.env.clone(), engine_id, timer, envinfo::utc_now())
 }
 
 fn emit(mut r: Record) -> Result<()> {

@@ -1,13 +1,15 @@
 //! The short table printed at the end of a run: per point, the fastest verified dense and DSA
 //! engines (named) and their ratio with its 95% CI (from the paired, interleaved samples),
 //! every engine's speed against the fastest of its method where a method had several, then
-//! the measured growth exponent of time with context per engine and phase.
+//! the measured growth exponent of time with context per engine and phase. Points are paired
+//! by the one pairing key ([`Record::point_key`]) and listed in its order.
 
 use std::collections::BTreeMap;
 
 use ctxcost_core::record::{Record, Status};
 use ctxcost_core::stats::{loglog_slope, ratio_ci};
 use ctxcost_core::units::format_tokens;
+use ctxcost_core::PointKey;
 
 fn fmt_ms(ms: f64) -> String {
     if ms >= 100.0 {
@@ -41,14 +43,11 @@ fn usable(r: &Record) -> bool {
 pub fn render(records: &[Record]) -> String {
     let mut out = String::new();
     let ok: Vec<&Record> = records.iter().filter(|r| r.status == Status::Ok).collect();
-    // point -> engines of each method
-    type PointKey = (String, String, usize, usize, usize, String);
+    // point (the one pairing key) -> engines of each method
     let mut points: BTreeMap<PointKey, (Vec<&Record>, Vec<&Record>)> = BTreeMap::new();
     for r in records.iter().filter(|r| usable(r) && !r.case.is_rest() && r.endpoint.is_none()) {
-        let c = &r.case;
-        let k = (c.phase.to_string(), c.precision.to_string(), c.batch, c.context, c.query_len, c.shape.name.clone());
-        let e = points.entry(k).or_default();
-        if c.is_sparse() {
+        let e = points.entry(r.point_key()).or_default();
+        if r.case.is_sparse() {
             e.1.push(r);
         } else {
             e.0.push(r);
@@ -64,7 +63,8 @@ pub fn render(records: &[Record]) -> String {
         "phase", "prec", "B", "context", "dense ms", "(fastest dense)", "dsa ms", "(fastest dsa)", "dsa/dense", "95% CI"
     ));
     let mut several = Vec::new();
-    for ((phase, prec, b, ctx, _q, _shape), (dense, dsa)) in &points {
+    for (point, (dense, dsa)) in &points {
+        let (phase, prec, b, ctx) = (point.phase, point.precision, point.batch, &point.context);
         let (d, s) = (best(dense), best(dsa));
         // Paired when both were sampled in lockstep (same point of one run: equal counts).
         let ratio = match (d, s) {

@@ -97,7 +97,7 @@ fn gpus_run_points_in_parallel_into_one_file_without_torn_or_interleaved_lines()
     assert_eq!(used, BTreeSet::from([0, 1]));
     let mut by_point: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
     for r in &recs {
-        by_point.entry(r.case.point_key()).or_default().insert(gpu(r));
+        by_point.entry(r.case.point_key().to_string()).or_default().insert(gpu(r));
         let p = r.env.placement.as_ref().unwrap();
         assert_eq!((p.points, p.cases, p.point_cases, p.replicas), (6, 12, 2, 1));
         assert!(p.gpu.as_ref().unwrap().uuid.is_none() || Path::new("/dev/nvidia0").exists());
