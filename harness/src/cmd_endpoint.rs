@@ -18,6 +18,7 @@ use ctxcost_core::stats::{self, ratio_ci};
 use ctxcost_core::units::format_tokens;
 use ctxcost_core::PointKey;
 use ctxcost_engines::http::mock::{MockConfig, MockFault, MockServer, UsageStyle};
+use ctxcost_engines::http::prompt::PromptText;
 use ctxcost_engines::http::{self, Bench, CaseSpec, SideSpec};
 
 use crate::endpoint_plan::{self, key_of, record};
@@ -124,6 +125,12 @@ pub struct EndpointArgs {
     /// locally (else calibration requests fit the length).
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
+    /// Text of the prompts, after each one's nonce, cut to the fitted length: `default` (the
+    /// shipped public-domain corpus, two plays of Shakespeare), `synthetic` (seeded common
+    /// words, the text before real text), or a FILE of plain text or of JSONL documents with
+    /// a `text` field. Real text matters for servers with speculative or MTP decoding.
+    #[arg(long, default_value = "default", value_name = "default|synthetic|FILE")]
+    pub prompt_text: String,
     /// Service-level objectives for goodput, each with its unit, e.g. `ttft=2s,tpot=50ms,e2e=30s`.
     #[arg(long, value_name = "LIST")]
     pub slo: Option<String>,
@@ -144,7 +151,7 @@ pub struct EndpointArgs {
     /// `endpoint`, whose dimensions and precision mean "not applicable"].
     #[arg(long)]
     pub shape: Option<String>,
-    /// Seed of the prompts' filler text, nonces and arrival times.
+    /// Seed of the prompts' nonces (and synthetic text) and of arrival times.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -216,6 +223,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     // so a file that cannot be resumed stops the run before any request; a new one is only
     // made after calibration, so a failed calibration leaves no file behind); then discovery.
     let validated = endpoint_plan::validate(&a)?;
+    let prompt_text = PromptText::from_flag(&a.prompt_text).map_err(|e| anyhow!("--prompt-text {e}"))?;
     recordio::check_output(&validated.out, a.output.resume, a.output.force)?;
     let opened = if a.output.resume && validated.out.exists() { Some(recordio::open_output(&validated.out, true, false)?) } else { None };
     let plan = endpoint_plan::discover(validated).await?;
@@ -233,7 +241,7 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
     if todo.len() < plan.cases.len() {
         eprintln!("resuming: {} of {} cases already recorded", plan.cases.len() - todo.len(), plan.cases.len());
     }
-    let mut bench = Bench::new(plan.sides.clone(), plan.settings.clone(), a.tokenizer.as_deref()).map_err(|e| anyhow!(e))?;
+    let mut bench = Bench::new(plan.sides.clone(), plan.settings.clone(), a.tokenizer.as_deref()).map_err(|e| anyhow!(e))?.with_prompt_text(prompt_text);
     if !todo.is_empty() {
         let max_ctx = todo.iter().map(|(_, c)| c.context).max().unwrap_or(1024);
         for c in bench.calibrate(max_ctx).await.map_err(|e| anyhow!(e))? {

@@ -364,3 +364,58 @@ fn a_case_stopped_by_max_seconds_says_sent_of_planned() {
     assert_eq!(recs[0].stop_rule.as_deref(), Some("max-time"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_bad_prompt_text_file_is_one_error_before_any_request() {
+    let dir = tmp("badtext");
+    let bad = dir.join("docs.jsonl");
+    std::fs::write(&bad, "{\"text\": \"Four score and seven years ago\"}\n{\"title\": \"no text\"}\n").unwrap();
+    let out = dir.join("never.jsonl");
+    // Nothing listens at this URL, and no model is given: had the run asked the server for
+    // one, it would fail on the connection instead.
+    let o = Command::new(BIN)
+        .args(["endpoint", "--a", "http://127.0.0.1:9/v1", "--contexts", "1k", "--prompt-text"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("--prompt-text") && lines[0].contains("docs.jsonl line 2") && lines[0].contains("`text`"), "{stderr}");
+    assert!(!out.exists());
+    let o = Command::new(BIN).args(["endpoint", "--a", "http://127.0.0.1:9/v1", "--prompt-text", "/no/such/file.txt"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("--prompt-text /no/such/file.txt: cannot read it"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn real_text_synthetic_and_a_file_hit_every_length() {
+    let m = mock(&["--ttft-ms", "2", "--tpot-ms", "1", "--token-growth", "0.05"]);
+    let dir = tmp("realtext");
+    let file = dir.join("speech.txt");
+    std::fs::write(&file, "Four score and seven years ago our fathers brought forth on this continent,\na new nation.\n".repeat(30)).unwrap();
+    for (text, shown) in [("default", "Shakespeare"), ("synthetic", "synthetic filler words"), (file.to_str().unwrap(), "speech.txt")] {
+        let out = dir.join(format!("{}.jsonl", shown.replace(' ', "-")));
+        let o = Command::new(BIN)
+            .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "300,3k", "--phase", "prefill", "--requests", "2"])
+            .args(["--warmup", "0", "--no-report", "--prompt-text", text, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{text}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        // The calibration line names the text.
+        assert!(stderr.lines().any(|l| l.starts_with("prompt length on") && l.contains("text: ") && l.contains(shown)), "{text}: {stderr}");
+        let recs = read_back(&out);
+        assert_eq!(recs.len(), 2);
+        for r in &recs {
+            let p = r.endpoint.as_ref().unwrap().metrics.prompt_check.unwrap();
+            assert!(r.status == ctxcost_core::record::Status::Ok && !p.flagged, "{text} {}: {p:?}", r.case.context);
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
