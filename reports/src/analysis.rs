@@ -23,8 +23,9 @@
 
 use std::collections::BTreeMap;
 
+use ctxcost_core::record::Memory;
 use ctxcost_core::stats::{self, RatioCi};
-use ctxcost_core::{Method, Phase, Precision};
+use ctxcost_core::{Case, Method, Phase, Precision};
 
 pub use crate::format::{fmt_contexts, fmt_tokens};
 use crate::cost::{self, OtherCost, OtherSource};
@@ -70,7 +71,9 @@ impl Yardstick {
     }
 }
 
-/// What identifies a series: everything of a case but the engine and the context.
+/// What identifies a series: the one pairing key ([`ctxcost_core::record::Record::point_key`])
+/// without its context, on one machine. The points of a series pair records by (series key,
+/// context), which is the pairing key on one machine.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
     pub env: String,
@@ -99,11 +102,13 @@ impl SeriesKey {
         }
     }
 
-    /// The key of a record's case.
+    /// The series of a record: its point key without the context (and without the query
+    /// length of a whole-prompt prefill, which is the context), with its machine.
     pub fn of(r: &LoadedRecord) -> Self {
-        let c = &r.record.case;
-        let query_len = if c.query_len == c.context && c.phase == Phase::Prefill && c.context > 1 { None } else { Some(c.query_len) };
-        SeriesKey { env: r.env_label.clone(), shape: c.shape.name.clone(), phase: c.phase, batch: c.batch, query_len, precision: c.precision }
+        let p = r.record.point_key();
+        let whole_prompt = p.query_len == p.context && p.phase == Phase::Prefill && p.context > 1;
+        let query_len = (!whole_prompt).then_some(p.query_len);
+        SeriesKey { env: r.env_label.clone(), shape: p.shape, phase: p.phase, batch: p.batch, query_len, precision: p.precision }
     }
 }
 
@@ -214,14 +219,48 @@ pub struct EngineCost {
     pub model_request: f64,
 }
 
+/// One record a series uses, owned: what charts, verdict and render need of it, so that they
+/// read the analysis and never go back to the records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measured {
+    /// Which record this is: its index in `RecordSet::records`.
+    pub record: usize,
+    pub engine: String,
+    pub case: Case,
+    /// Median of the raw samples (ms) and its 95% CI.
+    pub median_ms: f64,
+    pub median_ci_ms: (f64, f64),
+    /// Median of each recorded component (`indexer`, `topk`, `attention`), ms; empty when the
+    /// engine recorded none.
+    pub components_ms: BTreeMap<String, f64>,
+    pub memory: Memory,
+}
+
+impl Measured {
+    fn of(set: &RecordSet, i: usize) -> Self {
+        let r = &set.records[i];
+        Measured {
+            record: i,
+            engine: r.record.engine.clone(),
+            case: r.record.case.clone(),
+            median_ms: r.median_ms(),
+            median_ci_ms: stats::median_ci(&r.record.samples_ms),
+            components_ms: r.record.components_ms.iter().map(|(k, v)| (k.clone(), stats::median(v))).collect(),
+            memory: r.record.memory,
+        }
+    }
+}
+
 /// One measured context of a series with both engines measured.
 #[derive(Debug, Clone)]
 pub struct Point {
     pub context: usize,
     pub query_tokens: usize,
-    /// Indices into `RecordSet::records`.
+    /// Indices into `RecordSet::records`, and the engines of the two records.
     pub dense_record: usize,
     pub dsa_record: usize,
+    pub dense_engine: String,
+    pub dsa_engine: String,
     pub dense: EngineCost,
     pub dsa: EngineCost,
     pub attn_ratio: RatioCi,
@@ -247,8 +286,8 @@ pub struct Point {
 
 impl Point {
     /// The engines this point compares: (DSA, dense).
-    pub fn engines<'a>(&self, set: &'a RecordSet) -> (&'a str, &'a str) {
-        (set.records[self.dsa_record].record.engine.as_str(), set.records[self.dense_record].record.engine.as_str())
+    pub fn engines(&self) -> (&str, &str) {
+        (self.dsa_engine.as_str(), self.dense_engine.as_str())
     }
 
     /// `paired` or `unpaired`: how the CI was drawn.
@@ -385,8 +424,8 @@ pub struct Series {
     pub unpaired: Vec<Unpaired>,
     pub break_evens: BreakEvens,
     /// Every measured record of the series by context (dense, dsa), paired or not.
-    pub dense_records: BTreeMap<usize, usize>,
-    pub dsa_records: BTreeMap<usize, usize>,
+    pub dense_records: BTreeMap<usize, Measured>,
+    pub dsa_records: BTreeMap<usize, Measured>,
 }
 
 impl Series {
@@ -812,6 +851,8 @@ fn build_series(
             query_tokens: dr.record.case.query_tokens(),
             dense_record: d,
             dsa_record: s,
+            dense_engine: dr.record.engine.clone(),
+            dsa_engine: sr.record.engine.clone(),
             dense: dense_cost,
             dsa: dsa_cost,
             attn_ratio,
@@ -867,8 +908,8 @@ fn build_series(
         points,
         unpaired,
         break_evens,
-        dense_records: dense,
-        dsa_records: dsa,
+        dense_records: dense.iter().map(|(&c, &i)| (c, Measured::of(set, i))).collect(),
+        dsa_records: dsa.iter().map(|(&c, &i)| (c, Measured::of(set, i))).collect(),
     })
 }
 

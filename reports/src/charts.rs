@@ -13,7 +13,6 @@ use std::error::Error;
 use std::path::Path;
 use std::sync::Once;
 
-use ctxcost_core::stats;
 use ctxcost_core::Phase;
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -21,7 +20,7 @@ use plotters::style::register_font;
 
 use crate::format::fmt_tokens;
 use crate::analysis::{Analysis, BreakEven, Crossing, Series};
-use crate::load::RecordSet;
+use crate::endpoint::{EndpointAnalysis, EndpointRow};
 use crate::reference::Fig3;
 use crate::error::ReportError;
 
@@ -99,10 +98,10 @@ pub fn register_fonts() {
 type DrawResult = Result<(), Box<dyn Error>>;
 
 /// Draw every chart into `dir` as `<id>.svg` and `<id>.png` and return them.
-pub fn render_all(a: &Analysis, set: &RecordSet, fig3: &Fig3, dir: &Path) -> Result<Vec<Chart>, ReportError> {
+pub fn render_all(a: &Analysis, e: &EndpointAnalysis, fig3: &Fig3, dir: &Path) -> Result<Vec<Chart>, ReportError> {
     register_fonts();
     let mut out = Vec::new();
-    let has_endpoints = set.records.iter().any(|r| r.record.endpoint.is_some());
+    let has_endpoints = !e.is_empty();
     // An endpoint-only record set gets only the endpoint chart (the others would be empty).
     let kernel_charts = !(a.series.is_empty() && has_endpoints);
     let kinds = ChartKind::ALL.into_iter().filter(|_| kernel_charts).chain(has_endpoints.then_some(ChartKind::Endpoint));
@@ -111,7 +110,7 @@ pub fn render_all(a: &Analysis, set: &RecordSet, fig3: &Fig3, dir: &Path) -> Res
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, CHART_SIZE).into_drawing_area();
-            draw(kind, a, set, fig3, &root).map_err(chart_err)?;
+            draw(kind, a, e, fig3, &root).map_err(chart_err)?;
             root.present().map_err(|e| chart_err(Box::new(e)))?;
         }
         let svg_path = dir.join(format!("{}.svg", kind.id()));
@@ -119,7 +118,7 @@ pub fn render_all(a: &Analysis, set: &RecordSet, fig3: &Fig3, dir: &Path) -> Res
         let png_path = dir.join(format!("{}.png", kind.id()));
         {
             let root = BitMapBackend::new(&png_path, CHART_SIZE).into_drawing_area();
-            draw(kind, a, set, fig3, &root).map_err(chart_err)?;
+            draw(kind, a, e, fig3, &root).map_err(chart_err)?;
             root.present().map_err(|e| chart_err(Box::new(e)))?;
         }
         let png = std::fs::read(&png_path).map_err(|source| ReportError::Write { path: png_path.display().to_string(), source })?;
@@ -128,7 +127,7 @@ pub fn render_all(a: &Analysis, set: &RecordSet, fig3: &Fig3, dir: &Path) -> Res
     Ok(out)
 }
 
-fn draw<DB: DrawingBackend>(kind: ChartKind, a: &Analysis, set: &RecordSet, fig3: &Fig3, root: &DrawingArea<DB, Shift>) -> DrawResult
+fn draw<DB: DrawingBackend>(kind: ChartKind, a: &Analysis, e: &EndpointAnalysis, fig3: &Fig3, root: &DrawingArea<DB, Shift>) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -137,18 +136,18 @@ where
     match kind {
         ChartKind::Memory => {
             let panels = titled.split_evenly((1, 2));
-            draw_kv_per_token(a, set, &panels[0])?;
-            draw_peak_memory(a, set, &panels[1])?;
+            draw_kv_per_token(a, &panels[0])?;
+            draw_peak_memory(a, &panels[1])?;
         }
         _ => {
             let panels = titled.split_evenly((1, 2));
             for (phase, area) in [Phase::Prefill, Phase::Decode].into_iter().zip(panels.iter()) {
                 match kind {
-                    ChartKind::Latency => draw_latency(a, set, phase, area)?,
+                    ChartKind::Latency => draw_latency(a, phase, area)?,
                     ChartKind::Cost => draw_cost(a, fig3, phase, area)?,
                     ChartKind::Ratio => draw_ratio(a, fig3, phase, area)?,
-                    ChartKind::DsaSplit => draw_split(a, set, phase, area)?,
-                    ChartKind::Endpoint => draw_endpoint(set, phase, area)?,
+                    ChartKind::DsaSplit => draw_split(a, phase, area)?,
+                    ChartKind::Endpoint => draw_endpoint(e, phase, area)?,
                     ChartKind::Memory => unreachable!(),
                 }
             }
@@ -397,7 +396,7 @@ fn context_range(xs: impl Iterator<Item = f64>, extend_to: Option<f64>) -> (f64,
     (lo / 1.25, hi * 1.25)
 }
 
-fn draw_latency<DB: DrawingBackend>(a: &Analysis, set: &RecordSet, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
+fn draw_latency<DB: DrawingBackend>(a: &Analysis, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -409,11 +408,7 @@ where
         for (sparse, recs) in [(false, &s.dense_records), (true, &s.dsa_records)] {
             let pts: Vec<(f64, f64, f64, f64)> = recs
                 .iter()
-                .map(|(&ctx, &ri)| {
-                    let r = &set.records[ri];
-                    let (lo, hi) = stats::median_ci(&r.record.samples_ms);
-                    (ctx as f64, r.median_ms(), lo, hi)
-                })
+                .map(|(&ctx, m)| (ctx as f64, m.median_ms, m.median_ci_ms.0, m.median_ci_ms.1))
                 .collect();
             if pts.is_empty() {
                 continue;
@@ -480,15 +475,18 @@ where
 
 /// Endpoint cases of a phase: the primary metric's median per request (95% CI bars) vs
 /// prompt length, one line per side, load and output length.
-fn draw_endpoint<DB: DrawingBackend>(set: &RecordSet, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
+fn draw_endpoint<DB: DrawingBackend>(ea: &EndpointAnalysis, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
     let metric = ctxcost_core::endpoint::primary_name(phase);
     let caption = format!("{phase}: {metric} median ms per request, bars: 95% CI");
     let mut by_line: std::collections::BTreeMap<String, Vec<(f64, f64, f64, f64)>> = std::collections::BTreeMap::new();
-    for r in set.records.iter().filter(|r| r.record.case.phase == phase) {
-        let Some(e) = &r.record.endpoint else { continue };
+    // In reading order, as the records were written.
+    let mut rows: Vec<&EndpointRow> = ea.rows.iter().filter(|r| r.phase == phase).collect();
+    rows.sort_by_key(|r| r.index);
+    for r in rows {
+        let e = r.block();
         let Some(s) = (if phase == Phase::Prefill { &e.metrics.ttft_ms } else { &e.metrics.tpot_ms }) else { continue };
         let name = format!("{} ({}) load {}{}", e.label, e.side, e.load.key(), if phase == Phase::Decode { format!(", {} out", e.max_tokens) } else { String::new() });
         // At the prompt length the server measured (the target where it reported none).
@@ -694,12 +692,12 @@ where
     Ok(())
 }
 
-fn draw_split<DB: DrawingBackend>(a: &Analysis, set: &RecordSet, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
+fn draw_split<DB: DrawingBackend>(a: &Analysis, phase: Phase, area: &DrawingArea<DB, Shift>) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
     let ser = series_of(a, phase);
-    let Some(s) = ser.iter().find(|s| s.dsa_records.values().any(|&i| !set.records[i].record.components_ms.is_empty())) else {
+    let Some(s) = ser.iter().find(|s| s.dsa_records.values().any(|m| !m.components_ms.is_empty())) else {
         return no_data(area, &format!("{phase}: share of DSA case time"), "not measured: no DSA component timings for this phase");
     };
     let caption = format!("{phase}: share of {} case time ({})", s.dsa_engine, short_label(a, s));
@@ -707,11 +705,10 @@ where
     let rows: Vec<(f64, [f64; 3])> = s
         .dsa_records
         .iter()
-        .filter_map(|(&ctx, &i)| {
-            let r = &set.records[i];
-            let total = r.median_ms();
-            let comp = |n: &str| r.record.components_ms.get(n).map(|v| stats::median(v)).filter(|m| m.is_finite()).unwrap_or(0.0);
-            if r.record.components_ms.is_empty() || !drawable_log(total) || !drawable_log(ctx as f64) {
+        .filter_map(|(&ctx, r)| {
+            let total = r.median_ms;
+            let comp = |n: &str| r.components_ms.get(n).copied().filter(|m| m.is_finite()).unwrap_or(0.0);
+            if r.components_ms.is_empty() || !drawable_log(total) || !drawable_log(ctx as f64) {
                 return None;
             }
             let parts = [comp("indexer"), comp("topk"), comp("attention")];
@@ -760,7 +757,7 @@ where
     draw_legend(&strip, &legend)
 }
 
-fn draw_kv_per_token<DB: DrawingBackend>(a: &Analysis, set: &RecordSet, area: &DrawingArea<DB, Shift>) -> DrawResult
+fn draw_kv_per_token<DB: DrawingBackend>(a: &Analysis, area: &DrawingArea<DB, Shift>) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -770,9 +767,9 @@ where
     let mut lines: std::collections::BTreeMap<String, (bool, Vec<(f64, f64)>)> = std::collections::BTreeMap::new();
     for s in &a.series {
         for recs in [&s.dense_records, &s.dsa_records] {
-            for (&ctx, &i) in recs {
-                let c = &set.records[i].record.case;
-                let kv = set.records[i].record.memory.kv_bytes_model / (c.batch * c.context) as f64;
+            for (&ctx, m) in recs {
+                let c = &m.case;
+                let kv = m.memory.kv_bytes_model / (c.batch * c.context) as f64;
                 if drawable(kv) && kv > 0.0 && drawable_log(ctx as f64) {
                     let e = lines.entry(format!("{} {} ({})", c.engine, c.precision, c.shape.name)).or_insert((c.is_sparse(), Vec::new()));
                     if !e.1.iter().any(|p| p.0 == ctx as f64) {
@@ -822,7 +819,7 @@ where
     draw_legend(&strip, &legend)
 }
 
-fn draw_peak_memory<DB: DrawingBackend>(a: &Analysis, set: &RecordSet, area: &DrawingArea<DB, Shift>) -> DrawResult
+fn draw_peak_memory<DB: DrawingBackend>(a: &Analysis, area: &DrawingArea<DB, Shift>) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -836,8 +833,8 @@ where
             let mut measured = Vec::new();
             let mut modelled = Vec::new();
             let mut device = false;
-            for (&ctx, &i) in recs {
-                let m = &set.records[i].record.memory;
+            for (&ctx, rec) in recs {
+                let m = &rec.memory;
                 if let Some(d) = m.peak_device_bytes {
                     device = true;
                     measured.push((ctx as f64, d as f64));

@@ -2,8 +2,9 @@
 //! goodput, cache share, faults and cost; and in A/B runs side B over side A with a 95% CI,
 //! the way dense and sparse engines are compared.
 //!
-//! A/B pairs are the records of one run with sides `a` and `b` at the same phase, prompt
-//! length, output length and load, measured on the same machine. Requests are paired by
+//! A/B pairs are the records of one run with sides `a` and `b` at the same point (the one
+//! pairing key, [`Record::point_key`]: phase, prompt length, API, output length and load),
+//! measured on the same machine. Requests are paired by
 //! prompt index (request `i` of both sides carried the same text and went out together, or
 //! one after the other under `alt` loads), so the ratio of medians gets a paired bootstrap CI.
 
@@ -12,19 +13,27 @@ use std::collections::BTreeMap;
 use ctxcost_core::endpoint::{paired, primary, primary_name, EndpointBlock};
 use ctxcost_core::record::Record;
 use ctxcost_core::stats::{ratio_ci, RatioCi};
-use ctxcost_core::Phase;
+use ctxcost_core::{Phase, PointKey};
 
 use crate::format::fmt_tokens;
 use crate::load::RecordSet;
 
-/// One side of one case.
+/// One side of one case, owned: tables, charts and verdicts read it, never the records.
 #[derive(Debug, Clone)]
 pub struct EndpointRow {
-    /// Index into the record set.
-    pub record: usize,
+    /// Which record this is: its index in the record set.
+    pub index: usize,
+    pub record: Record,
     pub phase: Phase,
     pub context: usize,
     pub env: String,
+}
+
+impl EndpointRow {
+    /// The record's endpoint block (every row has one).
+    pub fn block(&self) -> &EndpointBlock {
+        self.record.endpoint.as_ref().expect("an endpoint row holds an endpoint record")
+    }
 }
 
 /// Side B over side A at one case.
@@ -50,6 +59,7 @@ pub struct AbPoint {
     /// ([`gpu_usd_per_m`]).
     pub api_cost_ratio: Option<f64>,
     pub gpu_cost_ratio: Option<f64>,
+    /// Indices of the two records in the record set.
     pub a_record: usize,
     pub b_record: usize,
 }
@@ -59,6 +69,9 @@ pub struct AbPoint {
 pub struct EndpointAnalysis {
     pub rows: Vec<EndpointRow>,
     pub ab: Vec<AbPoint>,
+    /// The records are endpoint records only ([`is_endpoint_only`]): the report is shaped for
+    /// endpoints.
+    pub only: bool,
 }
 
 impl EndpointAnalysis {
@@ -83,14 +96,13 @@ fn block(r: &Record) -> Option<&EndpointBlock> {
 /// Analyse the endpoint records of a set.
 pub fn analyse(set: &RecordSet) -> EndpointAnalysis {
     let mut rows = Vec::new();
-    // (env, phase, context, load, max_tokens) -> (a, b) record indices
-    type Point = (String, Phase, usize, String, usize);
-    let mut points: BTreeMap<Point, (Option<usize>, Option<usize>)> = BTreeMap::new();
+    // (machine, the pairing key) -> (a, b) rows
+    let mut points: BTreeMap<(String, PointKey), (Option<usize>, Option<usize>)> = BTreeMap::new();
     for (i, lr) in set.records.iter().enumerate() {
         let Some(e) = block(&lr.record) else { continue };
         let c = &lr.record.case;
-        rows.push(EndpointRow { record: i, phase: c.phase, context: c.context, env: lr.env_label.clone() });
-        let slot = points.entry((lr.env_label.clone(), c.phase, c.context, e.load.key(), e.max_tokens)).or_default();
+        rows.push(EndpointRow { index: i, record: lr.record.clone(), phase: c.phase, context: c.context, env: lr.env_label.clone() });
+        let slot = points.entry((lr.env_label.clone(), lr.record.point_key())).or_default();
         match e.side.as_str() {
             "a" => slot.0 = Some(i),
             "b" => slot.1 = Some(i),
@@ -98,13 +110,14 @@ pub fn analyse(set: &RecordSet) -> EndpointAnalysis {
         }
     }
     rows.sort_by(|x, y| {
-        let (ex, ey) = (block(&set.records[x.record].record).unwrap(), block(&set.records[y.record].record).unwrap());
+        let (ex, ey) = (x.block(), y.block());
         (x.phase, ex.load.key(), x.context, ex.side.clone()).cmp(&(y.phase, ey.load.key(), y.context, ey.side.clone()))
     });
     let mut ab = Vec::new();
-    for ((_, phase, context, load, max_tokens), (ai, bi)) in points {
+    for ((_, point), (ai, bi)) in points {
         let (Some(ai), Some(bi)) = (ai, bi) else { continue };
         let (a, b) = (block(&set.records[ai].record).unwrap(), block(&set.records[bi].record).unwrap());
+        let phase = point.phase;
         let (x, y) = paired(a, b, &|r| primary(phase, r));
         let (ex, ey) = paired(a, b, &|r| r.e2e_ms());
         let div = |p: Option<f64>, q: Option<f64>| match (p, q) {
@@ -113,9 +126,9 @@ pub fn analyse(set: &RecordSet) -> EndpointAnalysis {
         };
         ab.push(AbPoint {
             phase,
-            context,
-            load,
-            max_tokens,
+            context: point.context,
+            load: a.load.key(),
+            max_tokens: a.max_tokens,
             a_label: a.label.clone(),
             b_label: b.label.clone(),
             a_measured: a.measured_prompt_tokens(),
@@ -131,7 +144,7 @@ pub fn analyse(set: &RecordSet) -> EndpointAnalysis {
         });
     }
     ab.sort_by(|x, y| (x.phase, &x.load, x.context).cmp(&(y.phase, &y.load, y.context)));
-    EndpointAnalysis { rows, ab }
+    EndpointAnalysis { rows, ab, only: is_endpoint_only(set) }
 }
 
 fn ci(r: &Option<RatioCi>) -> String {
@@ -170,11 +183,11 @@ pub fn ab_sentences(e: &EndpointAnalysis) -> Vec<String> {
 }
 
 /// Cases whose server reported more than the threshold of cached prompt tokens.
-pub fn cache_warnings(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
+pub fn cache_warnings(e: &EndpointAnalysis) -> Vec<String> {
     e.rows
         .iter()
         .filter_map(|row| {
-            let r = &set.records[row.record].record;
+            let r = &row.record;
             let b = block(r)?;
             b.cache.flagged.then(|| {
                 format!(
@@ -222,7 +235,7 @@ pub fn measured_context(r: &Record) -> usize {
 /// the cost ratios where prices were given, and the prompt length from which B is at most
 /// half of A; for a side without a partner, its primary metric against the measured prompt
 /// length with the growth exponent (least-squares slope of log metric on log length).
-pub fn verdict_lines(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
+pub fn verdict_lines(e: &EndpointAnalysis) -> Vec<String> {
     let mut out = ab_sentences(e);
     // Half from: the least prompt length from which every measured ratio is at most 0.5.
     let mut groups: BTreeMap<(Phase, String, usize, String, String), Vec<&AbPoint>> = BTreeMap::new();
@@ -256,10 +269,10 @@ pub fn verdict_lines(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
     type Line = (Phase, String, usize, String);
     let mut single: BTreeMap<Line, Vec<(usize, f64)>> = BTreeMap::new();
     for row in &e.rows {
-        if paired.contains(&row.record) {
+        if paired.contains(&row.index) {
             continue;
         }
-        let r = &set.records[row.record].record;
+        let r = &row.record;
         let Some(b) = block(r) else { continue };
         let m = if row.phase == Phase::Prefill { b.metrics.ttft_ms } else { b.metrics.tpot_ms };
         if let Some(m) = m {
@@ -281,7 +294,7 @@ pub fn verdict_lines(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
         }
         out.push(s);
     }
-    let missed = e.rows.iter().filter(|row| block(&set.records[row.record].record).is_some_and(|b| b.prompt_missed())).count();
+    let missed = e.rows.iter().filter(|row| block(&row.record).is_some_and(|b| b.prompt_missed())).count();
     if missed > 0 {
         out.push(format!("Warning: {missed} case(s) measured another prompt length than their target (see data problems); they are shown at the measured length."));
     }
@@ -302,10 +315,10 @@ pub fn method_items() -> Vec<String> {
 
 /// Endpoint cases the data-problems section must list beyond failed records: prompt lengths
 /// that missed their targets, and requests fewer than planned.
-pub fn data_problems(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
+pub fn data_problems(e: &EndpointAnalysis) -> Vec<String> {
     let mut out = Vec::new();
     for row in &e.rows {
-        let r = &set.records[row.record].record;
+        let r = &row.record;
         let Some(b) = block(r) else { continue };
         if let Some(p) = b.metrics.prompt_check.filter(|p| p.flagged) {
             out.push(format!("{}: {}", r.key, p.describe()));
@@ -318,10 +331,9 @@ pub fn data_problems(set: &RecordSet, e: &EndpointAnalysis) -> Vec<String> {
 }
 
 /// `summary.csv` of an endpoint-only report: one row per case and side.
-pub fn summary_frame(set: &RecordSet, e: &EndpointAnalysis) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
+pub fn summary_frame(e: &EndpointAnalysis) -> polars::prelude::PolarsResult<polars::prelude::DataFrame> {
     use polars::prelude::*;
-    let rows: Vec<(&Record, &EndpointBlock, &str)> =
-        e.rows.iter().filter_map(|row| { let lr = &set.records[row.record]; Some((&lr.record, block(&lr.record)?, lr.env_label.as_str())) }).collect();
+    let rows: Vec<(&Record, &EndpointBlock, &str)> = e.rows.iter().filter_map(|row| Some((&row.record, block(&row.record)?, row.env.as_str()))).collect();
     type Get<'a, T> = &'a dyn Fn(&Record, &EndpointBlock) -> T;
     let s = |name: &str, f: Get<String>| Column::new(name.into(), rows.iter().map(|(r, b, _)| f(r, b)).collect::<Vec<String>>());
     let u = |name: &str, f: Get<Option<u64>>| Column::new(name.into(), rows.iter().map(|(r, b, _)| f(r, b)).collect::<Vec<Option<u64>>>());

@@ -12,6 +12,8 @@
 //! - [`verdict`]: the headline per phase and the verdict sentences.
 //! - [`endpoint`]: remote endpoint cases: metrics per side, B/A with paired CIs, cache flags.
 //! - [`reference`]: DeepSeek's Fig. 3 curves and API prices, shipped as data.
+//! - [`inventory`]: what was read besides the measurements (machines, files, flagged records,
+//!   bad lines, the spread across GPUs), for render and verdict.
 //! - [`spread`]: the spread of a case's medians across GPUs (`run --replicate`).
 //! - [`charts`]: plotters charts (SVG and PNG, shipped font).
 //! - [`render`]: HTML and Markdown.
@@ -23,6 +25,7 @@ pub mod cost;
 pub mod endpoint;
 pub mod error;
 pub mod format;
+pub mod inventory;
 pub mod load;
 pub mod model;
 pub mod reference;

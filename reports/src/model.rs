@@ -48,11 +48,13 @@ pub struct Report {
     pub prices_from: String,
     /// Remote endpoint cases (empty when the records hold none).
     pub endpoints: crate::endpoint::EndpointAnalysis,
+    /// What was read besides the measurements: machines, files, flagged records, bad lines.
+    pub inventory: crate::inventory::Inventory,
 }
 
 impl Report {
     /// The verdict lines (also at the top of the HTML and Markdown).
     pub fn verdict_lines(&self) -> Vec<String> {
-        verdict::lines(&self.analysis, &self.set, &self.fig3)
+        verdict::lines(&self.analysis, &self.endpoints, &self.inventory, &self.fig3)
     }
 }

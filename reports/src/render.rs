@@ -71,10 +71,11 @@ fn label(r: &Report, s: &Series) -> String {
 
 /// Spread across GPUs (`run --replicate`): each case measured on several GPUs, the median of
 /// each and how far apart they are. Absent when no case ran on more than one GPU.
-fn gpu_spread_section(r: &Report, b: &mut Vec<Block>) {
-    let spreads = crate::spread::spreads(&r.set);
+fn gpu_spread_section(r: &Report) -> Vec<Block> {
+    let spreads = &r.inventory.spreads;
+    let mut b = Vec::new();
     if spreads.is_empty() {
-        return;
+        return b;
     }
     b.push(Block::H2 { id: "gpu-spread", text: "Spread across GPUs".into() });
     let within = spreads.iter().filter(|s| s.cis_overlap).count();
@@ -101,11 +102,16 @@ In {within} of them every GPU's 95% CI overlaps the others' (the GPUs agree with
             })
             .collect(),
     });
+    b
 }
 
 /// Remote endpoints: A/B ratios, the chart, every case and side, cache flags, definitions.
-fn endpoint_section(r: &Report, b: &mut Vec<Block>) {
+fn endpoint_section(r: &Report) -> Vec<Block> {
     let e = &r.endpoints;
+    let mut b = Vec::new();
+    if e.is_empty() {
+        return b;
+    }
     b.push(Block::H2 { id: "endpoints", text: "Remote endpoints".into() });
     b.push(Block::P(
         "Measured from the client (ctxcost endpoint), per request: TTFT = actual send to the first chunk with generated text; E2E = actual send to the end of the stream; \
@@ -140,7 +146,7 @@ Cost ratios: API list price per request, and GPU cost per million tokens from me
         .rows
         .iter()
         .filter_map(|row| {
-            let rec = &r.set.records[row.record].record;
+            let rec = &row.record;
             let x = rec.endpoint.as_ref()?;
             let m = &x.metrics;
             let faults: Vec<String> = m.faults.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -174,26 +180,62 @@ Cost ratios: API list price per request, and GPU cost per million tokens from me
         .to_vec(),
         rows,
     });
-    let warnings = crate::endpoint::cache_warnings(&r.set, e);
+    let warnings = crate::endpoint::cache_warnings(e);
     if !warnings.is_empty() {
         b.push(Block::List { id: Some("endpoint-cache-flags"), items: warnings });
     }
+    b
+}
+
+/// A section of the report: the function that writes its blocks, and whether it is about
+/// dense and DSA kernels (left out of a report of endpoint records only, where it would only
+/// say "not measured").
+struct Section {
+    blocks: fn(&Report) -> Vec<Block>,
+    kernel_only: bool,
+}
+
+/// The report's sections, in order: adding a section is its function and one line here.
+const SECTIONS: &[Section] = &[
+    Section { blocks: verdict_section, kernel_only: false },
+    Section { blocks: endpoint_section, kernel_only: false },
+    Section { blocks: charts_section, kernel_only: true },
+    Section { blocks: ratios_section, kernel_only: true },
+    Section { blocks: engines_section, kernel_only: true },
+    Section { blocks: break_even_section, kernel_only: true },
+    Section { blocks: costs_section, kernel_only: true },
+    Section { blocks: fp8_split_section, kernel_only: true },
+    Section { blocks: api_prices_section, kernel_only: true },
+    Section { blocks: method_section, kernel_only: false },
+    Section { blocks: assumptions_section, kernel_only: true },
+    Section { blocks: data_section, kernel_only: false },
+    Section { blocks: gpu_spread_section, kernel_only: false },
+    Section { blocks: environment_section, kernel_only: false },
+];
+
+/// Whether the report is shaped for endpoints: endpoint records and no dense/DSA series.
+fn endpoint_shaped(r: &Report) -> bool {
+    r.analysis.series.is_empty() && !r.endpoints.is_empty()
 }
 
 fn document(r: &Report) -> (String, Vec<Block>) {
-    let a = &r.analysis;
-    let set = &r.set;
-    let title = if a.series.is_empty() && !r.endpoints.is_empty() {
+    let endpoint_shaped = endpoint_shaped(r);
+    let title = if endpoint_shaped {
         "ctxcost report: remote endpoints over prompt length".to_string()
     } else {
         "ctxcost report: dense vs sparse (DSA) attention cost over context length".to_string()
     };
-    let mut b = Vec::new();
+    let blocks = SECTIONS.iter().filter(|s| !(endpoint_shaped && s.kernel_only)).flat_map(|s| (s.blocks)(r)).collect();
+    (title, blocks)
+}
 
-    // 1. Verdict first: one headline per phase, the warnings, the table, then the long sentences.
+/// Verdict first: one headline per phase, the warnings, the verdict table, the long sentences, the caveats and the series table.
+fn verdict_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "verdict", text: "Verdict".into() });
     // An endpoint-only record set: the endpoint verdict alone, no DSA question.
-    let endpoint_only = crate::endpoint::is_endpoint_only(set);
+    let endpoint_only = r.endpoints.only;
     if !endpoint_only {
         b.push(Block::Strong(QUESTION.into()));
     }
@@ -202,7 +244,7 @@ fn document(r: &Report) -> (String, Vec<Block>) {
         heads.push(format!("Not {}", verdict::NOT_MEASURED.trim_start_matches("not ")));
     }
     if endpoint_only {
-        heads.extend(crate::endpoint::verdict_lines(set, &r.endpoints));
+        heads.extend(crate::endpoint::verdict_lines(&r.endpoints));
     } else {
         heads.extend(crate::endpoint::ab_sentences(&r.endpoints));
     }
@@ -223,7 +265,7 @@ fn document(r: &Report) -> (String, Vec<Block>) {
                 .iter()
                 .flat_map(|s| {
                     s.points.iter().map(move |p| {
-                        let (dsa, dense) = p.engines(set);
+                        let (dsa, dense) = p.engines();
                         vec![
                             format!("{} {}", s.key.phase, label(r, s)),
                             fmt_tokens(p.context as f64),
@@ -284,9 +326,13 @@ fn document(r: &Report) -> (String, Vec<Block>) {
     if !items.is_empty() {
         b.push(Block::List { id: Some("verdict-lines"), items });
     }
-    let cav = verdict::caveats(a, set);
+    let cav = verdict::caveats(a, &r.inventory);
     if !cav.is_empty() {
         b.push(Block::List { id: None, items: cav });
+    }
+    // A report of endpoint records only has no series to list.
+    if endpoint_shaped(r) {
+        return b;
     }
     b.push(Block::Table {
         id: Some("series-table"),
@@ -318,17 +364,23 @@ fn document(r: &Report) -> (String, Vec<Block>) {
             })
             .collect(),
     });
+    b
+}
 
-    if !r.endpoints.is_empty() {
-        endpoint_section(r, &mut b);
-    }
-
-    // 2. The key chart, then the tables.
+/// The charts, the key one first.
+fn charts_section(_: &Report) -> Vec<Block> {
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "charts", text: "Charts".into() });
     for k in ChartKind::ALL {
         b.push(Block::Figure(k));
     }
+    b
+}
 
+/// Every ratio at every measured context.
+fn ratios_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "ratios", text: "Sparse/dense ratio at every measured context".into() });
     b.push(Block::P(
         "Ratios are sparse/dense costs with 95% CIs. Marginal: the cost of a token at that position. Per request: the average over positions 0..L. \
@@ -366,7 +418,13 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
             })
             .collect(),
     });
+    b
+}
 
+/// Every usable engine at every point.
+fn engines_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "engines", text: "Every engine at every point".into() });
     b.push(Block::P(format!(
         "Each usable engine (measured, verification not failed) at each point of the same machine: median with its sample count, achieved rates (the record's analytic FLOPs and bytes over the median), \
@@ -399,7 +457,13 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
             })
             .collect(),
     });
+    b
+}
 
+/// Break-even contexts of every series.
+fn break_even_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "break-even", text: "Break-even contexts".into() });
     b.push(Block::P(
         "Where the ratio crosses the threshold for good (interpolated in log-context between measured points); the bracket is where the CI bounds cross. \
@@ -431,7 +495,13 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
             .to_vec(),
         rows: be_rows,
     });
+    b
+}
 
+/// Cost per million tokens, beside DeepSeek's Fig. 3.
+fn costs_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "costs", text: "Cost per million tokens".into() });
     b.push(Block::P(format!(
         "USD per million tokens at ${}/GPU-hour. Attention-only = layers x one layer's attention; whole model adds the rest of the model (see Assumptions). Fig. 3: DeepSeek's whole-model marginal cost at the same position (H800 cluster, $2/GPU-hour); the differences between the two are listed in Assumptions.",
@@ -469,7 +539,13 @@ and its speed as a share of the fastest engine of the same method there (1.00 = 
             })
             .collect(),
     });
+    b
+}
 
+/// The saving split into FP8 and sparsity.
+fn fp8_split_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "fp8-split", text: "Saving from FP8 vs saving from sparsity".into() });
     if a.splits.is_empty() {
         b.push(Block::P(
@@ -511,7 +587,12 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
                 .collect(),
         });
     }
+    b
+}
 
+/// DeepSeek's API prices, for comparison.
+fn api_prices_section(r: &Report) -> Vec<Block> {
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "api-prices", text: "DeepSeek API prices (for comparison)".into() });
     b.push(Block::P(format!(
         "USD per million tokens before and after the V3.2-Exp launch (table: {}). The cut is the same at every context length: a pricing decision, not a measurement of cost.",
@@ -536,7 +617,13 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
             })
             .collect(),
     });
+    b
+}
 
+/// What was measured and how.
+fn method_section(r: &Report) -> Vec<Block> {
+    let endpoint_only = r.endpoints.only;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "method", text: "Method".into() });
     b.push(Block::List {
         id: None,
@@ -553,7 +640,13 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
             format!("DeepSeek's numbers: {FIG3_CITATION}. Positions in K are read as multiples of 1024 tokens; values between the 1K samples are interpolated linearly."),
         ] },
     });
+    b
+}
 
+/// The cost model's assumptions and the ceilings used.
+fn assumptions_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "assumptions", text: "Assumptions".into() });
     let mut assumptions = vec![
         format!("Price: ${} per GPU-hour (`--usd-per-gpu-hour`; DeepSeek's Fig. 3 uses $2).", a.settings.usd_per_gpu_hour),
@@ -584,7 +677,13 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
         ));
     }
     b.push(Block::List { id: None, items: assumptions });
+    b
+}
 
+/// Not measured and data problems.
+fn data_section(r: &Report) -> Vec<Block> {
+    let a = &r.analysis;
+    let mut b = Vec::new();
     // Not measured / data quality.
     b.push(Block::H2 { id: "data", text: "Not measured and data problems".into() });
     let mut dq = Vec::new();
@@ -593,41 +692,39 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
             dq.push(format!("{} {} at {}: not measured ({})", s.key.phase, label(r, s), fmt_tokens(u.context as f64), u.why));
         }
     }
-    for rec in &set.records {
-        if rec.record.status != Status::Ok && !a.series.iter().any(|s| s.unpaired.iter().any(|u| u.why.contains(&rec.record.engine))) {
-            dq.push(format!("{}: {:?} ({})", rec.record.key, rec.record.status, rec.record.reason.clone().unwrap_or_default()).to_lowercase());
+    let inv = &r.inventory;
+    for f in &inv.flagged {
+        if f.status != Status::Ok && !a.series.iter().any(|s| s.unpaired.iter().any(|u| u.why.contains(&f.engine))) {
+            dq.push(format!("{}: {:?} ({})", f.key, f.status, f.reason.clone().unwrap_or_default()).to_lowercase());
         }
-        if rec.record.verification.as_ref().map(|v| !v.passed).unwrap_or(false) {
-            dq.push(format!("{}: output verification FAILED; its timing is reported but should not be trusted", rec.record.key));
+        if f.verification_failed {
+            dq.push(format!("{}: output verification FAILED; its timing is reported but should not be trusted", f.key));
         }
     }
-    if !set.superseded.is_empty() {
-        dq.push(format!("{} record(s) superseded by a later record of the same case on the same machine (the later one is used).", set.superseded.len()));
+    if inv.superseded > 0 {
+        dq.push(format!("{} record(s) superseded by a later record of the same case on the same machine (the later one is used).", inv.superseded));
     }
-    for p in set.problems.iter().take(20) {
+    for p in inv.problems.iter().take(20) {
         dq.push(format!("bad line {}:{}: {}", p.file, p.line, p.why));
     }
-    if set.problems.len() > 20 {
-        dq.push(format!("... and {} more bad lines", set.problems.len() - 20));
+    if inv.problems.len() > 20 {
+        dq.push(format!("... and {} more bad lines", inv.problems.len() - 20));
     }
-    dq.extend(crate::endpoint::data_problems(set, &r.endpoints));
+    dq.extend(crate::endpoint::data_problems(&r.endpoints));
     if dq.is_empty() {
         dq.push("None: every record read was measured, paired and verified where verification ran.".into());
     }
     b.push(Block::List { id: Some("data-problems"), items: dq });
+    b
+}
 
-    gpu_spread_section(r, &mut b);
+/// The machines and the record files.
+fn environment_section(r: &Report) -> Vec<Block> {
+    let mut b = Vec::new();
     b.push(Block::H2 { id: "environment", text: "Environment".into() });
     let mut env_rows = Vec::new();
-    for label in set.env_labels() {
-        let recs: Vec<_> = set.records.iter().filter(|x| x.env_label == label).collect();
-        let e = &recs[0].record.env;
-        let mut tools: Vec<String> = recs.iter().map(|x| format!("{} {} ({})", x.record.tool.name, x.record.tool.version, x.record.tool.git_sha)).collect();
-        tools.sort();
-        tools.dedup();
-        let mut timers: Vec<String> = recs.iter().map(|x| x.record.timer.clone()).collect();
-        timers.sort();
-        timers.dedup();
+    for m in &r.inventory.machines {
+        let (label, e, tools, timers) = (&m.label, &m.env, &m.tools, &m.timers);
         let gpu = if e.gpu.is_empty() { "none".to_string() } else { e.gpu.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ") };
         env_rows.push(vec![
             label.clone(),
@@ -637,7 +734,7 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
             gpu,
             tools.join(", "),
             timers.join(", "),
-            recs.len().to_string(),
+            m.records.to_string(),
         ]);
     }
     b.push(Block::Table {
@@ -646,29 +743,8 @@ A cell where FP8 is slower than bf16 for the same method is flagged: FP8 reads h
         rows: env_rows,
     });
     b.push(Block::H3("Record files".into()));
-    b.push(Block::List { id: None, items: set.files.iter().map(|(f, n)| format!("{f}: {n} record(s)")).collect() });
-    if a.series.is_empty() && !r.endpoints.is_empty() {
-        b = without_kernel_sections(b);
-    }
-    (title, b)
-}
-
-/// An endpoint-only report: drop the dense/DSA tables and charts, which would only say "not
-/// measured", the DeepSeek price table and the kernel cost assumptions.
-fn without_kernel_sections(blocks: Vec<Block>) -> Vec<Block> {
-    const KERNEL: [&str; 8] = ["charts", "ratios", "engines", "break-even", "costs", "fp8-split", "api-prices", "assumptions"];
-    let mut out = Vec::new();
-    let mut skipping = false;
-    for blk in blocks {
-        if let Block::H2 { id, .. } = &blk {
-            skipping = KERNEL.contains(id);
-        }
-        let verdict_table = matches!(&blk, Block::Table { id: Some("verdict-table" | "series-table" | "pair-table"), .. });
-        if !skipping && !verdict_table {
-            out.push(blk);
-        }
-    }
-    out
+    b.push(Block::List { id: None, items: r.inventory.files.iter().map(|(f, n)| format!("{f}: {n} record(s)")).collect() });
+    b
 }
 
 fn esc(s: &str) -> String {

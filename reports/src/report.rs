@@ -76,7 +76,8 @@ pub fn build_from_set_with(set: RecordSet, options: &ReportOptions, yardstick: &
     let fig3 = Fig3::shipped();
     let analysis = analysis::analyse(&set, &options.cost, yardstick, &fig3);
     let endpoints = crate::endpoint::analyse(&set);
-    Ok(Report { options: options.clone(), yardstick: yardstick.clone(), set, analysis, fig3, prices, prices_from, endpoints })
+    let inventory = crate::inventory::Inventory::of(&set);
+    Ok(Report { options: options.clone(), yardstick: yardstick.clone(), set, analysis, fig3, prices, prices_from, endpoints, inventory })
 }
 
 /// What [`write`] produced.
@@ -121,7 +122,7 @@ fn remove_stale(out: &Path, written: &[PathBuf]) -> Result<Vec<PathBuf>, ReportE
 pub fn write(report: &Report, out: &Path) -> Result<Written, ReportError> {
     std::fs::create_dir_all(out).map_err(|source| ReportError::Write { path: out.display().to_string(), source })?;
     let mut files = Vec::new();
-    let charts = charts::render_all(&report.analysis, &report.set, &report.fig3, out)?;
+    let charts = charts::render_all(&report.analysis, &report.endpoints, &report.fig3, out)?;
     for c in &charts {
         files.push(out.join(format!("{}.svg", c.kind.id())));
         files.push(out.join(format!("{}.png", c.kind.id())));
@@ -152,8 +153,8 @@ pub fn write(report: &Report, out: &Path) -> Result<Written, ReportError> {
 /// DeepSeek's Fig. 3 ratios at the same position.
 pub fn summary_frame(report: &Report) -> PolarsResult<DataFrame> {
     // Endpoint records only: one row per case and side, endpoint columns.
-    if crate::endpoint::is_endpoint_only(&report.set) {
-        return crate::endpoint::summary_frame(&report.set, &report.endpoints);
+    if report.endpoints.only {
+        return crate::endpoint::summary_frame(&report.endpoints);
     }
     let a = &report.analysis;
     let rows: Vec<(&analysis::Series, &analysis::Point)> = a.series.iter().flat_map(|s| s.points.iter().map(move |p| (s, p))).collect();
@@ -168,8 +169,8 @@ pub fn summary_frame(report: &Report) -> PolarsResult<DataFrame> {
     };
     let columns = vec![
         s("env", &|s, _| s.key.env.clone()),
-        s("dense_engine", &|_, p| report.set.records[p.dense_record].record.engine.clone()),
-        s("dsa_engine", &|_, p| report.set.records[p.dsa_record].record.engine.clone()),
+        s("dense_engine", &|_, p| p.dense_engine.clone()),
+        s("dsa_engine", &|_, p| p.dsa_engine.clone()),
         s("shape", &|s, _| s.key.shape.clone()),
         s("phase", &|s, _| s.key.phase.to_string()),
         u("batch", &|s, _| s.key.batch as u64),

@@ -12,7 +12,8 @@ use ctxcost_core::Phase;
 
 use crate::format::fmt_tokens;
 use crate::analysis::{crossing, Analysis, Crossing, Pairing, Series};
-use crate::load::RecordSet;
+use crate::endpoint::EndpointAnalysis;
+use crate::inventory::Inventory;
 use crate::reference::Fig3;
 
 /// Where DeepSeek's own Fig. 3 marginal ratio crosses a threshold for a phase.
@@ -190,7 +191,7 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
 }
 
 /// Caveats that change how far the verdict carries.
-pub fn caveats(a: &Analysis, set: &RecordSet) -> Vec<String> {
+pub fn caveats(a: &Analysis, inv: &Inventory) -> Vec<String> {
     let mut out = Vec::new();
     let mut shapes: Vec<(&str, usize)> = a.series.iter().map(|s| (s.key.shape.as_str(), s.top_k)).collect();
     shapes.sort();
@@ -203,17 +204,14 @@ pub fn caveats(a: &Analysis, set: &RecordSet) -> Vec<String> {
         }
     }
     // Kernel records only: an endpoint record's machine is the client, not the server.
-    let mut kernel = set.records.iter().filter(|r| r.record.endpoint.is_none()).peekable();
-    let any_kernel = kernel.peek().is_some();
-    let cpu_only = kernel.all(|r| !r.record.env.gpu.contains_key("name"));
-    if cpu_only && any_kernel {
+    if inv.kernel_records > 0 && inv.kernel_gpu_records == 0 {
         out.push("Measured on CPU only: the ratios describe this CPU implementation, not a GPU serving system.".into());
     }
     if a.series.iter().any(|s| matches!(s.other.source, crate::cost::OtherSource::Analytic { .. })) {
         out.push("Whole-model figures add an assumed (analytic) cost for the rest of the model; the attention-only ratios are the measured ones.".into());
     }
     if a.mixed_env {
-        out.push(format!("Records come from {} machines; each series is labelled with its machine and never paired across machines.", set.env_labels().len()));
+        out.push(format!("Records come from {} machines; each series is labelled with its machine and never paired across machines.", inv.machines.len()));
     }
     out
 }
@@ -222,14 +220,14 @@ pub fn caveats(a: &Analysis, set: &RecordSet) -> Vec<String> {
 pub const NOT_MEASURED: &str = "not measured: the records hold no point with a usable record of both methods (a dense and a DSA engine at the same point).";
 
 /// The verdict as printed at the end of `ctxcost run` and by `ctxcost report`: the headlines,
-/// the warnings, then the long sentences.
-pub fn lines(a: &Analysis, set: &RecordSet, fig3: &Fig3) -> Vec<String> {
+/// the warnings, then the long sentences. Reads the analyses the report holds (kernel and
+/// endpoint) and what was read, never the records.
+pub fn lines(a: &Analysis, e: &EndpointAnalysis, inv: &Inventory, fig3: &Fig3) -> Vec<String> {
     // Endpoint records only: the endpoint verdict, no DSA question.
-    if crate::endpoint::is_endpoint_only(set) {
-        let e = crate::endpoint::analyse(set);
+    if e.only {
         let mut out = vec!["endpoint verdict:".to_string()];
-        out.extend(crate::endpoint::verdict_lines(set, &e).into_iter().map(|l| format!("  - {l}")));
-        out.extend(crate::endpoint::cache_warnings(set, &e).into_iter().map(|w| format!("  note: {w}")));
+        out.extend(crate::endpoint::verdict_lines(e).into_iter().map(|l| format!("  - {l}")));
+        out.extend(crate::endpoint::cache_warnings(e).into_iter().map(|w| format!("  note: {w}")));
         return out;
     }
     let mut out = vec![format!("verdict: {QUESTION}")];
@@ -244,14 +242,13 @@ pub fn lines(a: &Analysis, set: &RecordSet, fig3: &Fig3) -> Vec<String> {
     for w in &a.warnings {
         out.push(format!("  warning: {w}"));
     }
-    let e = crate::endpoint::analyse(set);
-    for s in crate::endpoint::ab_sentences(&e) {
+    for s in crate::endpoint::ab_sentences(e) {
         out.push(format!("  - {s}"));
     }
-    for w in crate::endpoint::cache_warnings(set, &e) {
+    for w in crate::endpoint::cache_warnings(e) {
         out.push(format!("  note: {w}"));
     }
-    for c in caveats(a, set) {
+    for c in caveats(a, inv) {
         out.push(format!("  note: {c}"));
     }
     if !a.series.is_empty() {

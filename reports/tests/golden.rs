@@ -404,7 +404,7 @@ fn verdict_uses_the_fastest_verified_engine_of_each_method() {
     for p in &s.points {
         // cudnn-sdpa (4 ms, 16 ms) beats flash-sdpa (4.4, 17.6) and dense-cuda (10, 40); the
         // 1 ms torch-eager-dense record failed verification and is never picked.
-        assert_eq!(p.engines(&r.set), ("dsa-cuda", "cudnn-sdpa"));
+        assert_eq!(p.engines(), ("dsa-cuda", "cudnn-sdpa"));
         // Ours ran at 10:00, the library peers at 11:00: not sampled in lockstep.
         assert!(!p.lockstep);
         assert!(p.ci_kind().contains("not sampled in lockstep"));
