@@ -1,8 +1,9 @@
 //! `ctxcost endpoint`: measure one OpenAI-compatible endpoint, or two side by side (A/B),
 //! over prompt lengths; and `ctxcost serve-mock`, a local streaming server to try it on.
 //!
-//! The work is in `ctxcost_engines::http`; this module owns the command line, records,
-//! progress, the summary table and the report at the end.
+//! The work is in `ctxcost_engines::http`; this module owns the command line, the run
+//! (progress, the summary table, the report at the end). The flags are checked, and the cases
+//! and records planned, in `endpoint_plan` (synchronous validation first, discovery after).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
