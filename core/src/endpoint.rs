@@ -477,6 +477,11 @@ pub struct EndpointBlock {
     pub prompt_fit: String,
     /// `max_tokens` sent with each request.
     pub max_tokens: usize,
+    /// The text the prompts were made of (`--prompt-text`): `shakespeare` (the shipped
+    /// corpus), `synthetic` (filler words) or `file:NAME`. Part of the key, so a resumed file
+    /// never mixes prompts of two texts. Empty in records written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prompt_text: String,
     pub slo: Slo,
     /// Requests planned for this side (`--requests`); fewer are sent when the case's time
     /// (`--max-seconds`) runs out first. 0 in records written before it was kept.
@@ -499,7 +504,7 @@ fn is_zero(n: &usize) -> bool {
 impl EndpointBlock {
     /// The case key suffix that distinguishes endpoint cases beyond [`crate::Case::key`].
     pub fn key_suffix(&self) -> String {
-        key_suffix(&self.api, self.max_tokens, &self.load)
+        key_suffix(&self.api, self.max_tokens, &self.load, &self.prompt_text)
     }
 
     /// The server's median prompt tokens of the case, where it reported them.
@@ -591,8 +596,9 @@ pub fn endpoint_shape() -> crate::ModelShape {
 pub const ENDPOINT_SHAPE: &str = "endpoint";
 
 /// The case key suffix of an endpoint case: API, output length and load.
-pub fn key_suffix(api: &str, max_tokens: usize, load: &Load) -> String {
-    format!("|api={api}|out={max_tokens}|load={}", load.key())
+pub fn key_suffix(api: &str, max_tokens: usize, load: &Load, prompt_text: &str) -> String {
+    let text = if prompt_text.is_empty() { String::new() } else { format!("|text={prompt_text}") };
+    format!("|api={api}|out={max_tokens}|load={}{text}", load.key())
 }
 
 /// The primary metric of a phase for one request: TTFT for prefill, TPOT for decode.
@@ -889,6 +895,7 @@ mod tests {
             target_prompt_tokens: 1024,
             prompt_fit: "calibrated".into(),
             max_tokens: 1,
+            prompt_text: String::new(),
             slo: Slo::default(),
             planned_requests: planned,
             not_run: None,

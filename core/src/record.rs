@@ -354,6 +354,7 @@ pub(crate) mod tests {
                 target_prompt_tokens: 1024,
                 prompt_fit: String::new(),
                 max_tokens: 8,
+                prompt_text: String::new(),
                 slo: Default::default(),
                 planned_requests: 0,
                 not_run: None,

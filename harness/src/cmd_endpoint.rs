@@ -233,11 +233,12 @@ async fn run_async(a: EndpointArgs) -> Result<ExitCode> {
         eprintln!("side {}: {} model {} ({} API)", s.label, http::client::public_url(&s.url), s.model, s.api.as_str());
     }
     let done = opened.as_ref().map(|o| o.1.clone()).unwrap_or_default();
+    let text_label = prompt_text.key_label();
     let todo: Vec<(usize, &CaseSpec)> = plan
         .cases
         .iter()
         .enumerate()
-        .filter(|(_, c)| !plan.sides.iter().all(|s| done.contains(&key_of(&plan, c, &s.label, s.api))))
+        .filter(|(_, c)| !plan.sides.iter().all(|s| done.contains(&key_of(&plan, c, &s.label, s.api, &text_label))))
         .collect();
     if todo.len() < plan.cases.len() {
         eprintln!("resuming: {} of {} cases already recorded", plan.cases.len() - todo.len(), plan.cases.len());

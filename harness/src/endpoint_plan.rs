@@ -260,8 +260,8 @@ pub fn case_of(plan: &Plan, case: &CaseSpec, label: &str) -> Case {
 }
 
 /// The record key of one side of an endpoint case.
-pub fn key_of(plan: &Plan, case: &CaseSpec, label: &str, api: Api) -> String {
-    format!("{}{}", case_of(plan, case, label).key(), endpoint::key_suffix(api.as_str(), case.max_tokens, &case.load))
+pub fn key_of(plan: &Plan, case: &CaseSpec, label: &str, api: Api, prompt_text: &str) -> String {
+    format!("{}{}", case_of(plan, case, label).key(), endpoint::key_suffix(api.as_str(), case.max_tokens, &case.load, prompt_text))
 }
 
 /// The record of one side of one case; `machine` is the tool and environment captured once
@@ -406,6 +406,7 @@ mod tests {
             target_prompt_tokens: case.context,
             prompt_fit: "calibrated".into(),
             max_tokens: case.max_tokens,
+            prompt_text: String::new(),
             slo: st.slo,
             planned_requests: st.requests,
             not_run: None,

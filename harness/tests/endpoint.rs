@@ -85,6 +85,18 @@ fn ab_run_records_both_sides_and_reports_the_ratio() {
     assert!(o2.status.success(), "{}", String::from_utf8_lossy(&o2.stderr));
     assert!(String::from_utf8_lossy(&o2.stderr).contains("4 of 4 cases already recorded"));
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 8);
+    // Each record names its prompt text (the shipped corpus by default), and the text is part
+    // of the key: resuming with other text measures every case again instead of mixing them.
+    for l in std::fs::read_to_string(&out).unwrap().lines() {
+        let r: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(r["endpoint"]["prompt_text"], "shakespeare", "{r}");
+        assert!(r["key"].as_str().unwrap().ends_with("|text=shakespeare"), "{}", r["key"]);
+    }
+    let o3 = Command::new(BIN).args(args).arg(&out).args(["--resume", "--no-report", "--prompt-text", "synthetic"]).output().unwrap();
+    assert!(o3.status.success(), "{}", String::from_utf8_lossy(&o3.stderr));
+    let after: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(after.len(), 16, "the synthetic-text cases are new cases");
+    assert_eq!(after.iter().filter(|r| r["endpoint"]["prompt_text"] == "synthetic").count(), 8);
     std::fs::remove_dir_all(&dir).ok();
 }
 

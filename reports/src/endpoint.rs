@@ -306,7 +306,7 @@ pub fn method_items() -> Vec<String> {
     vec![
         "Each case is one side (a labelled URL and model) at one phase, prompt length, output length and load, measured from the client (`ctxcost endpoint`): whole requests to a serving system, not one layer's attention.".into(),
         "Per request, from the client's monotonic clock: TTFT = actual send to the first chunk with generated text; E2E = actual send to the end of the stream; TPOT = (E2E - TTFT) / (N - 1) with N the server's usage.completion_tokens; ITL = gaps between text chunks (vLLM's definitions). Prefill cases send max_tokens = 1 and are summarised by TTFT; decode cases by TPOT.".into(),
-        "Prompts: a unique nonce first (no prefix-cache hits), then filler text. The server's usage.prompt_tokens is the measure of a prompt's length: without the served model's tokenizer, each target length is reached by probe requests refitted after every probe; a case whose measured median misses its target by more than 1% or 8 tokens (whichever is larger) is listed under data problems, and tables and charts show the measured length.".into(),
+        "Prompts: a unique nonce first (no prefix-cache hits), then text cut to the fitted length: the shipped public-domain corpus (Shakespeare's Julius Caesar and Macbeth) by default, synthetic filler words, or a file of the user's (`--prompt-text`; each record's `endpoint.prompt_text` names it, and it is part of the case key). The server's usage.prompt_tokens is the measure of a prompt's length: without the served model's tokenizer, each target length is reached by probe requests refitted after every probe; a case whose measured median misses its target by more than 1% or 8 tokens (whichever is larger) is listed under data problems, and tables and charts show the measured length.".into(),
         "Throughput: tokens over the case's wall time (first send to last end; under alt loads only the time the side had a request in flight). Goodput: requests per second that met every SLO given. Cost: API list prices applied to the server's token counts, and the GPU-hour price over the measured throughput, where given.".into(),
         "A/B: request i of both sides carried the same prompt text; B/A of medians with a paired bootstrap 95% CI (2000 resamples) over the requests both sides completed.".into(),
         "The model's geometry is not known to the client: records name the shape `endpoint` (and a placeholder precision) unless `--shape` was given.".into(),
@@ -436,6 +436,7 @@ mod tests {
             target_prompt_tokens: 1,
             prompt_fit: String::new(),
             max_tokens: 1,
+            prompt_text: String::new(),
             slo: Default::default(),
             planned_requests: 0,
             not_run: None,

@@ -418,6 +418,7 @@ impl Bench {
             target_prompt_tokens: case.context,
             prompt_fit: if side.tokenizer.is_some() { "tokenizer" } else { "calibrated" }.to_string(),
             max_tokens: case.max_tokens,
+            prompt_text: self.builder.text().key_label(),
             slo: st.slo,
             planned_requests: st.requests,
             not_run: None,

@@ -73,6 +73,19 @@ impl PromptText {
         }
     }
 
+    /// The text's name in records and keys: `shakespeare` (the shipped corpus), `synthetic`,
+    /// or `file:NAME` (the file's name, without `|` or spaces).
+    pub fn key_label(&self) -> String {
+        match self {
+            PromptText::Synthetic => "synthetic".into(),
+            PromptText::Corpus(c) if c.name == DEFAULT_CORPUS => "shakespeare".into(),
+            PromptText::Corpus(c) => {
+                let base = Path::new(&c.name).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| c.name.clone());
+                format!("file:{}", base.replace(['|', ' ', '\t'], "_"))
+            }
+        }
+    }
+
     /// What the text is, for terminal lines: `synthetic filler words`, or the corpus's name
     /// with its documents and words.
     pub fn describe(&self) -> String {
