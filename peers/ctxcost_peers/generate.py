@@ -95,12 +95,6 @@ def stream_base(seed, stream):
     return splitmix64((seed ^ ((stream * _STREAM_MUL) & MASK64)) & MASK64)
 
 
-def uniform_scalar(seed, stream, index):
-    """One value, computed with Python ints (slow; the definition the tests pin)."""
-    bits = splitmix64((stream_base(seed, stream) + index) & MASK64) >> 40
-    return float(np.float32(np.float32(bits) * np.float32(1.0 / 8388608.0) - np.float32(1.0)))
-
-
 def _signed(u):
     """A uint64 constant as the int64 with the same bits."""
     return u - (1 << 64) if u >= (1 << 63) else u
@@ -136,18 +130,6 @@ def uniform_np(seed, stream, index):
         bits = bits24_i64(stream_base(seed, stream), np.asarray(index, dtype=np.int64))
     # bits * 2^-23 - 1 == (bits - 2^23) * 2^-23, both exact in f32.
     return (bits - 8388608).astype(np.float32) * np.float32(1.0 / 8388608.0)
-
-
-def uniform_np_u64(seed, stream, index):
-    """The same values through numpy uint64 wraparound (an independent check of the int64 path)."""
-    with np.errstate(over="ignore"):
-        z = np.asarray(index, dtype=np.uint64) + np.uint64(stream_base(seed, stream))
-        z = z + np.uint64(_GOLDEN)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(_MUL1)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(_MUL2)
-        z = z ^ (z >> np.uint64(31))
-        bits = z >> np.uint64(40)
-    return bits.astype(np.float32) * np.float32(1.0 / 8388608.0) - np.float32(1.0)
 
 
 def uniform_torch(torch, seed, stream, start, count, device):
