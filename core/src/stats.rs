@@ -142,11 +142,18 @@ pub fn summarize(xs: &[f64]) -> Summary {
 /// together) and pairs are resampled jointly, which cancels slow machine drift; otherwise
 /// the two sets are resampled independently.
 pub fn ratio_ci(num: &[f64], den: &[f64]) -> Option<RatioCi> {
+    ratio_ci_with(num, den, num.len() == den.len())
+}
+
+/// [`ratio_ci`] with the pairing said by the caller: pairs are resampled jointly only when
+/// `paired` and both sets have the same length, else the two sets are resampled
+/// independently (same generator and seed as [`ratio_ci`]).
+pub fn ratio_ci_with(num: &[f64], den: &[f64], paired: bool) -> Option<RatioCi> {
     if num.is_empty() || den.is_empty() {
         return None;
     }
     let ratio = median(num) / median(den);
-    let paired = num.len() == den.len();
+    let paired = paired && num.len() == den.len();
     let mut rng = Rng(0x5EED_0002 ^ ((num.len() as u64) << 20) ^ den.len() as u64);
     let mut rs = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
     let (mut a, mut b) = (vec![0.0; num.len()], vec![0.0; den.len()]);
@@ -221,6 +228,10 @@ mod tests {
         // Unpaired (different lengths): the CI widens but still brackets the ratio.
         let r2 = ratio_ci(&num[..30], &den).unwrap();
         assert!(r2.lo < r2.ratio && r2.ratio < r2.hi);
+        // Same length but not paired: each set resampled on its own, so the CI opens up.
+        let r3 = ratio_ci_with(&num, &den, false).unwrap();
+        assert!(r3.lo < 0.49 && r3.hi > 0.51, "{r3:?}");
+        assert_eq!(ratio_ci_with(&num, &den, true), Some(r));
     }
 
     #[test]

@@ -187,39 +187,10 @@ pub fn lockstep(a: &LoadedRecord, b: &LoadedRecord) -> bool {
 }
 
 /// Ratio of medians `median(num) / median(den)` with its 95% CI: paired (sample i with sample
-/// i) when the two were sampled in lockstep, else an unpaired bootstrap.
+/// i) when the two were sampled in lockstep, else an unpaired bootstrap
+/// ([`stats::ratio_ci_with`]).
 pub fn ratio_ci(num: &[f64], den: &[f64], in_lockstep: bool) -> RatioCi {
-    let point = stats::median(num) / stats::median(den);
-    let fallback = RatioCi { ratio: point, lo: f64::NAN, hi: f64::NAN };
-    if in_lockstep && num.len() == den.len() {
-        return stats::ratio_ci(num, den).unwrap_or(fallback);
-    }
-    unpaired_ratio_ci(num, den).unwrap_or(fallback)
-}
-
-/// Unpaired bootstrap 95% CI of a ratio of medians: each set resampled on its own (2000
-/// resamples, fixed seed, so the numbers are reproducible from the raw samples).
-pub fn unpaired_ratio_ci(num: &[f64], den: &[f64]) -> Option<RatioCi> {
-    if num.is_empty() || den.is_empty() {
-        return None;
-    }
-    let mut state: u64 = 0x5EED_0004 ^ ((num.len() as u64) << 20) ^ den.len() as u64;
-    let mut below = |n: usize| {
-        state = state.wrapping_add(1);
-        (ctxcost_core::inputs::splitmix64(state) % n as u64) as usize
-    };
-    let (mut a, mut b) = (vec![0.0; num.len()], vec![0.0; den.len()]);
-    let mut rs = Vec::with_capacity(stats::BOOTSTRAP_RESAMPLES);
-    for _ in 0..stats::BOOTSTRAP_RESAMPLES {
-        for slot in a.iter_mut() {
-            *slot = num[below(num.len())];
-        }
-        for slot in b.iter_mut() {
-            *slot = den[below(den.len())];
-        }
-        rs.push(stats::median(&a) / stats::median(&b));
-    }
-    Some(RatioCi { ratio: stats::median(num) / stats::median(den), lo: stats::percentile(&rs, 2.5), hi: stats::percentile(&rs, 97.5) })
+    stats::ratio_ci_with(num, den, in_lockstep).unwrap_or(RatioCi { ratio: stats::median(num) / stats::median(den), lo: f64::NAN, hi: f64::NAN })
 }
 
 /// The ceilings a roofline is drawn against: device copy bandwidth (bytes read + written) and
