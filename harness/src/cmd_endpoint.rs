@@ -441,7 +441,7 @@ pub fn serve_mock(a: MockArgs) -> Result<ExitCode> {
         u => bail!("--usage `{u}`: choose vllm, deepseek or plain"),
     };
     let mut faults = BTreeMap::new();
-    for part in a.fault.as_deref().unwrap_or("").split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for part in crate::flags::split_list(a.fault.as_deref().unwrap_or("")) {
         let (n, kind) = part.split_once('=').ok_or_else(|| anyhow!("--fault `{part}`: write N=KIND, e.g. 3=500"))?;
         let n: usize = n.trim().parse().map_err(|_| anyhow!("--fault `{part}`: `{n}` is not a request number"))?;
         faults.insert(n, MockFault::parse(kind.trim()).map_err(|e| anyhow!("--fault: {e}"))?);

@@ -26,7 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use ctxcost_core::placement::{fingerprint, GpuSlot, Placement, Shard};
 use ctxcost_core::record::{Record, Status};
-use ctxcost_core::units::{format_tokens, parse_contexts, parse_duration_secs, parse_size};
+use ctxcost_core::units::{format_tokens, parse_contexts, parse_size};
 use ctxcost_core::{Backend, Phase, Precision};
 use ctxcost_engines::external::ExternalSpec;
 use ctxcost_engines::kernel_choice;
@@ -34,6 +34,7 @@ use ctxcost_engines::registry::{backend_of, cuda_available, engine_ids, method_o
 use ctxcost_workloads::{Sweep, PRESETS};
 
 use crate::envinfo::ListedGpu;
+use crate::flags::{duration_flag, no_repeats, split_list};
 use crate::point::Job;
 use crate::output::{write_report, OutputArgs};
 use crate::{envinfo, recordio, summary};
@@ -149,20 +150,6 @@ pub struct Plan {
     pub fingerprint: String,
 }
 
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
-}
-
-/// Refuse a list that names an item twice (it would measure the same case twice).
-fn no_repeats<T: PartialEq + std::fmt::Debug>(flag: &str, list: &[T]) -> Result<()> {
-    for (i, x) in list.iter().enumerate() {
-        if list[..i].contains(x) {
-            bail!("{flag}: {x:?} is listed twice; name each value once");
-        }
-    }
-    Ok(())
-}
-
 /// Merge flags, file and preset into a validated plan; every error names the flag and the fix.
 pub fn resolve(a: RunArgs) -> Result<Plan> {
     let mut sweep = match (&a.sweep, &a.preset) {
@@ -259,7 +246,7 @@ pub fn resolve(a: RunArgs) -> Result<Plan> {
         sweep.sampling.min_samples = sweep.sampling.min_samples.min(n);
     }
     if let Some(s) = &a.max_seconds {
-        sweep.sampling.max_seconds = parse_duration_secs(s).context("--max-seconds")?;
+        sweep.sampling.max_seconds = duration_flag("--max-seconds", s)?;
     }
     if let Some(w) = a.warmup {
         sweep.sampling.warmup = w;

@@ -19,6 +19,7 @@ mod cmd_merge;
 mod endpoint_plan;
 mod cmd_run;
 mod envinfo;
+mod flags;
 mod memory;
 mod point;
 mod output;
