@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::analysis::{Analysis, CostSettings, Yardstick};
+use crate::analysis::{Analysis, CostSettings};
 use crate::error::ReportError;
 use crate::load::RecordSet;
 use crate::reference::{ApiPrice, Fig3};
@@ -38,8 +38,6 @@ impl ReportOptions {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub options: ReportOptions,
-    /// What the verdict is measured against: engine pairs and ceilings.
-    pub yardstick: Yardstick,
     pub set: RecordSet,
     pub analysis: Analysis,
     pub fig3: Fig3,

@@ -77,7 +77,7 @@ pub fn build_from_set_with(set: RecordSet, options: &ReportOptions, yardstick: &
     let analysis = analysis::analyse(&set, &options.cost, yardstick, &fig3);
     let endpoints = crate::endpoint::analyse(&set);
     let inventory = crate::inventory::Inventory::of(&set);
-    Ok(Report { options: options.clone(), yardstick: yardstick.clone(), set, analysis, fig3, prices, prices_from, endpoints, inventory })
+    Ok(Report { options: options.clone(), set, analysis, fig3, prices, prices_from, endpoints, inventory })
 }
 
 /// What [`write`] produced.
