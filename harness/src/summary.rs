@@ -53,7 +53,7 @@ pub fn render(records: &[Record]) -> String {
             e.0.push(r);
         }
     }
-    let fastest = |rs: &[&'_ Record]| -> Option<f64> { rs.iter().filter_map(|r| r.median_ms()).fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.min(x)))) };
+    /// The fastest record of a method (the least median).
     fn best<'a>(rs: &[&'a Record]) -> Option<&'a Record> {
         let f = rs.iter().filter_map(|r| r.median_ms()).fold(f64::INFINITY, f64::min);
         rs.iter().copied().find(|r| r.median_ms() == Some(f))
@@ -88,7 +88,7 @@ pub fn render(records: &[Record]) -> String {
             if rs.len() < 2 {
                 continue;
             }
-            let f = fastest(rs).unwrap_or(f64::NAN);
+            let f = best(rs).and_then(|r| r.median_ms()).unwrap_or(f64::NAN);
             let mut sorted: Vec<&&Record> = rs.iter().collect();
             sorted.sort_by(|a, b| a.median_ms().partial_cmp(&b.median_ms()).unwrap_or(std::cmp::Ordering::Equal));
             let list: Vec<String> = sorted.iter().map(|r| format!("{} {} ms ({:.2})", engine_label(r), fmt_ms(r.median_ms().unwrap_or(f64::NAN)), f / r.median_ms().unwrap_or(f64::NAN))).collect();
@@ -159,7 +159,7 @@ pub fn render(records: &[Record]) -> String {
 #[cfg(test)]
 mod tests {
     use super::render;
-    use ctxcost_core::record::{Environment, Memory, Rates, Record, Status, Tool, SCHEMA_VERSION};
+    use ctxcost_core::record::{Environment, Record, Tool};
     use ctxcost_core::{Case, Method, ModelShape, Phase, Precision};
 
     fn rec(engine: &str, method: Method, ms: f64, verified: bool) -> Record {
@@ -175,30 +175,12 @@ mod tests {
             seed: 1,
             kernel: Default::default(),
         };
-        let samples = vec![ms, ms * 1.01, ms * 0.99, ms];
-        Record {
-            schema_version: SCHEMA_VERSION,
-            tool: Tool::default(),
-            env: Environment::default(),
-            key: case.key(),
-            engine: engine.into(),
-            case,
-            status: Status::Ok,
-            reason: None,
-            stats: Some(ctxcost_core::stats::summarize(&samples)),
-            samples_ms: samples,
-            components_ms: Default::default(),
-            timer: "t".into(),
-            warmup_runs: 1,
-            stop_rule: None,
-            work: Default::default(),
-            rates: Rates::default(),
-            memory: Memory::default(),
-            verification: Some(ctxcost_core::record::Verification { passed: verified, ..Default::default() }),
-            endpoint: None,
-            started_at: String::new(),
-            finished_at: String::new(),
-        }
+        let mut r = Record::new(&case, Tool::default(), Environment::default(), engine, "t", String::new());
+        r.samples_ms = vec![ms, ms * 1.01, ms * 0.99, ms];
+        r.stats = Some(ctxcost_core::stats::summarize(&r.samples_ms));
+        r.warmup_runs = 1;
+        r.verification = Some(ctxcost_core::record::Verification { passed: verified, ..Default::default() });
+        r
     }
 
     #[test]
