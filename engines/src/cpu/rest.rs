@@ -13,8 +13,7 @@ use ctxcost_core::rest::{input_value, plan, weight_value, Gemm};
 use ctxcost_core::{Case, Inputs, Precision};
 
 use super::ops::{backend, round_bf16};
-use crate::check::Rows;
-use crate::rest::{gather, spans, verify_rows};
+use crate::rest::{gather, spans};
 use crate::{Engine, EngineError, Output, Support, Timing};
 
 /// Host bytes above which `rest-cpu` refuses a case (operands and outputs as f32).
@@ -136,9 +135,6 @@ impl Engine for RestCpu {
         }
         Ok(Output { values, indices: None, sampled: None })
     }
-    fn verify_rows(&self, case: &Case) -> Rows {
-        verify_rows(case)
-    }
     fn release(&mut self) {
         self.prepared = None;
         self.last = None;
@@ -148,7 +144,7 @@ impl Engine for RestCpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check;
+    use crate::check::{self, Rows};
     use ctxcost_core::{Method, ModelShape, Phase};
 
     fn case(phase: Phase, batch: usize, q: usize, precision: Precision, ep: usize) -> Case {

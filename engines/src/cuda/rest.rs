@@ -18,8 +18,7 @@ use ctxcost_kernels::KernelId;
 
 use super::device::{device, driver_err, Device, EventTimer};
 use super::launch;
-use crate::check::Rows;
-use crate::rest::{picked, spans, verify_rows};
+use crate::rest::{picked, spans};
 use crate::{DeviceMemory, Engine, EngineError, Output, Support, Timing};
 
 /// Why `rest-cuda` cannot run a case here, if it cannot (no GPU first).
@@ -183,7 +182,7 @@ impl Engine for RestCuda {
         }
         let p = self.prepared.as_ref().expect("checked above");
         p.dev.sync("waiting for the GEMMs")?;
-        let rows = verify_rows(&p.case);
+        let rows = self.verify_rows(&p.case);
         let mut values = Vec::new();
         for (g, o) in p.gemms.iter().zip(&p.operands) {
             let (rs, cs) = picked(g, &rows);
@@ -197,9 +196,6 @@ impl Engine for RestCuda {
             }
         }
         Ok(Output { values, indices: None, sampled: None })
-    }
-    fn verify_rows(&self, case: &Case) -> Rows {
-        verify_rows(case)
     }
     fn device_memory(&self) -> Option<DeviceMemory> {
         self.memory
