@@ -722,7 +722,7 @@ pub fn analyse(set: &RecordSet, settings: &CostSettings, yardstick: &Yardstick, 
             }
         }
     }
-    let splits = precision_splits(set, &series);
+    let splits = precision_splits(&series);
     let mixed_env = set.env_labels().len() > 1;
     let warnings = warnings(set, &series, &pairs, &engines, mixed_env);
     Analysis { settings: settings.clone(), yardstick: yardstick.clone(), series, pairs, engines, splits, ceilings, warnings, mixed_env }
@@ -957,9 +957,8 @@ pub fn joint_bootstrap(points: &[(&[f64], &[f64], bool)], resamples: usize) -> V
 
 /// FP8 vs sparsity split wherever dense-bf16, dense-fp8 and dsa-fp8 share a point, from the
 /// verdict's series (the fastest verified engine of each cell).
-fn precision_splits(set: &RecordSet, series: &[Series]) -> Vec<PrecisionSplit> {
+fn precision_splits(series: &[Series]) -> Vec<PrecisionSplit> {
     let find = |k: &SeriesKey, p: Precision| series.iter().find(|s| s.key == SeriesKey { precision: p, ..k.clone() });
-    let engine = |i: usize| set.records[i].record.engine.clone();
     let mut out = Vec::new();
     for s16 in series.iter().filter(|s| s.key.precision == Precision::Bf16) {
         let Some(s8) = find(&s16.key, Precision::Fp8) else { continue };
@@ -970,17 +969,17 @@ fn precision_splits(set: &RecordSet, series: &[Series]) -> Vec<PrecisionSplit> {
             if d8 > d16 {
                 fp8_slower.push(format!(
                     "dense fp8 ({}) is {:.2}x slower than dense bf16 ({}): a kernel defect, not a property of FP8",
-                    engine(p8.dense_record),
+                    p8.dense_engine,
                     d8 / d16,
-                    engine(p16.dense_record)
+                    p16.dense_engine
                 ));
             }
             if sp8 > sp16 {
                 fp8_slower.push(format!(
                     "DSA fp8 ({}) is {:.2}x slower than DSA bf16 ({}): a kernel defect, not a property of FP8",
-                    engine(p8.dsa_record),
+                    p8.dsa_engine,
                     sp8 / sp16,
-                    engine(p16.dsa_record)
+                    p16.dsa_engine
                 ));
             }
             out.push(PrecisionSplit {
@@ -994,10 +993,10 @@ fn precision_splits(set: &RecordSet, series: &[Series]) -> Vec<PrecisionSplit> {
                 dense_fp8_usd: d8,
                 dsa_fp8_usd: sp8,
                 dsa_bf16_usd: Some(sp16),
-                dense_bf16_engine: engine(p16.dense_record),
-                dense_fp8_engine: engine(p8.dense_record),
-                dsa_fp8_engine: engine(p8.dsa_record),
-                dsa_bf16_engine: Some(engine(p16.dsa_record)),
+                dense_bf16_engine: p16.dense_engine.clone(),
+                dense_fp8_engine: p8.dense_engine.clone(),
+                dsa_fp8_engine: p8.dsa_engine.clone(),
+                dsa_bf16_engine: Some(p16.dsa_engine.clone()),
                 total_saving: 1.0 - sp8 / d16,
                 from_fp8: 1.0 - d8 / d16,
                 from_sparsity: (d8 - sp8) / d16,
@@ -1021,9 +1020,9 @@ fn warnings(set: &RecordSet, series: &[Series], pairs: &[Series], engines: &[Eng
         for (method, side) in [(Method::Dense, 0), (Method::Dsa, 1)] {
             let mut slow: BTreeMap<(String, String), Vec<(usize, f64)>> = BTreeMap::new();
             for p in &s.points {
-                let (rec, (share, fastest)) = if side == 0 { (p.dense_record, &p.dense_share) } else { (p.dsa_record, &p.dsa_share) };
+                let (engine, (share, fastest)) = if side == 0 { (&p.dense_engine, &p.dense_share) } else { (&p.dsa_engine, &p.dsa_share) };
                 if *share < SLOW_ENGINE_SHARE {
-                    slow.entry((set.records[rec].record.engine.clone(), fastest.clone())).or_default().push((p.context, *share));
+                    slow.entry((engine.clone(), fastest.clone())).or_default().push((p.context, *share));
                 }
             }
             for ((engine, fastest), at) in slow {
@@ -1082,7 +1081,7 @@ fn warnings(set: &RecordSet, series: &[Series], pairs: &[Series], engines: &[Eng
                 p.attn_ratio.ratio,
                 p.roofline.ratio,
                 fmt_tokens(p.context as f64),
-                set.records[p.dense_record].record.engine
+                p.dense_engine
             ));
         }
     }
