@@ -750,7 +750,7 @@ fn engines_by_context(set: &RecordSet, m: &BTreeMap<usize, usize>) -> String {
     if by.len() <= 1 {
         return by.pop().map(|x| x.0).unwrap_or_default();
     }
-    by.iter().map(|(e, cs)| format!("{e} at {}", cs.iter().map(|c| fmt_tokens(*c as f64)).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join("; ")
+    by.iter().map(|(e, cs)| format!("{e} at {}", fmt_contexts(cs))).collect::<Vec<_>>().join("; ")
 }
 
 fn build_series(

@@ -6,7 +6,7 @@
 use ctxcost_core::record::Status;
 use ctxcost_core::Phase;
 
-use crate::format::fmt_tokens;
+use crate::format::{fmt_contexts, fmt_tokens};
 use crate::analysis::{BreakEven, Crossing, Series};
 use crate::charts::{Chart, ChartKind};
 use crate::reference::FIG3_CITATION;
@@ -354,7 +354,7 @@ fn verdict_section(r: &Report) -> Vec<Block> {
                     if s.points.is_empty() {
                         "not measured".into()
                     } else {
-                        s.points.iter().map(|p| fmt_tokens(p.context as f64)).collect::<Vec<_>>().join(", ")
+                        fmt_contexts(&s.contexts())
                     },
                     be_text(&s.break_evens.attn_half),
                     be_text(&s.break_evens.attn_one),
