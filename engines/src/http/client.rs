@@ -153,11 +153,6 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// Parse a URL (re-exported so callers need no HTTP crate of their own).
-pub fn parse_url(raw: &str) -> Result<reqwest::Url, String> {
-    reqwest::Url::parse(raw).map_err(|e| e.to_string())
-}
-
 /// One model of a server's `/v1/models`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelInfo {
