@@ -387,16 +387,14 @@ impl Bench {
         let mut logs = if eps.is_empty() { vec![] } else { load::run_case(&eps, bodies, &spec, progress).await }.into_iter();
         let mut out = Vec::new();
         for (s, fit) in fits.into_iter().enumerate() {
-            let mut blk = match fit {
+            out.push(match fit {
                 Ok(_) => self.block(s, case, logs.next().unwrap_or_default()),
                 Err(why) => {
                     let mut b = self.block(s, case, vec![]);
                     b.not_run = Some(why);
                     b
                 }
-            };
-            blk.planned_requests = st.requests;
-            out.push(blk);
+            });
         }
         Ok(out)
     }
