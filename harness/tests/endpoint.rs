@@ -3,7 +3,7 @@
 #![cfg(feature = "http")]
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ctxcost");
@@ -154,19 +154,20 @@ fn read_back(path: &std::path::Path) -> Vec<ctxcost_core::record::Record> {
         .collect()
 }
 
+/// `ctxcost endpoint` against the mock at `url` (model `mock`, no warm-up) with `args`,
+/// recording to `out`: its exit status, stdout and stderr.
+fn endpoint_on(url: &str, args: &[&str], out: &Path) -> (std::process::ExitStatus, String, String) {
+    let o = Command::new(BIN).args(["endpoint", "--a", url, "--a-model", "mock", "--warmup", "0"]).args(args).arg("--out").arg(out).output().unwrap();
+    (o.status, String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
 #[test]
 fn buffered_streams_give_records_that_read_back_and_compare() {
     let m = mock(&["--ttft-ms", "5", "--tpot-ms", "1", "--buffered"]);
     let dir = tmp("buffered");
     let out = dir.join("b.jsonl");
-    let o = Command::new(BIN)
-        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "256", "--phase", "decode", "--output-tokens", "6"])
-        .args(["--requests", "3", "--warmup", "0", "--slo", "tpot=50ms", "--no-report", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (status, stdout, stderr) = endpoint_on(&m.url, &["--contexts", "256", "--phase", "decode", "--output-tokens", "6", "--requests", "3", "--slo", "tpot=50ms", "--no-report"], &out);
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let recs = read_back(&out);
     assert_eq!(recs.len(), 1);
     let e = recs[0].endpoint.as_ref().unwrap();
@@ -260,16 +261,8 @@ fn endpoint_only_runs_get_endpoint_reports_and_a_refused_length_fails_alone() {
     let m = mock(&["--ttft-ms", "2", "--tpot-ms", "1", "--token-growth", "0.05", "--max-model-len", "65536", "--unlisted-limit", "--usage", "plain"]);
     let dir = tmp("shaped");
     let (out, report) = (dir.join("e.jsonl"), dir.join("rep"));
-    let o = Command::new(BIN)
-        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "1k,2k,128k", "--phase", "prefill", "--requests", "3"])
-        .args(["--warmup", "0", "--timeout", "30s", "--report-dir"])
-        .arg(&report)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.status.code(), Some(1), "one failed case: exit 1\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    let (status, stdout, stderr) = endpoint_on(&m.url, &["--contexts", "1k,2k,128k", "--phase", "prefill", "--requests", "3", "--timeout", "30s", "--report-dir", report.to_str().unwrap()], &out);
+    assert_eq!(status.code(), Some(1), "one failed case: exit 1\nstdout:\n{stdout}\nstderr:\n{stderr}");
     let recs = read_back(&out);
     assert_eq!(recs.len(), 3, "{stderr}");
     for r in &recs {
@@ -329,18 +322,9 @@ fn a_missed_prompt_length_is_flagged_everywhere() {
     )
     .unwrap();
     let (out, report) = (dir.join("m.jsonl"), dir.join("rep"));
-    let o = Command::new(BIN)
-        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "256,4k", "--phase", "prefill", "--requests", "2", "--warmup", "0"])
-        .arg("--tokenizer")
-        .arg(&tok)
-        .arg("--report-dir")
-        .arg(&report)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let args = ["--contexts", "256,4k", "--phase", "prefill", "--requests", "2", "--tokenizer", tok.to_str().unwrap(), "--report-dir", report.to_str().unwrap()];
+    let (status, stdout, stderr) = endpoint_on(&m.url, &args, &out);
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let recs = read_back(&out);
     let short = recs.iter().find(|r| r.case.context == 256).unwrap();
     let p = short.endpoint.as_ref().unwrap().metrics.prompt_check.unwrap();
@@ -360,14 +344,8 @@ fn a_case_stopped_by_max_seconds_says_sent_of_planned() {
     let m = mock(&["--ttft-ms", "400", "--tpot-ms", "1"]);
     let dir = tmp("stopped");
     let out = dir.join("s.jsonl");
-    let o = Command::new(BIN)
-        .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "256", "--phase", "prefill", "--requests", "6"])
-        .args(["--warmup", "0", "--max-seconds", "1s", "--no-report", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (status, stdout, stderr) = endpoint_on(&m.url, &["--contexts", "256", "--phase", "prefill", "--requests", "6", "--max-seconds", "1s", "--no-report"], &out);
+    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     let recs = read_back(&out);
     let e = recs[0].endpoint.as_ref().unwrap();
     assert!(e.metrics.requests < 6 && e.planned_requests == 6, "{} sent", e.metrics.requests);
@@ -412,14 +390,8 @@ fn real_text_synthetic_and_a_file_hit_every_length() {
     std::fs::write(&file, "Four score and seven years ago our fathers brought forth on this continent,\na new nation.\n".repeat(30)).unwrap();
     for (text, shown) in [("default", "Shakespeare"), ("synthetic", "synthetic filler words"), (file.to_str().unwrap(), "speech.txt")] {
         let out = dir.join(format!("{}.jsonl", shown.replace(' ', "-")));
-        let o = Command::new(BIN)
-            .args(["endpoint", "--a", &m.url, "--a-model", "mock", "--contexts", "300,3k", "--phase", "prefill", "--requests", "2"])
-            .args(["--warmup", "0", "--no-report", "--prompt-text", text, "--out"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success(), "{text}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        let (status, stdout, stderr) = endpoint_on(&m.url, &["--contexts", "300,3k", "--phase", "prefill", "--requests", "2", "--no-report", "--prompt-text", text], &out);
+        assert!(status.success(), "{text}: stdout:\n{stdout}\nstderr:\n{stderr}");
         // The calibration line names the text.
         assert!(stderr.lines().any(|l| l.starts_with("prompt length on") && l.contains("text: ") && l.contains(shown)), "{text}: {stderr}");
         let recs = read_back(&out);
