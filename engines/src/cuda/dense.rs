@@ -150,17 +150,9 @@ impl DenseCuda {
             Phase::Decode => &[InputTensor::MqaQ, InputTensor::Latent],
         };
         inputs.check(case, needed).map_err(|e| EngineError::Unsupported(e.to_string()))?;
-        let (free_before, _) = dev.mem_info()?;
         let need = device_bytes(case, dev.sm_count as usize);
         // Keep room for the L2 flush buffer and the driver's own allocations.
-        let reserve = 2 * dev.l2_bytes as u64 + (256 << 20);
-        if need + reserve > free_before {
-            return Err(EngineError::OutOfMemory(format!(
-                "case needs {:.2} GiB of device memory, {:.2} GiB free",
-                need as f64 / (1u64 << 30) as f64,
-                free_before as f64 / (1u64 << 30) as f64
-            )));
-        }
+        let free_before = dev.room_for(need, 256 << 20, "case", "")?;
         let (b, h, l, ql) = (case.batch, s.heads, case.context, case.query_len);
         let scale_log2 = (s.softmax_scale() * std::f64::consts::LOG2_E) as f32;
         let seed = inputs.seed;
@@ -240,9 +232,7 @@ impl DenseCuda {
                 Work::Decode { dims, f, combine, tmap, q, cache, out, ws_o, ws_ml }
             }
         };
-        dev.sync("generating inputs")?;
-        let (free_after, _) = dev.mem_info()?;
-        self.memory = Some(DeviceMemory { peak_allocated: need, free_before: Some(free_before), free_after: Some(free_after) });
+        self.memory = Some(dev.prepared_memory("generating inputs", need, free_before)?);
         let timer = EventTimer::new(&dev, 2)?;
         self.prepared = Some(Prepared { dev, work, timer, ran: false });
         Ok(())

@@ -14,7 +14,7 @@ use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice
 use cudarc::nvrtc::{CompileError, CompileOptions};
 use ctxcost_kernels::KernelId;
 
-use crate::EngineError;
+use crate::{DeviceMemory, EngineError};
 
 /// A plain error message, boxed into [`EngineError::Backend`].
 #[derive(Debug)]
@@ -113,6 +113,29 @@ impl Device {
     pub fn mem_info(&self) -> Result<(u64, u64), EngineError> {
         let (free, total) = self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))?;
         Ok((free as u64, total as u64))
+    }
+
+    /// Free device memory before a case allocates `need` bytes, or `OutOfMemory` when `need`
+    /// does not fit beside the L2 flush buffer and `headroom` bytes for the driver. The
+    /// message reads `{what} needs X GiB of device memory, Y GiB free{hint}`.
+    pub fn room_for(&self, need: u64, headroom: u64, what: &str, hint: &str) -> Result<u64, EngineError> {
+        let (free_before, _) = self.mem_info()?;
+        if need + 2 * self.l2_bytes as u64 + headroom > free_before {
+            return Err(EngineError::OutOfMemory(format!(
+                "{what} needs {:.2} GiB of device memory, {:.2} GiB free{hint}",
+                need as f64 / (1u64 << 30) as f64,
+                free_before as f64 / (1u64 << 30) as f64
+            )));
+        }
+        Ok(free_before)
+    }
+
+    /// Wait for a case's inputs to be written (`context` names that work in an error), then
+    /// its memory figures: `need` bytes held, free memory before ([`Device::room_for`]) and now.
+    pub fn prepared_memory(&self, context: &str, need: u64, free_before: u64) -> Result<DeviceMemory, EngineError> {
+        self.sync(context)?;
+        let (free_after, _) = self.mem_info()?;
+        Ok(DeviceMemory { peak_allocated: need, free_before: Some(free_before), free_after: Some(free_after) })
     }
 
     /// A kernel entry point, compiling its source with NVRTC on first use (cached by

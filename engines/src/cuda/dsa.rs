@@ -167,16 +167,8 @@ impl DsaCuda {
         let s = &case.shape;
         let needed = [InputTensor::IndexQ, InputTensor::IndexK, InputTensor::IndexW, InputTensor::MqaQ, InputTensor::Latent];
         inputs.check(case, &needed).map_err(|e| EngineError::Unsupported(e.to_string()))?;
-        let (free_before, _) = dev.mem_info()?;
         let need = dsa_device_bytes(case);
-        let reserve = 2 * dev.l2_bytes as u64 + (256 << 20);
-        if need + reserve > free_before {
-            return Err(EngineError::OutOfMemory(format!(
-                "case needs {:.2} GiB of device memory, {:.2} GiB free",
-                need as f64 / (1u64 << 30) as f64,
-                free_before as f64 / (1u64 << 30) as f64
-            )));
-        }
+        let free_before = dev.room_for(need, 256 << 20, "case", "")?;
         let fp8 = case.precision == Precision::Fp8;
         let (b, h, l, q) = (case.batch, s.heads, case.context, case.query_len);
         let lp = scores_stride(l);
@@ -296,9 +288,7 @@ impl DsaCuda {
         launch::fill_bytes(&dev, &mut bufs.scores, 0xFF)?;
         launch::fill_bytes(&dev, &mut bufs.sel, 0x7F)?;
         launch::fill_bytes(&dev, &mut bufs.out, 0xFF)?;
-        dev.sync("generating the DSA inputs")?;
-        let (free_after, _) = dev.mem_info()?;
-        self.memory = Some(DeviceMemory { peak_allocated: need, free_before: Some(free_before), free_after: Some(free_after) });
+        self.memory = Some(dev.prepared_memory("generating the DSA inputs", need, free_before)?);
         let timer = EventTimer::new(&dev, 3)?;
         self.prepared = Some(Prepared { dev, dims, kernels, bufs, timer, ran: false });
         Ok(())

@@ -96,16 +96,8 @@ impl RestCuda {
             return Err(EngineError::Unsupported("rest cases use seeded operands only (no --tensors)".into()));
         }
         let dev = device().map_err(EngineError::Unsupported)?;
-        let (free_before, _) = dev.mem_info()?;
         let need = rest_device_bytes(case);
-        let reserve = 2 * dev.l2_bytes as u64 + (512 << 20);
-        if need + reserve > free_before {
-            return Err(EngineError::OutOfMemory(format!(
-                "the rest of the layer needs {:.2} GiB of device memory, {:.2} GiB free (a higher --ep holds fewer experts)",
-                need as f64 / (1u64 << 30) as f64,
-                free_before as f64 / (1u64 << 30) as f64
-            )));
-        }
+        let free_before = dev.room_for(need, 512 << 20, "the rest of the layer", " (a higher --ep holds fewer experts)")?;
         let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| EngineError::backend("cublasCreate", e))?;
         let gen = dev.function(KernelId::Generate, "gen_bf16", &[])?;
         let gemms = plan(case);
@@ -124,9 +116,7 @@ impl RestCuda {
             operands.push(Operands { input, weight, out });
         }
         let timer = EventTimer::new(&dev, spans(&gemms).len())?;
-        dev.sync("generating the rest operands")?;
-        let (free_after, _) = dev.mem_info()?;
-        self.memory = Some(DeviceMemory { peak_allocated: need, free_before: Some(free_before), free_after: Some(free_after) });
+        self.memory = Some(dev.prepared_memory("generating the rest operands", need, free_before)?);
         self.prepared = Some(Prepared { dev, blas, case: case.clone(), gemms, operands, timer, ran: false });
         Ok(())
     }
