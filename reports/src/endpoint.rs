@@ -15,7 +15,7 @@ use ctxcost_core::record::Record;
 use ctxcost_core::stats::{ratio_ci, RatioCi};
 use ctxcost_core::{Phase, PointKey};
 
-use crate::format::fmt_tokens;
+use crate::format::{fmt_ratio_ci, fmt_tokens};
 use crate::load::RecordSet;
 
 /// One side of one case, owned: tables, charts and verdicts read it, never the records.
@@ -148,10 +148,7 @@ pub fn analyse(set: &RecordSet) -> EndpointAnalysis {
 }
 
 fn ci(r: &Option<RatioCi>) -> String {
-    match r {
-        Some(r) => format!("{:.3} [{:.3}, {:.3}]", r.ratio, r.lo, r.hi),
-        None => "n/a".into(),
-    }
+    r.as_ref().map_or_else(|| "n/a".into(), |r| fmt_ratio_ci(r, 3))
 }
 
 /// One sentence per A/B series (phase, load, output length): B/A at every measured prompt

@@ -1,6 +1,8 @@
 //! Formatters of the reports crate, one per unit, at the bottom of the crate so that every
 //! file may use them.
 
+use ctxcost_core::stats::RatioCi;
+
 /// Format a token count: `1K`, `3.4K`, `128K`, `1.5M`, `700`.
 pub fn fmt_tokens(x: f64) -> String {
     if !x.is_finite() {
@@ -21,4 +23,9 @@ pub fn fmt_tokens(x: f64) -> String {
 /// A list of contexts: `4K, 16K`.
 pub fn fmt_contexts(cs: &[usize]) -> String {
     cs.iter().map(|c| fmt_tokens(*c as f64)).collect::<Vec<_>>().join(", ")
+}
+
+/// A ratio with its 95% CI at `decimals` places: `0.250 [0.240, 0.260]`.
+pub fn fmt_ratio_ci(r: &RatioCi, decimals: usize) -> String {
+    format!("{:.decimals$} [{:.decimals$}, {:.decimals$}]", r.ratio, r.lo, r.hi)
 }

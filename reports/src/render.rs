@@ -6,7 +6,7 @@
 use ctxcost_core::record::Status;
 use ctxcost_core::Phase;
 
-use crate::format::{fmt_contexts, fmt_tokens};
+use crate::format::{fmt_contexts, fmt_ratio_ci, fmt_tokens};
 use crate::analysis::{BreakEven, Crossing, Series};
 use crate::charts::{Chart, ChartKind};
 use crate::reference::FIG3_CITATION;
@@ -38,10 +38,6 @@ pub fn sig(x: f64, n: usize) -> String {
     let mag = x.abs().log10().floor() as i32;
     let decimals = (n as i32 - 1 - mag).max(0) as usize;
     format!("{x:.decimals$}")
-}
-
-fn ci(r: &ctxcost_core::stats::RatioCi) -> String {
-    format!("{:.3} [{:.3}, {:.3}]", r.ratio, r.lo, r.hi)
 }
 
 fn opt(x: Option<f64>) -> String {
@@ -271,7 +267,7 @@ fn verdict_section(r: &Report) -> Vec<Block> {
                             fmt_tokens(p.context as f64),
                             dsa.to_string(),
                             dense.to_string(),
-                            ci(&p.attn_ratio),
+                            fmt_ratio_ci(&p.attn_ratio, 3),
                             if p.lockstep { "paired".into() } else { "unpaired: not sampled in lockstep".into() },
                             format!("{:.3}", p.roofline.ratio),
                             opt(p.fig3_ratio),
@@ -291,7 +287,7 @@ fn verdict_section(r: &Report) -> Vec<Block> {
                     format!("{} {}", s.key.phase, label(r, s)),
                     s.pairing.label(),
                     fmt_tokens(p.context as f64),
-                    ci(&p.attn_ratio),
+                    fmt_ratio_ci(&p.attn_ratio, 3),
                     if p.lockstep { "paired".into() } else { "unpaired: not sampled in lockstep".into() },
                     format!("{:.3}", p.roofline.ratio),
                     share(&p.dsa_share),
@@ -358,7 +354,7 @@ fn verdict_section(r: &Report) -> Vec<Block> {
                     },
                     be_text(&s.break_evens.attn_half),
                     be_text(&s.break_evens.attn_one),
-                    last.map(|p| format!("{}: {}", fmt_tokens(p.context as f64), ci(&p.attn_ratio))).unwrap_or_else(|| "not measured".into()),
+                    last.map(|p| format!("{}: {}", fmt_tokens(p.context as f64), fmt_ratio_ci(&p.attn_ratio, 3))).unwrap_or_else(|| "not measured".into()),
                     last.map(|p| opt(p.fig3_ratio)).unwrap_or_default(),
                 ]
             })
@@ -405,12 +401,12 @@ Attention-only: measured. Whole model: attention x layers plus the rest of the m
                         fmt_tokens(p.context as f64),
                         format!("{} (n={})", sig(p.dense.median_ms, 4), p.dense.n_samples),
                         format!("{} (n={})", sig(p.dsa.median_ms, 4), p.dsa.n_samples),
-                        ci(&p.attn_ratio),
+                        fmt_ratio_ci(&p.attn_ratio, 3),
                         p.verdict.wording(),
                         p.verdict.band.as_str().into(),
-                        ci(&p.model_ratio),
-                        ci(&p.attn_request_ratio),
-                        ci(&p.model_request_ratio),
+                        fmt_ratio_ci(&p.model_ratio, 3),
+                        fmt_ratio_ci(&p.attn_request_ratio, 3),
+                        fmt_ratio_ci(&p.model_request_ratio, 3),
                         opt(p.fig3_ratio),
                         opt(p.fig3_request_ratio),
                     ]

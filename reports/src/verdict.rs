@@ -10,7 +10,7 @@
 
 use ctxcost_core::Phase;
 
-use crate::format::fmt_tokens;
+use crate::format::{fmt_ratio_ci, fmt_tokens};
 use crate::analysis::{crossing, Analysis, Crossing, Pairing, Series};
 use crate::endpoint::EndpointAnalysis;
 use crate::inventory::Inventory;
@@ -23,10 +23,6 @@ pub fn fig3_crossing(fig3: &Fig3, phase: Phase, t: f64) -> Crossing {
     let xs: Vec<usize> = pts.iter().map(|p| p.0).collect();
     let ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
     crossing(&xs, &ys, t)
-}
-
-fn r3(r: &ctxcost_core::stats::RatioCi) -> String {
-    format!("{:.2} [{:.2}, {:.2}]", r.ratio, r.lo, r.hi)
 }
 
 /// Below this many samples per engine a bootstrap CI is flagged as rough.
@@ -130,7 +126,7 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
             let best = s.points.iter().min_by(|a, b| a.attn_ratio.ratio.total_cmp(&b.attn_ratio.ratio)).unwrap();
             out.push_str(&format!(
                 "{head}: does not hold at any measured context ({range}); lowest ratio {} at {}",
-                r3(&best.attn_ratio),
+                fmt_ratio_ci(&best.attn_ratio, 2),
                 fmt_tokens(best.context as f64)
             ));
         }
@@ -138,7 +134,7 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
     out.push_str(&format!(
         "; ratio at {}: {} (CI {}); roofline bound there: {:.2}",
         fmt_tokens(last.context as f64),
-        r3(&last.attn_ratio),
+        fmt_ratio_ci(&last.attn_ratio, 2),
         if last.lockstep { "paired" } else { "unpaired: not sampled in lockstep" },
         last.roofline.ratio
     ));
@@ -170,8 +166,8 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
     out.push_str(&format!(
         "; per request of {}: {}; whole model (modelled): {}",
         fmt_tokens(last.context as f64),
-        r3(&last.attn_request_ratio),
-        r3(&last.model_ratio)
+        fmt_ratio_ci(&last.attn_request_ratio, 2),
+        fmt_ratio_ci(&last.model_ratio, 2)
     ));
     let fig_half = fig3_crossing(fig3, s.key.phase, 0.5);
     match last.fig3_ratio {
