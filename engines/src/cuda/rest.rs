@@ -138,11 +138,7 @@ impl Engine for RestCuda {
     fn prepare(&mut self, case: &Case, inputs: &Inputs) -> Result<(), EngineError> {
         self.release();
         self.memory = None;
-        let r = self.prepare_inner(case, inputs);
-        if r.is_err() {
-            self.release();
-        }
-        r
+        self.prepare_inner(case, inputs)
     }
     fn run(&mut self) -> Result<Timing, EngineError> {
         let p = self.prepared.as_mut().ok_or_else(|| EngineError::State("rest-cuda: run before prepare".into()))?;
