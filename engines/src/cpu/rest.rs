@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use ctxcost_core::rest::{input_value, plan, weight_value, Gemm};
+use ctxcost_core::rest::{input_value, plan, weight_value, Component, Gemm};
 use ctxcost_core::{Case, Inputs, Precision};
 
 use super::ops::{backend, round_bf16};
@@ -46,6 +46,8 @@ fn unsupported(case: &Case) -> Option<String> {
 struct Prepared {
     case: Case,
     gemms: Vec<Gemm>,
+    /// The component spans of `gemms` ([`spans`]), timed one by one.
+    spans: Vec<(Component, usize, usize)>,
     /// Per GEMM: input `[batch, m, k]` and weight `[batch, k, n]`.
     operands: Vec<(Tensor, Tensor)>,
 }
@@ -101,15 +103,15 @@ impl Engine for RestCpu {
         }
         let gemms = plan(case);
         let operands = gemms.iter().map(|g| Ok((tensor(case, g, false)?, tensor(case, g, true)?))).collect::<Result<Vec<_>, EngineError>>()?;
-        self.prepared = Some(Prepared { case: case.clone(), gemms, operands });
+        self.prepared = Some(Prepared { case: case.clone(), spans: spans(&gemms), gemms, operands });
         Ok(())
     }
     fn run(&mut self) -> Result<Timing, EngineError> {
         let p = self.prepared.as_ref().ok_or_else(|| EngineError::State("rest-cpu: run before prepare".into()))?;
         let mut outs = Vec::with_capacity(p.gemms.len());
-        let mut components = Vec::new();
+        let mut components = Vec::with_capacity(p.spans.len());
         let start = Instant::now();
-        for (component, first, end) in spans(&p.gemms) {
+        for &(component, first, end) in &p.spans {
             let t0 = Instant::now();
             for (x, w) in &p.operands[first..end] {
                 outs.push(x.matmul(w).map_err(backend("rest GEMM"))?);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::CudaSlice;
-use ctxcost_core::rest::{plan, Gemm};
+use ctxcost_core::rest::{plan, Component, Gemm};
 use ctxcost_core::{Case, Inputs, Precision};
 use ctxcost_kernels::KernelId;
 
@@ -70,6 +70,8 @@ struct Prepared {
     blas: CudaBlas,
     case: Case,
     gemms: Vec<Gemm>,
+    /// The component spans of `gemms` ([`spans`]), one timing mark each.
+    spans: Vec<(Component, usize, usize)>,
     operands: Vec<Operands>,
     timer: EventTimer,
     ran: bool,
@@ -115,9 +117,10 @@ impl RestCuda {
             launch::fill_bytes(&dev, &mut out, 0xFF)?;
             operands.push(Operands { input, weight, out });
         }
-        let timer = EventTimer::new(&dev, spans(&gemms).len())?;
+        let spans = spans(&gemms);
+        let timer = EventTimer::new(&dev, spans.len())?;
         self.memory = Some(dev.prepared_memory("generating the rest operands", need, free_before)?);
-        self.prepared = Some(Prepared { dev, blas, case: case.clone(), gemms, operands, timer, ran: false });
+        self.prepared = Some(Prepared { dev, blas, case: case.clone(), gemms, spans, operands, timer, ran: false });
         Ok(())
     }
 }
@@ -143,7 +146,7 @@ impl Engine for RestCuda {
     fn run(&mut self) -> Result<Timing, EngineError> {
         let p = self.prepared.as_mut().ok_or_else(|| EngineError::State("rest-cuda: run before prepare".into()))?;
         let dev = p.dev.clone();
-        let spans = spans(&p.gemms);
+        let spans = &p.spans;
         dev.flush_l2()?;
         p.timer.start(&dev)?;
         for (i, &(_, first, end)) in spans.iter().enumerate() {
