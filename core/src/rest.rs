@@ -30,12 +30,22 @@
 //! `uniform(seed, stream, index)` with the streams of [`Gemm`] (from 0x100 up; the attention
 //! tensors use streams 1 to 8).
 //!
+//! FP8 (`fp8` cases, DeepSeek-V3's recipe): the GEMMs [`Gemm::fp8`] marks run block-scaled
+//! FP8 e4m3 with fp32 accumulation and a bf16 output. Weights are an FP8 checkpoint: e4m3 codes
+//! ([`fp8_weight_code`]) with one fp32 scale per 128 x 128 block ([`fp8_weight_scale`]), both
+//! from the generator. Activations are the bf16 inputs quantised by the engine, inside the
+//! timed span, in groups of 1 x 128 along k: scale = max(amax, 1e-12) / 448 (fp32), code =
+//! e4m3(x / scale) rounded to nearest even ([`fp8_quantise_row`]). The absorbed per-head
+//! products, the router, the indexer's head weights and the LM head stay bf16, as in
+//! DeepSeek's inference code (it keeps those weights in bf16 and multiplies the absorbed
+//! products with dequantised weights).
+//!
 //! Whole model ([`model_ms`]): `layers x (mla_proj + indexer_proj) + moe_layers x (router +
 //! moe) + dense_layers x dense_mlp + head`, from one run's component times.
 
 use crate::analytic::Work;
 use crate::inputs::uniform;
-use crate::numeric::round_bf16;
+use crate::numeric::{e4m3_scale, round_bf16, round_e4m3, ScaleKind, E4M3_MAX};
 use crate::{Case, Phase, Precision};
 
 /// Which part of the layer a GEMM belongs to (the record's `components_ms` names).
@@ -85,6 +95,18 @@ pub struct Gemm {
     pub n: usize,
     pub weight_stream: u64,
     pub input_stream: u64,
+    /// Runs block-scaled FP8 (only in `fp8` cases, only on unbatched GEMMs; see the module
+    /// doc); otherwise bf16 (or f32 in `f32` cases).
+    pub fp8: bool,
+}
+
+/// Edge of an FP8 scale block: 1 x 128 activation groups, 128 x 128 weight blocks.
+pub const FP8_BLOCK: usize = 128;
+
+/// The GEMMs an `fp8` case runs in FP8: every linear layer except the absorbed per-head
+/// products, the router, the indexer's head weights and the LM head.
+fn runs_fp8(name: &str) -> bool {
+    !matches!(name, "q_absorb" | "o_absorb" | "index_w" | "router" | "lm_head")
 }
 
 impl Gemm {
@@ -95,6 +117,61 @@ impl Gemm {
     pub fn elements(&self) -> (usize, usize, usize) {
         (self.batch * self.m * self.k, self.batch * self.k * self.n, self.batch * self.m * self.n)
     }
+    /// 128-element blocks along k and along n (the last ones partial).
+    pub fn blocks(&self) -> (usize, usize) {
+        (self.k.div_ceil(FP8_BLOCK), self.n.div_ceil(FP8_BLOCK))
+    }
+    /// Bytes moved once each: input, weight and output at the GEMM's precision (an FP8 GEMM
+    /// also reads its bf16 input once to quantise it, and writes bf16).
+    pub fn bytes(&self, precision: Precision) -> f64 {
+        let (i, w, o) = self.elements();
+        let (i, w, o) = (i as f64, w as f64, o as f64);
+        if self.fp8 {
+            let (kb, nb) = self.blocks();
+            // bf16 read + e4m3 write + e4m3 read of the input, its scales; weight codes and scales; bf16 output.
+            (2.0 + 1.0 + 1.0) * i + 4.0 * (self.m * kb) as f64 + w + 4.0 * (kb * nb) as f64 + 2.0 * o
+        } else {
+            (i + w + o) * precision.element_bytes() as f64
+        }
+    }
+}
+
+/// Stream of a GEMM's FP8 weight block scales.
+pub fn weight_scale_stream(g: &Gemm) -> u64 {
+    g.weight_stream | (1 << 32)
+}
+
+/// The e4m3 code (as its f32 value) of weight element `[row, col]` of an FP8 GEMM:
+/// `e4m3(448 x uniform)`, so codes span the whole e4m3 range.
+#[inline]
+pub fn fp8_weight_code(case: &Case, g: &Gemm, row: usize, col: usize) -> f32 {
+    round_e4m3(E4M3_MAX * uniform(case.seed, g.weight_stream, (row * g.n + col) as u64))
+}
+
+/// The fp32 scale of weight block `[kb, nb]` (rows `128 kb ..`, columns `128 nb ..`) of an FP8
+/// GEMM: `(1.5 + 0.5 x uniform) / 448`, so dequantised weights lie in (-2, 2).
+#[inline]
+pub fn fp8_weight_scale(case: &Case, g: &Gemm, kb: usize, nb: usize) -> f32 {
+    let u = uniform(case.seed, weight_scale_stream(g), (kb * g.blocks().1 + nb) as u64);
+    (1.5 + 0.5 * u) / E4M3_MAX
+}
+
+/// One 1 x 128 group of activations quantised to e4m3 as the engines do: the group's fp32
+/// scale and the codes (as f32 values); the dequantised value is `code x scale`.
+pub fn fp8_quantise_group(x: &[f32]) -> (f32, Vec<f32>) {
+    let s = e4m3_scale(x, ScaleKind::Fp32);
+    (s, x.iter().map(|&v| round_e4m3(v / s)).collect())
+}
+
+/// A row of input as an FP8 GEMM multiplies it: quantised group by group, dequantised exactly
+/// (f64).
+pub fn fp8_quantise_row(x: &[f32]) -> Vec<f64> {
+    x.chunks(FP8_BLOCK)
+        .flat_map(|group| {
+            let (s, codes) = fp8_quantise_group(group);
+            codes.into_iter().map(move |c| f64::from(c) * f64::from(s))
+        })
+        .collect()
 }
 
 /// Tokens this GPU runs through the layer: `batch x query_len`.
@@ -148,6 +225,7 @@ pub fn plan(case: &Case) -> Vec<Gemm> {
     let s = &case.shape;
     let t = tokens(case);
     let h = s.heads;
+    let fp8 = case.precision == Precision::Fp8;
     let mut out: Vec<Gemm> = Vec::new();
     let mut push = |name: &'static str, component: Component, expert: Option<usize>, batch: usize, m: usize, k: usize, n: usize| {
         let i = out.len() as u64;
@@ -161,6 +239,7 @@ pub fn plan(case: &Case) -> Vec<Gemm> {
             n,
             weight_stream: FIRST_GEMM_STREAM + 2 * i,
             input_stream: FIRST_GEMM_STREAM + 2 * i + 1,
+            fp8: fp8 && batch == 1 && runs_fp8(name),
         });
     };
     let c = Component::MlaProj;
@@ -226,25 +305,40 @@ pub fn input_value(case: &Case, g: &Gemm, b: usize, row: usize, col: usize) -> f
     rounded(uniform(case.seed, g.input_stream, ((b * g.m + row) * g.k + col) as u64), case.precision)
 }
 
-/// Weight element `[b, row, col]` of a GEMM (rounded to the case's precision).
+/// Weight element `[b, row, col]` of a GEMM (rounded to the case's precision). Not for FP8
+/// GEMMs: see [`reference_weight`].
 #[inline]
 pub fn weight_value(case: &Case, g: &Gemm, b: usize, row: usize, col: usize) -> f32 {
     rounded(uniform(case.seed, g.weight_stream, ((b * g.k + row) * g.n + col) as u64), case.precision)
 }
 
+/// Weight element `[b, row, col]` as the GEMM multiplies it, exactly (f64): the rounded value,
+/// or for an FP8 GEMM its code times its block's scale.
+pub fn reference_weight(case: &Case, g: &Gemm, b: usize, row: usize, col: usize) -> f64 {
+    if g.fp8 {
+        f64::from(fp8_weight_code(case, g, row, col)) * f64::from(fp8_weight_scale(case, g, row / FP8_BLOCK, col / FP8_BLOCK))
+    } else {
+        f64::from(weight_value(case, g, b, row, col))
+    }
+}
+
+/// Input row `[b, row, ..]` as the GEMM multiplies it, exactly (f64): the rounded values, or
+/// for an FP8 GEMM their quantised values ([`fp8_quantise_row`]).
+pub fn reference_input_row(case: &Case, g: &Gemm, b: usize, row: usize) -> Vec<f64> {
+    let x: Vec<f32> = (0..g.k).map(|k| input_value(case, g, b, row, k)).collect();
+    if g.fp8 {
+        fp8_quantise_row(&x)
+    } else {
+        x.into_iter().map(f64::from).collect()
+    }
+}
+
 /// The analytic work of one run: 2 m k n per GEMM; bytes = inputs, weights and outputs once
-/// each at the compute precision.
+/// each at each GEMM's precision ([`Gemm::bytes`]).
 pub fn work(case: &Case) -> Work {
-    let el = case.precision.element_bytes() as f64;
     let gemms = plan(case);
     let flops = gemms.iter().map(Gemm::flops).sum();
-    let bytes = gemms
-        .iter()
-        .map(|g| {
-            let (i, w, o) = g.elements();
-            (i + w + o) as f64 * el
-        })
-        .sum();
+    let bytes = gemms.iter().map(|g| g.bytes(case.precision)).sum();
     Work { flops, indexer_flops: 0.0, attention_flops: 0.0, bytes }
 }
 
@@ -321,6 +415,64 @@ mod tests {
         let w = work(&c);
         assert_eq!(w.flops, p.iter().map(|g| 2.0 * (g.batch * g.m * g.k * g.n) as f64).sum::<f64>());
         assert!(w.bytes > 2.0 * 7168.0 * 129280.0);
+    }
+
+    #[test]
+    fn fp8_runs_the_linear_layers_and_keeps_the_rest_bf16() {
+        let mut c = case(ModelShape::deepseek_v32_exp(), Phase::Decode, 16, 1);
+        assert!(plan(&c).iter().all(|g| !g.fp8));
+        c.precision = Precision::Fp8;
+        let p = plan(&c);
+        let fp8: Vec<&str> = p.iter().filter(|g| g.fp8).map(|g| g.name).collect();
+        for name in ["q_down", "q_up", "kv_down", "o_proj", "index_q", "index_k", "shared_gate_up", "expert_down", "dense_down"] {
+            assert!(fp8.contains(&name), "{name} {fp8:?}");
+        }
+        for name in ["q_absorb", "o_absorb", "index_w", "router", "lm_head"] {
+            assert!(!fp8.contains(&name), "{name}");
+        }
+        // FP8 GEMMs move fewer bytes than the same GEMMs in bf16.
+        let bf = Case { precision: Precision::Bf16, ..c.clone() };
+        assert!(work(&c).bytes < 0.7 * work(&bf).bytes, "{} {}", work(&c).bytes, work(&bf).bytes);
+        assert_eq!(work(&c).flops, work(&bf).flops);
+    }
+
+    #[test]
+    fn fp8_values_are_codes_times_scales() {
+        let mut c = case(ModelShape::deepseek_v32_exp(), Phase::Decode, 4, 1);
+        c.precision = Precision::Fp8;
+        let p = plan(&c);
+        let g = p.iter().find(|g| g.name == "kv_down").unwrap();
+        assert_eq!(g.blocks(), (56, 5)); // k 7168, n 576: a partial last column block
+        let mut seen_scales = std::collections::BTreeSet::new();
+        for (row, col) in [(0, 0), (127, 127), (128, 0), (7167, 575), (300, 520)] {
+            let code = fp8_weight_code(&c, g, row, col);
+            assert_eq!(round_e4m3(code), code);
+            assert!(code.abs() <= E4M3_MAX);
+            let s = fp8_weight_scale(&c, g, row / 128, col / 128);
+            assert!((1.0 / 448.0..2.0 / 448.0).contains(&s), "{s}");
+            seen_scales.insert(s.to_bits());
+            assert_eq!(reference_weight(&c, g, 0, row, col), f64::from(code) * f64::from(s));
+        }
+        assert!(seen_scales.len() >= 4, "blocks have their own scales");
+        // The same element of the same block shares the scale; a neighbour block does not.
+        assert_eq!(fp8_weight_scale(&c, g, 0, 0), fp8_weight_scale(&c, g, 0, 0));
+        assert_ne!(fp8_weight_scale(&c, g, 0, 0), fp8_weight_scale(&c, g, 0, 1));
+        // Inputs: quantised in groups of 128, within e4m3's relative step of the bf16 values.
+        let row = reference_input_row(&c, g, 0, 2);
+        let raw: Vec<f32> = (0..g.k).map(|k| input_value(&c, g, 0, 2, k)).collect();
+        assert_eq!(row.len(), g.k);
+        let amax = raw[..128].iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (q, x) in row.iter().zip(&raw) {
+            assert!((q - f64::from(*x)).abs() <= 0.0625 * f64::from(x.abs()) + 1e-3 * f64::from(amax), "{q} {x}");
+        }
+        assert!(row.iter().zip(&raw).any(|(q, x)| *q != f64::from(*x)), "quantisation changes some values");
+        // The largest element of a group maps to 448 exactly.
+        let (s, codes) = fp8_quantise_group(&raw[..128]);
+        assert_eq!(s, amax / 448.0);
+        assert!(codes.iter().any(|c| c.abs() == 448.0));
+        // bf16 GEMMs of an fp8 case read their rounded values.
+        let r = p.iter().find(|g| g.name == "router").unwrap();
+        assert_eq!(reference_weight(&c, r, 0, 3, 5), f64::from(weight_value(&c, r, 0, 3, 5)));
     }
 
     #[test]

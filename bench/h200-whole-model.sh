@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bench/h200-whole-model.sh: the records of the whole-model report on one GPU, in one command.
+#   1. `rest-cuda` (and any `rest` peer in REST_ENGINES): one layer's non-attention GEMMs at
+#      decode B = 16, 64, 256 and a prefill chunk of 4096, EP 1 and 8, in each precision of
+#      REST_PRECISION.
+#   2. Attention: ours beside the library peers (bench/gpu.sh's run step) at CONTEXTS.
+# Build here, carry the runner, run from the repository root on the GPU machine:
+#   cargo build --profile runner -p ctxcost --no-default-features --features cuda
+#   OUT=bench-out bash bench/h200-whole-model.sh
+#   ctxcost report bench-out/whole-model.jsonl --out report/
+# Env: OUT, CTXCOST_BIN, REST_ENGINES (default rest-cuda), REST_PRECISION (default bf16,fp8),
+# CONTEXTS (default 16k,32k,64k,128k), ENGINES, RUN_ARGS, ATTENTION_TIMEOUT (seconds, default 420),
+# STEPS ("rest attention" by default).
+set -u
+OUT=${OUT:-bench-out}
+mkdir -p "$OUT"
+BIN=${CTXCOST_BIN:-target/runner/ctxcost}
+STEPS=${STEPS:-"rest attention"}
+REST_ENGINES=${REST_ENGINES:-rest-cuda}
+REST_PRECISION=${REST_PRECISION:-bf16,fp8}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/peers${PYTHONPATH:+:$PYTHONPATH}"
+has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# cuBLAS / cuBLASLt: the toolkit's, else the one PyTorch ships.
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    $(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null | sed 's|$|/cu13/lib|') \
+    $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
+    if ls "$d"/libcublas.so* >/dev/null 2>&1; then
+        export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+        break
+    fi
+done
+
+if has rest; then
+    for ep in 1 8; do
+        echo "== rest: $REST_ENGINES decode B=16,64,256 and prefill chunk 4096, EP $ep, $REST_PRECISION"
+        "$BIN" run --shape deepseek-v3.2-exp --engines "$REST_ENGINES" --contexts 4k --phase decode --batch 16,64,256 \
+            --precision "$REST_PRECISION" --ep "$ep" --max-seconds 2s --out "$OUT/rest-decode-ep$ep.jsonl" --force --no-report 2>&1 | tail -n 30
+        "$BIN" run --shape deepseek-v3.2-exp --engines "$REST_ENGINES" --contexts 4k --phase prefill --batch 1 --chunk 4096 \
+            --precision "$REST_PRECISION" --ep "$ep" --max-seconds 2s --out "$OUT/rest-prefill-ep$ep.jsonl" --force --no-report 2>&1 | tail -n 20
+    done
+fi
+
+if has attention; then
+    echo "== attention: ours beside the peers"
+    STEPS="run" CTXCOST_BIN="$BIN" OUT="$OUT" CONTEXTS="${CONTEXTS:-16k,32k,64k,128k}" PRECISION="${PRECISION:-bf16,fp8}" \
+        ENGINES="${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,efficient-sdpa,torch-eager-dense,torch-eager-dsa}" \
+        RUN_ARGS="${RUN_ARGS:---max-seconds 2s --max-samples 12}" timeout "${ATTENTION_TIMEOUT:-420}" bash bench/gpu.sh
+fi
+
+cat "$OUT"/rest-*.jsonl "$OUT"/h200.jsonl > "$OUT/whole-model.jsonl" 2>/dev/null
+echo "== $(wc -l < "$OUT/whole-model.jsonl") records in $OUT/whole-model.jsonl"
