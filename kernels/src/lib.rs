@@ -31,6 +31,9 @@ pub enum KernelId {
     /// mma.sync; the bf16 cache on wgmma (sm_90a) with rows gathered by bulk copies or cp.async, and
     /// variants of the bulk-copy kernel: early buffer release, value product split, S^T split too).
     SparseMla,
+    /// The FP8 operands of the `rest` engines' block-scaled GEMMs: the FP8 weight checkpoint
+    /// (e4m3 codes, 128 x 128 block scales) and the 1 x 128 activation quantiser.
+    RestFp8,
 }
 
 impl KernelId {
@@ -42,6 +45,7 @@ impl KernelId {
         KernelId::Indexer,
         KernelId::Topk,
         KernelId::SparseMla,
+        KernelId::RestFp8,
     ];
 
     /// File name of the source (used as the NVRTC program name, so it appears in logs).
@@ -53,6 +57,7 @@ impl KernelId {
             KernelId::Indexer => "indexer.cu",
             KernelId::Topk => "topk.cu",
             KernelId::SparseMla => "sparse_mla.cu",
+            KernelId::RestFp8 => "rest_fp8.cu",
         }
     }
 
@@ -65,6 +70,7 @@ impl KernelId {
             KernelId::Indexer => include_str!("../indexer.cu"),
             KernelId::Topk => include_str!("../topk.cu"),
             KernelId::SparseMla => include_str!("../sparse_mla.cu"),
+            KernelId::RestFp8 => include_str!("../rest_fp8.cu"),
         }
     }
 
@@ -114,6 +120,7 @@ impl KernelId {
                 "sparse_mla_bf16_wgmma_split",
                 "sparse_mla_bf16_wgmma_split2",
             ],
+            KernelId::RestFp8 => &["gen_fp8_weight", "quant_fp8_groups"],
         }
     }
 

@@ -523,8 +523,8 @@ pub struct Analysis {
 /// legacy `gemm-*` records) exist on the same machine for the same shape and phase. `rest`
 /// records: those at the series' query-token count (else the nearest count, said in the
 /// source), of the series' precision (else bf16), at the highest EP degree measured; each
-/// record's component medians are scaled to the model ([`cost::rest_seconds_per_token`]) and
-/// the median over records taken.
+/// record's component medians are scaled to the model ([`cost::rest_seconds_per_token`]), the
+/// median over each engine's records taken, and the fastest engine used (the others named).
 fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
     let gemms: Vec<&LoadedRecord> = set
         .records
@@ -556,6 +556,9 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
 
 /// The rest of the model from `rest` records (see [`measured_other`]).
 fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
+    // Verified records when there are any (a `--no-verify` record never outranks them).
+    let verified: Vec<&LoadedRecord> = rest.iter().copied().filter(|r| r.record.verification.as_ref().is_some_and(|v| v.passed)).collect();
+    let rest: &[&LoadedRecord] = if verified.is_empty() { rest } else { &verified };
     let tokens_of = |r: &&LoadedRecord| r.record.case.query_tokens();
     let distance = |t: usize| ((t as f64) / (query_tokens.max(1) as f64)).ln().abs();
     let nearest = rest.iter().map(tokens_of).min_by(|a, b| distance(*a).total_cmp(&distance(*b)).then(a.cmp(b)))?;
@@ -564,12 +567,28 @@ fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -
     let at_precision: Vec<&LoadedRecord> = at_tokens.iter().copied().filter(|r| r.record.case.precision == precision).collect();
     let chosen_set = if at_precision.is_empty() { at_tokens } else { at_precision };
     let ep = chosen_set.iter().map(|r| r.record.case.shape.ep).max()?;
-    let chosen: Vec<&LoadedRecord> = chosen_set.into_iter().filter(|r| r.record.case.shape.ep == ep).collect();
+    let at_ep: Vec<&LoadedRecord> = chosen_set.into_iter().filter(|r| r.record.case.shape.ep == ep).collect();
     let medians = |r: &LoadedRecord| -> Vec<(String, f64)> {
         r.record.components_ms.iter().map(|(k, v)| (k.clone(), stats::median(v))).filter(|(_, m)| m.is_finite()).collect()
     };
-    let per_record: Vec<(f64, f64)> =
-        chosen.iter().map(|r| cost::rest_seconds_per_token(&r.record.case.shape, &medians(r), r.record.case.query_tokens())).collect();
+    // Per engine: the median over its records of (both sides, DSA extra) seconds per token.
+    let mut engines: BTreeMap<&str, Vec<&LoadedRecord>> = BTreeMap::new();
+    for r in &at_ep {
+        engines.entry(r.record.engine.as_str()).or_default().push(r);
+    }
+    let per_engine: Vec<(&str, f64, f64, &Vec<&LoadedRecord>)> = engines
+        .iter()
+        .map(|(e, rs)| {
+            let per: Vec<(f64, f64)> =
+                rs.iter().map(|r| cost::rest_seconds_per_token(&r.record.case.shape, &medians(r), r.record.case.query_tokens())).collect();
+            (*e, stats::median(&per.iter().map(|x| x.0).collect::<Vec<_>>()), stats::median(&per.iter().map(|x| x.1).collect::<Vec<_>>()), rs)
+        })
+        .collect();
+    // The fastest engine (DSA side: both parts), ties to the engine name.
+    let mut ranked: Vec<&(&str, f64, f64, &Vec<&LoadedRecord>)> = per_engine.iter().collect();
+    ranked.sort_by(|a, b| (a.1 + a.2).total_cmp(&(b.1 + b.2)).then(a.0.cmp(b.0)));
+    let &&(engine, base, extra, chosen) = ranked.first()?;
+    let others: Vec<String> = ranked[1..].iter().map(|(e, b, x, _)| format!("{e} {:.4} ms/token", (b + x) * 1e3)).collect();
     let first = chosen.first()?;
     let mut components_ms = medians(first);
     if chosen.len() > 1 {
@@ -581,16 +600,17 @@ fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -
     let order = |n: &str| ctxcost_core::rest::Component::ALL.iter().position(|c| c.name() == n).unwrap_or(usize::MAX);
     components_ms.sort_by_key(|(n, _)| order(n));
     Some(OtherCost {
-        seconds_per_token: stats::median(&per_record.iter().map(|x| x.0).collect::<Vec<_>>()),
-        dsa_extra_seconds_per_token: stats::median(&per_record.iter().map(|x| x.1).collect::<Vec<_>>()),
+        seconds_per_token: base,
+        dsa_extra_seconds_per_token: extra,
         source: OtherSource::Rest(cost::RestSource {
-            engine: first.record.engine.clone(),
+            engine: engine.to_string(),
             records: chosen.len(),
             query_tokens: nearest,
             series_tokens: (nearest != query_tokens).then_some(query_tokens),
             precision,
             ep,
             components_ms,
+            others,
         }),
     })
 }

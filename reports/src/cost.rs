@@ -78,6 +78,9 @@ pub struct RestSource {
     pub ep: usize,
     /// Median ms of each component in one run (one layer; the head once).
     pub components_ms: Vec<(String, f64)>,
+    /// The other `rest` engines measured at the same tokens, precision and EP, each with its
+    /// whole-model ms per token (`engine 0.123 ms/token`), slowest last.
+    pub others: Vec<String>,
 }
 
 /// Per-token cost of the rest of the model with its provenance.
@@ -95,7 +98,7 @@ pub struct OtherCost {
 pub const REST_DIFFERENCES: [&str; 5] = [
     "Measured rest of the model: whole model = layers x (attention + the rest of one layer) + the LM head, with the rest of a layer timed by a `rest` engine at the series' token count: MLA projections (and in decode the absorbed per-head products), the indexer's projections (charged to the DSA side only: the dense baseline V3.1 has none), the router, the MoE (shared expert and this GPU's routed experts) in the 58 MoE layers, the dense MLP in the 3 dense layers, the LM head once per token (once per sequence in prefill). GEMMs only: norms, RoPE, the SwiGLU activation, the router's top-k and the embedding lookup are not timed.",
     "Expert parallelism: tokens are routed uniformly at random (not by a trained router); with EP N this GPU holds 256/N experts and runs them on their share of N GPUs' tokens (the EP degree is in each series' rest-of-model line). The all-to-all dispatch and combine of expert parallelism, and any other communication (tensor or pipeline parallelism, prefill/decode disaggregation), are not measured: the measured whole model is a lower bound on a serving system's cost.",
-    "Against DeepSeek's Fig. 3: Fig. 3 is DeepSeek's estimate from its deployed service on H800 clusters at $2 per GPU-hour; these records are one GPU (see Environment; an H200 has the H800's compute and more, faster memory), at the batch and chunk of each series (DeepSeek's serving batch is not published), in the precision each record names (DeepSeek serves FP8 weights and an FP8 KV cache; `rest-cuda` runs bf16 GEMMs, so its rest of the model reads twice the weight bytes of FP8), without DeepSeek's kernels' fusion and overlap. Compare the shapes of the curves and the ratios before the absolute values.",
+    "Against DeepSeek's Fig. 3: Fig. 3 is DeepSeek's estimate from its deployed service on H800 clusters at $2 per GPU-hour; these records are one GPU (see Environment; an H200 has the H800's compute and more, faster memory), at the batch and chunk of each series (DeepSeek's serving batch is not published), in the precision each record names (DeepSeek serves FP8 weights and an FP8 KV cache: a `bf16` rest of the model reads twice the weight bytes of FP8; an `fp8` one runs the linear layers block-scaled FP8 as DeepSeek's inference code does, with the absorbed per-head products, the router, the indexer's head weights and the LM head in bf16), without DeepSeek's kernels' fusion and overlap. Compare the shapes of the curves and the ratios before the absolute values.",
     "Per position: the cost table and the whole-model chart give absolute USD per million tokens at each measured position beside Fig. 3's two curves at the same position; the rest of the model is the same at every position, so the whole-model ratio moves towards 1 wherever the rest dominates attention.",
     "Decode batch: the rest of the model per token falls as the batch grows (the weights are read once per step for all sequences), so the whole-model cost and ratio of a decode series depend on its batch as much as on the attention kernels.",
 ];
@@ -141,11 +144,17 @@ impl OtherCost {
                     Some(t) => format!("{} tokens (none measured at this series' {t}: the nearest token count)", r.query_tokens),
                     None => format!("{} tokens", r.query_tokens),
                 };
+                let precision = match r.precision {
+                    ctxcost_core::Precision::Fp8 => "fp8 (block-scaled FP8 linear layers; bf16 absorbed products, router, indexer head weights and LM head)".to_string(),
+                    p => p.to_string(),
+                };
                 format!(
-                    "measured: median of {} `{}` record(s), {} GEMMs at {tokens}, EP {}; one layer in ms: {};                      layers x mla_proj + MoE layers x (router + moe) + dense-MLP layers x dense_mlp + head = {:.4} ms per token,                      plus layers x indexer_proj = {:.4} ms per token on the DSA side only",
-                    r.records,
+                    "measured: `{}` (the fastest verified `rest` engine here{}), median of {} record(s), {precision} GEMMs at {tokens}, EP {}; one layer in ms: {}; \
+                     layers x mla_proj + MoE layers x (router + moe) + dense-MLP layers x dense_mlp + head = {:.4} ms per token, \
+                     plus layers x indexer_proj = {:.4} ms per token on the DSA side only",
                     r.engine,
-                    r.precision,
+                    if r.others.is_empty() { String::new() } else { format!("; also measured: {}", r.others.join(", ")) },
+                    r.records,
                     r.ep,
                     parts.join(", "),
                     self.seconds_per_token * 1e3,

@@ -338,12 +338,49 @@ fn measured_rest_records_change_the_whole_model_cost_by_hand() {
     // The report says measured, gives the EP degree, the differences from Fig. 3, and Fig. 3's
     // absolute values beside ours.
     let md = ctxcost_reports::render::markdown(&r, &[]);
-    assert!(md.contains("measured: median of 1 `rest-cpu` record(s), f32 GEMMs at 4 tokens, EP 8"), "{md}");
+    assert!(md.contains("measured: `rest-cpu` (the fastest verified `rest` engine here), median of 1 record(s), f32 GEMMs at 4 tokens, EP 8"), "{md}");
+    assert!(!md.contains("  "), "no runs of spaces inside a sentence");
     assert!(md.contains("6.4950 ms per token") && md.contains("0.3050 ms per token on the DSA side only"));
     assert!(md.contains("all-to-all") && md.contains("H800") && md.contains("Fig. 3 V3.2-Exp"));
     // Without the rest records the same series is analytic and the differences are not listed.
     let plain = ctxcost_reports::render::markdown(&golden(), &[]);
     assert!(!plain.contains("all-to-all") && plain.contains("not measured"));
+}
+
+#[test]
+fn the_fastest_verified_rest_engine_is_used_and_the_others_named() {
+    use ctxcost_reports::cost::OtherSource;
+    use ctxcost_reports::load;
+    let text = std::fs::read_to_string(fixture("golden.jsonl")).unwrap();
+    let (mut records, _) = load::parse_jsonl("golden.jsonl", &text);
+    let passed = || {
+        Some(ctxcost_core::record::Verification { method: "full".into(), output: Default::default(), selection: None, passed: true })
+    };
+    let rename = |mut r: load::LoadedRecord, engine: &str| {
+        r.record.engine = engine.into();
+        r.record.case.engine = engine.into();
+        r.record.key = r.record.case.key();
+        r
+    };
+    // A verified peer at 0.8 of rest-cpu's time, a verified one at 3x, and an unverified one
+    // at 0.1x, which must not be chosen while verified records exist.
+    let mut ours = rest_record(&records, 4, 1, 1.0);
+    ours.record.verification = passed();
+    let mut fast = rename(rest_record(&records, 4, 1, 0.8), "torch-rest");
+    fast.record.verification = passed();
+    let mut slow = rename(rest_record(&records, 4, 1, 3.0), "numpy-rest");
+    slow.record.verification = passed();
+    let mut unverified = rename(rest_record(&records, 4, 1, 0.1), "unchecked-rest");
+    unverified.record.verification = None;
+    records.extend([ours, fast, slow, unverified]);
+    let r = report::build_from_set(load::from_records(records), &ReportOptions::default()).unwrap();
+    let s = series(&r, Phase::Decode, Precision::F32);
+    let OtherSource::Rest(src) = &s.other.source else { panic!("{:?}", s.other) };
+    assert_eq!(src.engine, "torch-rest");
+    close(s.other.seconds_per_token, 0.8 * 6.495e-3, 1e-12);
+    // The others, fastest first, with their whole-model ms per token (DSA side).
+    assert_eq!(src.others, vec!["rest-cpu 6.8000 ms/token".to_string(), "numpy-rest 20.4000 ms/token".to_string()]);
+    assert!(s.other.describe().contains("`torch-rest` (the fastest verified `rest` engine here; also measured: rest-cpu 6.8000 ms/token, numpy-rest"), "{}", s.other.describe());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Every `unsafe` call of the CUDA engines: uninitialised allocations, raw memsets, kernel
 //! launches and the cuBLAS GEMM. Each states, in a `// SAFETY:` comment, why its arguments
 //! match what the kernel reads and writes. Sizes are checked here, before the launch, so a
-//! wrong buffer is an error rather than an out-of-bounds access on the device.
+//! wrong buffer is an error rather than an out-of-bounds access on the device. The cuBLASLt
+//! FP8 GEMM's descriptors and call, which own state across calls, are in `fp8_gemm.rs`.
 
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg};
 
@@ -649,4 +650,54 @@ pub fn gemm_bf16_rows(
         )
     }
     .map_err(|e| EngineError::backend("cublasGemmStridedBatchedEx", e))
+}
+
+/// `gen_fp8_weight`: a GEMM's FP8 weight checkpoint, codes K-major `[n][k]` and the 128 x 128
+/// block scales K-major `[n blocks][l4]` (see `rest_fp8.cu`).
+#[allow(clippy::too_many_arguments)]
+pub fn gen_fp8_weight(
+    dev: &Device,
+    f: &CudaFunction,
+    codes: &mut CudaSlice<u8>,
+    scales: &mut CudaSlice<f32>,
+    seed: u64,
+    (stream_id, scale_stream): (u64, u64),
+    (k, n): (usize, usize),
+    l4: usize,
+) -> Result<(), EngineError> {
+    let (kb, nb) = (k.div_ceil(128), n.div_ceil(128));
+    check(l4 >= kb && l4 % 4 == 0, "gen_fp8_weight: l4 must cover the k blocks, a multiple of 4")?;
+    check(codes.len() >= k * n && scales.len() >= l4 * nb, "gen_fp8_weight output too small")?;
+    check(i32::try_from(k).is_ok() && i32::try_from(n).is_ok(), "gen_fp8_weight dims beyond i32")?;
+    let cfg = grid_for((k * n) as u64, 256, dev.sm_count);
+    let (ki, ni, l4i) = (k as i32, n as i32, l4 as i32);
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(codes).arg(scales).arg(&seed).arg(&stream_id).arg(&scale_stream).arg(&ki).arg(&ni).arg(&l4i);
+    // SAFETY: gen_fp8_weight(u8*, float*, u64, u64, u64, int K, int N, int L4) writes K*N codes
+    // and L4*NB scales, both within the buffers (checked above).
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching gen_fp8_weight", e)).map(|_| ())
+}
+
+/// `quant_fp8_groups`: the bf16 activations `[m, k]` to e4m3 codes `[m_pad, k]` and token-major
+/// group scales `[k blocks][m_pad]` (rows from `m` on are zero).
+#[allow(clippy::too_many_arguments)]
+pub fn quant_fp8_groups(
+    dev: &Device,
+    f: &CudaFunction,
+    input: &CudaSlice<u16>,
+    codes: &mut CudaSlice<u8>,
+    scales: &mut CudaSlice<f32>,
+    (m, m_pad, k): (usize, usize, usize),
+) -> Result<(), EngineError> {
+    let g = k.div_ceil(128);
+    check(m <= m_pad && input.len() >= m * k && codes.len() >= m_pad * k && scales.len() >= g * m_pad, "quant_fp8_groups buffers too small")?;
+    check(i32::try_from(m_pad * k).is_ok(), "quant_fp8_groups dims beyond i32")?;
+    // One warp per (row, group).
+    let cfg = grid_for((m_pad * g) as u64 * 32, 256, dev.sm_count);
+    let (mi, mpi, ki) = (m as i32, m_pad as i32, k as i32);
+    let mut l = dev.stream.launch_builder(f);
+    l.arg(input).arg(codes).arg(scales).arg(&mi).arg(&mpi).arg(&ki);
+    // SAFETY: quant_fp8_groups(const u16*, u8*, float*, int M, int M_PAD, int K) reads M*K
+    // inputs and writes M_PAD*K codes and G*M_PAD scales, within the buffers (checked above).
+    unsafe { l.launch(cfg) }.map_err(|e| driver_err("launching quant_fp8_groups", e)).map(|_| ())
 }

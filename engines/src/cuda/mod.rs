@@ -19,6 +19,7 @@ pub mod ceilings;
 mod codec;
 mod dense;
 mod device;
+mod fp8_gemm;
 pub mod dsa;
 mod launch;
 mod rest;

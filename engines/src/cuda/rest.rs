@@ -1,12 +1,17 @@
 //! `rest-cuda`: the rest of a layer on an NVIDIA GPU, every GEMM of
-//! [`ctxcost_core::rest::plan`] as one cuBLAS bf16 GEMM (fp32 accumulation; the per-head
-//! absorbed products as one strided-batched GEMM; one GEMM per routed expert that receives
-//! tokens, no grouped GEMM), timed per component with CUDA events after an L2 flush.
+//! [`ctxcost_core::rest::plan`] as one library GEMM (fp32 accumulation; the per-head absorbed
+//! products as one strided-batched GEMM; one GEMM per routed expert that receives tokens, no
+//! grouped GEMM), timed per component with CUDA events after an L2 flush.
 //!
-//! Precision: bf16 only. FP8 block-scaled GEMMs (cuBLASLt, DeepGEMM) are not implemented:
-//! `fp8` cases are skipped with that reason, so a record's `case.precision` says what ran.
-//! Operands are generated on the device by `gen_bf16` from the seeded streams of
-//! [`ctxcost_core::rest`]; outputs are poisoned with NaN before the first run.
+//! Precisions: `bf16` runs every GEMM in bf16 through cuBLAS. `fp8` runs the GEMMs
+//! [`Gemm::fp8`] marks as block-scaled FP8 through cuBLASLt ([`super::fp8_gemm`]: e4m3, 128 x
+//! 128 weight blocks, 1 x 128 activation groups, bf16 output; sm_90), each preceded inside the
+//! timed span by the kernel that quantises its bf16 input (`quant_fp8_groups`); the other
+//! GEMMs of an `fp8` case stay bf16 (cuBLAS). An FP8 GEMM's token rows are padded to a
+//! multiple of 16 (cuBLASLt's scale layouts need multiples of 4); the padding rows are zero.
+//! Operands are generated on the device from the seeded streams of [`ctxcost_core::rest`]
+//! (`gen_bf16`; FP8 weights as a checkpoint of codes and block scales, `gen_fp8_weight`);
+//! outputs are poisoned with NaN before the first run.
 
 use std::sync::Arc;
 
@@ -17,6 +22,7 @@ use ctxcost_core::{Case, Inputs, Precision};
 use ctxcost_kernels::KernelId;
 
 use super::device::{device, driver_err, Device, EventTimer};
+use super::fp8_gemm::{self, Fp8Gemm, LtHandle};
 use super::launch;
 use crate::rest::{picked, spans};
 use crate::{DeviceMemory, Engine, EngineError, Output, Support, Timing};
@@ -35,8 +41,16 @@ fn unsupported(case: &Case) -> Option<String> {
     }
     match case.precision {
         Precision::Bf16 => {}
-        Precision::Fp8 => return Some("rest-cuda runs bf16 GEMMs (cuBLAS) only: FP8 block-scaled GEMMs are not implemented".into()),
-        Precision::F32 => return Some("rest-cuda runs bf16 GEMMs only".into()),
+        Precision::Fp8 => {
+            let dev = match device() {
+                Ok(d) => d,
+                Err(why) => return Some(why),
+            };
+            if let Some(why) = fp8_gemm::unsupported(&dev) {
+                return Some(why);
+            }
+        }
+        Precision::F32 => return Some("rest-cuda runs bf16 and fp8 GEMMs, not f32".into()),
     }
     let too_big = |g: &Gemm| {
         let (i, w, o) = g.elements();
@@ -48,26 +62,59 @@ fn unsupported(case: &Case) -> Option<String> {
     None
 }
 
-/// Device bytes of a case's operands and outputs (bf16).
+/// Token rows of an FP8 GEMM's padded operands.
+fn padded_rows(m: usize) -> usize {
+    m.next_multiple_of(16)
+}
+
+/// Rounded up to 4 (cuBLASLt's 128 x 128 scale layout pads the k blocks so).
+fn l4(k: usize) -> usize {
+    k.div_ceil(128).next_multiple_of(4)
+}
+
+/// Device bytes of one GEMM's operands and outputs: bf16, or for an FP8 GEMM the bf16 input,
+/// its codes and scales, the weight codes and scales and the bf16 output over padded rows.
+fn gemm_device_bytes(g: &Gemm) -> u64 {
+    let (i, w, o) = g.elements();
+    if g.fp8 {
+        let mp = padded_rows(g.m);
+        let (kb, nb) = g.blocks();
+        (2 * i + mp * g.k + 4 * kb * mp + w + 4 * l4(g.k) * nb + 2 * mp * g.n) as u64
+    } else {
+        2 * (i + w + o) as u64
+    }
+}
+
+/// Device bytes of a case's operands, outputs and (FP8) the cuBLASLt workspace.
 pub fn rest_device_bytes(case: &Case) -> u64 {
-    plan(case)
-        .iter()
-        .map(|g| {
-            let (i, w, o) = g.elements();
-            2 * (i + w + o) as u64
-        })
-        .sum()
+    let gemms = plan(case);
+    let lt = if gemms.iter().any(|g| g.fp8) { fp8_gemm::WORKSPACE_BYTES as u64 } else { 0 };
+    gemms.iter().map(gemm_device_bytes).sum::<u64>() + lt
+}
+
+/// An FP8 GEMM's operands beside its bf16 input: codes and scales of both sides, and the
+/// cuBLASLt descriptors bound to the scale buffers (declared first, so dropped first).
+struct Fp8Operands {
+    gemm: Fp8Gemm,
+    input_codes: CudaSlice<u8>,
+    input_scales: CudaSlice<f32>,
+    weight_codes: CudaSlice<u8>,
+    _weight_scales: CudaSlice<f32>,
 }
 
 struct Operands {
     input: CudaSlice<u16>,
+    /// The bf16 weight (empty for an FP8 GEMM, whose weight is in `fp8`).
     weight: CudaSlice<u16>,
     out: CudaSlice<u16>,
+    fp8: Option<Fp8Operands>,
 }
 
 struct Prepared {
     dev: Arc<Device>,
     blas: CudaBlas,
+    /// The FP8 quantiser and the cuBLASLt workspace (fp8 cases only).
+    quant: Option<(cudarc::driver::CudaFunction, CudaSlice<u8>)>,
     case: Case,
     gemms: Vec<Gemm>,
     /// The component spans of `gemms` ([`spans`]), one timing mark each.
@@ -77,7 +124,7 @@ struct Prepared {
     ran: bool,
 }
 
-/// The rest of a layer on an NVIDIA GPU (cuBLAS bf16). Timing components: `mla_proj`,
+/// The rest of a layer on an NVIDIA GPU (cuBLAS bf16, cuBLASLt FP8). Timing components: `mla_proj`,
 /// `indexer_proj` (shapes with an indexer), `router`, `moe`, `dense_mlp`, `head`.
 #[derive(Default)]
 pub struct RestCuda {
@@ -103,6 +150,14 @@ impl RestCuda {
         let blas = CudaBlas::new(dev.stream.clone()).map_err(|e| EngineError::backend("cublasCreate", e))?;
         let gen = dev.function(KernelId::Generate, "gen_bf16", &[])?;
         let gemms = plan(case);
+        let fp8 = gemms.iter().any(|g| g.fp8);
+        let (lt, quant) = if fp8 {
+            let lt = LtHandle::new()?;
+            let quant = dev.function(KernelId::RestFp8, "quant_fp8_groups", &[])?;
+            (Some((lt, dev.function(KernelId::RestFp8, "gen_fp8_weight", &[])?)), Some((quant, launch::alloc::<u8>(&dev, fp8_gemm::WORKSPACE_BYTES, "cuBLASLt workspace")?)))
+        } else {
+            (None, None)
+        };
         let mut operands = Vec::with_capacity(gemms.len());
         for g in &gemms {
             let (ni, nw, no) = g.elements();
@@ -110,17 +165,37 @@ impl RestCuda {
             // flat index of a row-major [batch, rows, cols] element is its generator index.
             let (ni8, nw8) = (ni.next_multiple_of(8), nw.next_multiple_of(8));
             let mut input = launch::alloc::<u16>(&dev, ni8, "rest GEMM input")?;
-            let mut weight = launch::alloc::<u16>(&dev, nw8, "rest GEMM weight")?;
-            let mut out = launch::alloc::<u16>(&dev, no, "rest GEMM output")?;
             launch::gen_bf16(&dev, &gen, &mut input, case.seed, g.input_stream, [1, 1, 1, ni8], false)?;
-            launch::gen_bf16(&dev, &gen, &mut weight, case.seed, g.weight_stream, [1, 1, 1, nw8], false)?;
-            launch::fill_bytes(&dev, &mut out, 0xFF)?;
-            operands.push(Operands { input, weight, out });
+            let (weight, out, fp8) = match (&lt, g.fp8) {
+                (Some((lt, gen_w)), true) => {
+                    let mp = padded_rows(g.m);
+                    let (kb, nb) = g.blocks();
+                    let mut weight_codes = launch::alloc::<u8>(&dev, g.k * g.n, "FP8 weight codes")?;
+                    let mut weight_scales = launch::alloc::<f32>(&dev, l4(g.k) * nb, "FP8 weight scales")?;
+                    let streams = (g.weight_stream, ctxcost_core::rest::weight_scale_stream(g));
+                    launch::gen_fp8_weight(&dev, gen_w, &mut weight_codes, &mut weight_scales, case.seed, streams, (g.k, g.n), l4(g.k))?;
+                    let input_codes = launch::alloc::<u8>(&dev, mp * g.k, "FP8 input codes")?;
+                    let input_scales = launch::alloc::<f32>(&dev, kb * mp, "FP8 input scales")?;
+                    let gemm = Fp8Gemm::new(lt, &dev, (mp, g.k, g.n), &weight_scales, &input_scales)?;
+                    let mut out = launch::alloc::<u16>(&dev, mp * g.n, "rest GEMM output")?;
+                    launch::fill_bytes(&dev, &mut out, 0xFF)?;
+                    let ops = Fp8Operands { gemm, input_codes, input_scales, weight_codes, _weight_scales: weight_scales };
+                    (launch::alloc::<u16>(&dev, 1, "unused bf16 weight")?, out, Some(ops))
+                }
+                _ => {
+                    let mut weight = launch::alloc::<u16>(&dev, nw8, "rest GEMM weight")?;
+                    launch::gen_bf16(&dev, &gen, &mut weight, case.seed, g.weight_stream, [1, 1, 1, nw8], false)?;
+                    let mut out = launch::alloc::<u16>(&dev, no, "rest GEMM output")?;
+                    launch::fill_bytes(&dev, &mut out, 0xFF)?;
+                    (weight, out, None)
+                }
+            };
+            operands.push(Operands { input, weight, out, fp8 });
         }
         let spans = spans(&gemms);
         let timer = EventTimer::new(&dev, spans.len())?;
         self.memory = Some(dev.prepared_memory("generating the rest operands", need, free_before)?);
-        self.prepared = Some(Prepared { dev, blas, case: case.clone(), gemms, spans, operands, timer, ran: false });
+        self.prepared = Some(Prepared { dev, blas, quant, case: case.clone(), gemms, spans, operands, timer, ran: false });
         Ok(())
     }
 }
@@ -151,7 +226,13 @@ impl Engine for RestCuda {
         p.timer.start(&dev)?;
         for (i, &(_, first, end)) in spans.iter().enumerate() {
             for (g, o) in p.gemms[first..end].iter().zip(&mut p.operands[first..end]) {
-                launch::gemm_bf16_rows(&p.blas, &dev, g.batch, g.m, g.k, g.n, &o.input, &o.weight, &mut o.out)?;
+                match (&mut o.fp8, &mut p.quant) {
+                    (Some(f), Some((quant, workspace))) => {
+                        launch::quant_fp8_groups(&dev, quant, &o.input, &mut f.input_codes, &mut f.input_scales, (g.m, f.gemm.m, g.k))?;
+                        f.gemm.run(&dev, &f.weight_codes, &f.input_codes, &mut o.out, workspace)?;
+                    }
+                    _ => launch::gemm_bf16_rows(&p.blas, &dev, g.batch, g.m, g.k, g.n, &o.input, &o.weight, &mut o.out)?,
+                }
             }
             p.timer.mark(&dev, i)?;
         }
