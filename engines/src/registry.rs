@@ -102,7 +102,7 @@ const NATIVE: &[EngineEntry] = &[
         id: "rest-cuda",
         method: Method::Rest,
         backend: Backend::Cuda,
-        description: "the rest of a layer on an NVIDIA GPU (cuBLAS bf16 GEMMs: MLA and indexer projections, router, MoE with --ep, dense MLP, LM head)",
+        description: "the rest of a layer on an NVIDIA GPU (MLA and indexer projections, router, MoE with --ep, dense MLP, LM head; bf16 GEMMs through cuBLAS, fp8: block-scaled FP8 linear layers through cuBLASLt on sm_90)",
         probe: cuda_available,
         make: Make::Native(make_rest_cuda),
     },
