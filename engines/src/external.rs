@@ -10,6 +10,13 @@
 //!
 //! Verification asks the worker for the sampled rows only ([`Output::sampled`]), so a
 //! 128K-token case never ships its whole output through a pipe.
+//!
+//! `rest` cases (the rest of a layer's GEMMs): `supports` and `prepare` also carry the GEMM
+//! plan of [`ctxcost_core::rest::plan`] (`gemms`, in run order), so a worker never re-derives
+//! shapes or routing; `run` must answer every component of the plan (`mla_proj`, ...) with `ms`
+//! their sum; `output` asks, per GEMM, for the rows and columns [`crate::rest::picked`] chooses,
+//! and the answer becomes [`Output::values`] in the order [`crate::rest::gather`] writes them,
+//! so [`crate::check::verify`] checks it against the same f64 reference as `rest-cpu`'s.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use ctxcost_core::rest::{plan, Component, Gemm};
 use ctxcost_core::{Case, Inputs, Method};
 
 use crate::{Engine, EngineError, Output, SampledOutput, Support, Timing};
@@ -268,12 +276,14 @@ pub struct External {
     worker: Mutex<Option<Worker>>,
     hello: Mutex<Option<Result<Hello, String>>>,
     case: Option<Case>,
+    /// The GEMM plan sent with a prepared `rest` case (empty otherwise).
+    gemms: Vec<Gemm>,
     timer: &'static str,
 }
 
 impl External {
     pub fn new(spec: ExternalSpec) -> External {
-        External { spec, worker: Mutex::new(None), hello: Mutex::new(None), case: None, timer: "external" }
+        External { spec, worker: Mutex::new(None), hello: Mutex::new(None), case: None, gemms: Vec::new(), timer: "external" }
     }
 
     /// Start the worker (once) and check its `hello`; `Err` says why it cannot run.
@@ -338,7 +348,14 @@ impl Engine for External {
         if let Err(why) = self.hello() {
             return Support::No(why);
         }
-        match self.call("supports", json!({"op": "supports", "case": case})) {
+        let mut msg = json!({"op": "supports", "case": case});
+        if case.is_rest() {
+            if let Some(why) = ctxcost_core::rest::unsupported(case) {
+                return Support::No(why);
+            }
+            msg["gemms"] = plan_json(&plan(case));
+        }
+        match self.call("supports", msg) {
             Ok(v) if v.get("supported").and_then(Value::as_bool) == Some(true) => Support::Yes,
             Ok(v) => Support::No(v.get("reason").and_then(Value::as_str).unwrap_or("the worker does not support this case").to_string()),
             Err(e) => Support::No(e.to_string()),
@@ -357,13 +374,26 @@ impl Engine for External {
         };
         let mut c = case.clone();
         c.seed = inputs.seed;
-        self.call("prepare", json!({"op": "prepare", "case": c}))?;
+        self.case = None;
+        let mut msg = json!({"op": "prepare", "case": c});
+        let gemms = if c.is_rest() {
+            if let Some(why) = ctxcost_core::rest::unsupported(&c) {
+                return Err(EngineError::Unsupported(why));
+            }
+            let gemms = plan(&c);
+            msg["gemms"] = plan_json(&gemms);
+            gemms
+        } else {
+            Vec::new()
+        };
+        self.call("prepare", msg)?;
         self.case = Some(c);
+        self.gemms = gemms;
         Ok(())
     }
 
     fn run(&mut self) -> Result<Timing, EngineError> {
-        self.case()?;
+        let rest = self.case()?.is_rest();
         let v = self.call("run", json!({"op": "run"}))?;
         let ms = v.get("ms").and_then(Value::as_f64).ok_or_else(|| fail("`run`: the answer has no number `ms`".into()))?;
         if !ms.is_finite() || ms <= 0.0 {
@@ -373,14 +403,22 @@ impl Engine for External {
         if let Some(obj) = v.get("components").and_then(Value::as_object) {
             for (name, val) in obj {
                 let t = val.as_f64().filter(|t| t.is_finite() && *t >= 0.0).ok_or_else(|| fail(format!("`run`: component `{name}` is not a non-negative number")))?;
-                components.push((component_name(name), t));
+                let known = if rest { rest_component(name) } else { Some(component_name(name)) };
+                let known = known.ok_or_else(|| fail(format!("`run`: `{name}` is not a component of a rest case ({})", rest_names())))?;
+                components.push((known, t));
             }
+        }
+        if rest {
+            check_rest_components(&self.gemms, ms, &components)?;
         }
         Ok(Timing { total_ms: ms, components })
     }
 
     fn output(&mut self) -> Result<Output, EngineError> {
         let case = self.case()?.clone();
+        if case.is_rest() {
+            return self.rest_output(&case);
+        }
         let (queries, heads) = self.verify_rows(&case).pick(&case);
         let v = self.call("output", json!({"op": "output", "queries": queries, "heads": heads}))?;
         let s = &case.shape;
@@ -422,10 +460,98 @@ impl Engine for External {
     }
 
     fn release(&mut self) {
+        self.gemms.clear();
         if self.case.take().is_some() {
             let _ = self.call("release", json!({"op": "release"}));
         }
     }
+}
+
+impl External {
+    /// `output` of a `rest` case: per GEMM the picked rows and columns, answered per GEMM as
+    /// one flat array in (batch, row, column) order, concatenated in plan order.
+    fn rest_output(&mut self, case: &Case) -> Result<Output, EngineError> {
+        let rows = self.verify_rows(case);
+        let picks: Vec<(Vec<usize>, Vec<usize>)> = self.gemms.iter().map(|g| crate::rest::picked(g, &rows)).collect();
+        let asked: Vec<Value> = picks.iter().map(|(r, c)| json!({"rows": r, "cols": c})).collect();
+        let v = self.call("output", json!({"op": "output", "gemms": asked}))?;
+        let per_gemm = v.get("values").and_then(Value::as_array).ok_or_else(|| fail("`output`: no `values` array".into()))?;
+        if per_gemm.len() != self.gemms.len() {
+            return Err(fail(format!("`output`: {} value arrays for the {} GEMMs of the plan", per_gemm.len(), self.gemms.len())));
+        }
+        let mut values = Vec::with_capacity(picks.iter().zip(&self.gemms).map(|((r, c), g)| g.batch * r.len() * c.len()).sum());
+        for (i, ((g, (r, c)), got)) in self.gemms.iter().zip(&picks).zip(per_gemm).enumerate() {
+            let got = got.as_array().ok_or_else(|| fail(format!("`output`: the values of GEMM {i} ({}) are not an array", gemm_label(g))))?;
+            let want = g.batch * r.len() * c.len();
+            if got.len() != want {
+                return Err(fail(format!(
+                    "`output`: GEMM {i} ({}) has {} values, expected {} x {} rows x {} columns = {want}",
+                    gemm_label(g),
+                    got.len(),
+                    g.batch,
+                    r.len(),
+                    c.len()
+                )));
+            }
+            // `null` stands for a non-finite value (JSON has no NaN); verification then fails
+            // and says so.
+            values.extend(got.iter().map(|x| x.as_f64().map(|f| f as f32).unwrap_or(f32::NAN)));
+        }
+        Ok(Output { values, indices: None, sampled: None })
+    }
+}
+
+/// A GEMM of the plan as the protocol sends it (`gemms` of `supports` and `prepare`).
+pub fn gemm_json(g: &Gemm) -> Value {
+    json!({
+        "name": g.name,
+        "component": g.component.name(),
+        "expert": g.expert,
+        "batch": g.batch,
+        "m": g.m,
+        "k": g.k,
+        "n": g.n,
+        "weight_stream": g.weight_stream,
+        "input_stream": g.input_stream,
+        "weight_scale_stream": ctxcost_core::rest::weight_scale_stream(g),
+        "fp8": g.fp8,
+    })
+}
+
+fn plan_json(gemms: &[Gemm]) -> Value {
+    Value::Array(gemms.iter().map(gemm_json).collect())
+}
+
+/// A GEMM in an error message: `expert_gate_up (expert 3)`.
+fn gemm_label(g: &Gemm) -> String {
+    match g.expert {
+        Some(e) => format!("`{}`, expert {e}", g.name),
+        None => format!("`{}`", g.name),
+    }
+}
+
+/// The component of a rest case named `name`, as [`Timing`] names it.
+fn rest_component(name: &str) -> Option<&'static str> {
+    Component::ALL.iter().map(|c| c.name()).find(|n| *n == name)
+}
+
+fn rest_names() -> String {
+    Component::ALL.iter().map(|c| c.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// A rest worker's `run` must time every component its plan has, and `ms` is their sum (the
+/// whole-model cost is built from the components: one left out would vanish from it).
+fn check_rest_components(gemms: &[Gemm], ms: f64, components: &[(&'static str, f64)]) -> Result<(), EngineError> {
+    let planned: Vec<&'static str> = crate::rest::spans(gemms).iter().map(|s| s.0.name()).collect();
+    let missing: Vec<&str> = planned.iter().copied().filter(|p| !components.iter().any(|c| c.0 == *p)).collect();
+    if !missing.is_empty() {
+        return Err(fail(format!("`run`: the answer lacks component(s) {} of the plan (a rest worker times each of {})", missing.join(", "), planned.join(", "))));
+    }
+    let sum: f64 = components.iter().map(|c| c.1).sum();
+    if (sum - ms).abs() > 1e-3 * ms.max(sum) + 1e-9 {
+        return Err(fail(format!("`run`: `ms` is {ms} but its components sum to {sum} (a rest worker's `ms` is the sum of its components)")));
+    }
+    Ok(())
 }
 
 /// Component names are `&'static str` in [`Timing`]; the protocol's names are mapped to the
@@ -438,6 +564,53 @@ fn component_name(name: &str) -> &'static str {
         "dequant" => "dequant",
         _ => "other",
     }
+}
+
+/// The operands of one GEMM of a rest case as a worker builds them (its `gemm_operands`
+/// request), as f32 bit patterns: used to prove that a worker's operands, FP8 codes and
+/// scales are bit-identical to ours.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GemmOperands {
+    /// Per input row: the `k` values before any FP8 quantisation (rounded to the case's precision).
+    pub input: Vec<Vec<u32>>,
+    /// Per weight row: the `n` values (rounded), or for an FP8 GEMM the e4m3 codes.
+    pub weight: Vec<Vec<u32>>,
+    /// FP8 GEMMs: the 128 x 128 block scales `[ceil(k/128)][ceil(n/128)]`.
+    pub weight_scales: Option<Vec<Vec<u32>>>,
+    /// FP8 GEMMs: per input row, the scale of each 1 x 128 group.
+    pub input_scales: Option<Vec<Vec<u32>>>,
+    /// FP8 GEMMs: per input row, the e4m3 codes of its quantised values.
+    pub input_codes: Option<Vec<Vec<u32>>>,
+}
+
+/// Ask a worker for the operands of `gemm` at input rows `input_rows` and weight rows
+/// `weight_rows` (`(b, row)` pairs).
+pub fn worker_gemm_operands(spec: &ExternalSpec, case: &Case, gemm: &Gemm, input_rows: &[(usize, usize)], weight_rows: &[(usize, usize)]) -> Result<GemmOperands, String> {
+    let e = External::new(spec.clone());
+    e.hello()?;
+    let msg = json!({"op": "gemm_operands", "case": case, "gemm": gemm_json(gemm), "input_rows": input_rows, "weight_rows": weight_rows});
+    let v = e.call("gemm_operands", msg).map_err(|e| e.to_string())?;
+    let grab = |k: &str| -> Result<Option<Vec<Vec<u32>>>, String> {
+        match v.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(rows)) => rows
+                .iter()
+                .map(|r| {
+                    let r = r.as_array().ok_or(format!("`{k}` row is not an array"))?;
+                    Ok(r.iter().map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok()).unwrap_or(u32::MAX)).collect())
+                })
+                .collect::<Result<Vec<_>, String>>()
+                .map(Some),
+            Some(_) => Err(format!("`{k}` is not an array")),
+        }
+    };
+    Ok(GemmOperands {
+        input: grab("input_bits")?.ok_or("no `input_bits`")?,
+        weight: grab("weight_bits")?.ok_or("no `weight_bits`")?,
+        weight_scales: grab("weight_scale_bits")?,
+        input_scales: grab("input_scale_bits")?,
+        input_codes: grab("input_code_bits")?,
+    })
 }
 
 /// The generator values a worker builds for `tensor` at `rows` (its `inputs` request), as
@@ -479,6 +652,37 @@ mod tests {
         for bad in ["my-attn=python3 x.py", "my-attn:sparsish=x", "my attn:dense=x", ":dense=x", "a:dense=", "a:dense"] {
             assert!(ExternalSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rest_plans_and_timings_are_checked() {
+        let case = Case {
+            engine: "w".into(),
+            method: Method::Rest,
+            shape: ctxcost_core::ModelShape::tiny(),
+            phase: ctxcost_core::Phase::Decode,
+            context: 1024,
+            batch: 4,
+            query_len: 1,
+            precision: ctxcost_core::Precision::Fp8,
+            seed: 1,
+            kernel: Default::default(),
+        };
+        let gemms = plan(&case);
+        let sent = plan_json(&gemms);
+        let first = &sent[0];
+        assert_eq!((first["name"].as_str(), first["component"].as_str(), first["fp8"].as_bool()), (Some("q_down"), Some("mla_proj"), Some(true)));
+        assert_eq!(first["weight_scale_stream"].as_u64(), Some(gemms[0].weight_stream | (1 << 32)));
+        assert!(sent.as_array().unwrap().iter().any(|g| g["expert"].is_u64()) && first["expert"].is_null());
+        // Every planned component, summing to `ms`.
+        let all: Vec<(&'static str, f64)> = Component::ALL.iter().map(|c| (c.name(), 0.5)).collect();
+        assert!(check_rest_components(&gemms, 3.0, &all).is_ok());
+        let why = check_rest_components(&gemms, 3.0, &all[1..]).unwrap_err().to_string();
+        assert!(why.contains("lacks component(s) mla_proj"), "{why}");
+        let why = check_rest_components(&gemms, 4.0, &all).unwrap_err().to_string();
+        assert!(why.contains("sum to 3"), "{why}");
+        assert_eq!((rest_component("moe"), rest_component("attention")), (Some("moe"), None));
+        assert!(gemm_label(gemms.iter().find(|g| g.expert.is_some()).unwrap()).contains("expert"));
     }
 
     #[test]

@@ -48,9 +48,12 @@ class Shape:
 
 
 class Case:
-    """One measured case (engine, method, shape, phase, context, batch, query_len, precision, seed)."""
+    """One measured case (engine, method, shape, phase, context, batch, query_len, precision, seed).
 
-    def __init__(self, d):
+    A ``rest`` case also carries ``gemms``, the GEMM plan the runner sends beside it (a list of
+    :class:`ctxcost_peers.rest.Gemm`, or None where the request had none)."""
+
+    def __init__(self, d, gemms=None):
         if not isinstance(d, dict):
             raise ValueError("case must be an object")
         for f in ("shape", "phase", "context", "batch", "query_len", "precision", "seed"):
@@ -70,8 +73,8 @@ class Case:
             raise ValueError("phase must be prefill or decode, got %r" % self.phase)
         if self.precision not in ("f32", "bf16", "fp8"):
             raise ValueError("precision must be f32, bf16 or fp8, got %r" % self.precision)
-        if self.method not in ("dense", "dsa"):
-            raise ValueError("method must be dense or dsa, got %r" % self.method)
+        if self.method not in ("dense", "dsa", "rest"):
+            raise ValueError("method must be dense, dsa or rest, got %r" % self.method)
         if self.context < 1 or self.batch < 1 or self.query_len < 1 or self.query_len > self.context:
             raise ValueError(
                 "need context >= query_len >= 1 and batch >= 1 (context %d, query_len %d, batch %d)"
@@ -79,6 +82,15 @@ class Case:
             )
         if not (0 <= self.seed < (1 << 64)):
             raise ValueError("seed must be a u64")
+        self.gemms = None
+        if gemms is not None:
+            from .rest import parse_plan
+
+            self.gemms = parse_plan(gemms)
+
+    @property
+    def is_rest(self):
+        return self.method == "rest"
 
     @property
     def is_sparse(self):

@@ -84,6 +84,17 @@ def finite_rows(rows):
     return out
 
 
+def array_values(arr):
+    """A numpy array, flattened, as a JSON-ready list (exact doubles of f32 values; non-finite -> None)."""
+    import numpy as np
+
+    arr = np.asarray(arr).reshape(-1)
+    vals = arr.astype(np.float64).tolist()
+    if arr.size and not np.isfinite(arr).all():
+        vals = finite_rows([vals])[0]
+    return vals
+
+
 def array_rows(arr):
     """A 2-D numpy array as JSON-ready lists (exact doubles of f32 values; non-finite -> None)."""
     import numpy as np
@@ -98,7 +109,8 @@ def array_rows(arr):
 class Adapter:
     """Base of every adapter. Subclasses set the class fields and implement prepare/run; the
     defaults cover hello, supports (method, phase, precision), output (from ``self.out`` and
-    ``self.sel``), inputs (numpy generator) and release."""
+    ``self.sel``; rest cases: from ``self.outs``, one ``[batch, m, n]`` array or tensor per
+    GEMM), inputs and gemm_operands (numpy generator) and release."""
 
     id = "adapter"
     method = "dense"
@@ -110,6 +122,7 @@ class Adapter:
         self.case = None
         self.out = None  # [B, q, H, v_dim] array or tensor after run
         self.sel = None  # [B, q, k] int array or tensor after run (DSA)
+        self.outs = None  # rest cases: per GEMM, its output [batch, m, n] after run
         self.ran = False
 
     # -- hello ----------------------------------------------------------------------------
@@ -140,13 +153,16 @@ class Adapter:
     def unsupported_reason(self, case):
         """None when the case can run, else the reason. Subclasses extend it."""
         if case.method != self.method:
-            return "%s computes %s attention; the case asks for %s" % (self.id, self.method, case.method)
+            what = "the rest of a layer (rest)" if self.method == "rest" else "%s attention" % self.method
+            return "%s computes %s; the case asks for %s" % (self.id, what, case.method)
         if case.phase not in self.phases:
             return "%s runs %s only" % (self.id, " and ".join(self.phases))
         if case.precision not in self.precisions:
             return "%s runs precision %s only" % (self.id, ", ".join(self.precisions))
         if case.is_sparse and not case.shape.has_indexer:
             return "shape %s has no indexer (DSA needs index_heads, index_dim and top_k)" % case.shape.name
+        if case.is_rest and case.gemms is not None and not case.gemms:
+            return "the plan of this rest case has no GEMM"
         return None
 
     # -- the case -------------------------------------------------------------------------
@@ -182,15 +198,45 @@ class Adapter:
                 idx = np.asarray(sel)[bi, qi]
         return vals, idx
 
+    def gemm_output(self, i):
+        """Rest cases: the output ``[batch, m, n]`` of GEMM ``i`` of the last run."""
+        return self.outs[i]
+
+    def rest_output(self, picks):
+        """Rest cases: per GEMM, the picked elements (``picks[i] = (rows, cols)``) as one flat
+        array in (batch, row, column) order."""
+        import numpy as np
+
+        vals = []
+        for i, (rows, cols) in enumerate(picks):
+            out = self.gemm_output(i)
+            if hasattr(out, "detach"):  # torch tensor: fetch only the picked elements
+                import torch
+
+                r = torch.tensor(rows, dtype=torch.long, device=out.device)
+                c = torch.tensor(cols, dtype=torch.long, device=out.device)
+                vals.append(out[:, r][:, :, c].float().reshape(-1).cpu().numpy())
+            else:
+                out = np.asarray(out)
+                vals.append(out[:, np.array(rows, dtype=np.int64)][:, :, np.array(cols, dtype=np.int64)].reshape(-1))
+        return vals
+
     def inputs(self, case, tensor, rows):
         from .generate import inputs_np
 
         return inputs_np(case, tensor, rows)
 
+    def gemm_operands(self, case, gemm, input_rows, weight_rows):
+        """The ``gemm_operands`` answer (rest cases; see PROTOCOL.md)."""
+        from .rest import operands_np
+
+        return operands_np(case, gemm, input_rows, weight_rows)
+
     def release(self):
         self.case = None
         self.out = None
         self.sel = None
+        self.outs = None
         self.ran = False
 
 
@@ -230,14 +276,16 @@ class Server:
             info = a.hello()
             return dict({"ok": True, "protocol": PROTOCOL_VERSION}, **info)
         if op == "supports":
-            case = Case(req.get("case"))
+            case = Case(req.get("case"), req.get("gemms"))
             a.check_available()
             reason = a.unsupported_reason(case)
             if reason is None:
                 return {"ok": True, "supported": True}
             return {"ok": True, "supported": False, "reason": reason}
         if op == "prepare":
-            case = Case(req.get("case"))
+            case = Case(req.get("case"), req.get("gemms"))
+            if case.is_rest and case.gemms is None:
+                raise WorkerError("prepare of a rest case needs its GEMM plan (field `gemms`)")
             a.check_available()
             reason = a.unsupported_reason(case)
             if reason is not None:
@@ -267,6 +315,14 @@ class Server:
         if op == "output":
             if a.case is None:
                 raise WorkerError("output before prepare")
+            if a.case.is_rest:
+                from .rest import check_picks
+
+                picks = check_picks(a.case.gemms, req.get("gemms"))
+                if not a.ran:
+                    a.run()
+                    a.ran = True
+                return {"ok": True, "values": [array_values(v) for v in a.rest_output(picks)]}
             qs, hs = _check_queries(a.case, req.get("queries", []), req.get("heads", []))
             if not a.ran:
                 a.run()
@@ -285,12 +341,19 @@ class Server:
             tensor = req.get("tensor")
             f32, b16 = a.inputs(case, tensor, req.get("rows", []))
             return {"ok": True, "f32_bits": f32, "bf16_bits": b16}
+        if op == "gemm_operands":
+            from .rest import Gemm, check_operand_rows
+
+            case = Case(req.get("case"))
+            gemm = Gemm(req.get("gemm"))
+            irows, wrows = check_operand_rows(gemm, req.get("input_rows", []), req.get("weight_rows", []))
+            return dict({"ok": True}, **a.gemm_operands(case, gemm, irows, wrows))
         if op == "release":
             a.release()
             return {"ok": True}
         if op == "bye":
             return {"ok": True}
-        raise WorkerError("unknown op %r (known: hello, supports, prepare, run, output, inputs, release, bye)" % (op,))
+        raise WorkerError("unknown op %r (known: hello, supports, prepare, run, output, inputs, gemm_operands, release, bye)" % (op,))
 
 
 def _failure(exc):
