@@ -1,5 +1,6 @@
 """Workers that fail on purpose, for the runner's tests:
-``python3 -m ctxcost_peers.faulty MODE``. Until the failure they behave as numpy-dense.
+``python3 -m ctxcost_peers.faulty MODE``. Until the failure they behave as numpy-dense (the
+``rest-*`` modes: as numpy-rest).
 
 Modes:
 - ``crash-on-prepare``: on prepare, write a message to stderr and exit with status 3.
@@ -9,6 +10,10 @@ Modes:
   (``garbage-on-prepare`` / ``garbage-on-run``: only that op).
 - ``wrong``: outputs off by +1.0 (fails verification).
 - ``nan``: outputs NaN (written as null).
+- ``rest-wrong-gemm``: one element of the ``router`` GEMM's output off by +1.0 (fails
+  verification).
+- ``rest-short-gemm``: the ``output`` answer of the ``router`` GEMM lacks its last value.
+- ``rest-missing-component``: ``run`` leaves ``moe`` out of its components (and out of ``ms``).
 """
 
 import os
@@ -16,6 +21,7 @@ import sys
 import time
 
 from .adapters.numpy_ref import NumpyDense
+from .adapters.numpy_rest import NumpyRest
 from .protocol import Answered, real_stdout
 
 MODES = (
@@ -27,7 +33,13 @@ MODES = (
     "garbage-on-run",
     "wrong",
     "nan",
+    "rest-wrong-gemm",
+    "rest-short-gemm",
+    "rest-missing-component",
 )
+
+#: The GEMM the rest modes spoil.
+SPOILED_GEMM = "router"
 
 
 class Faulty(NumpyDense):
@@ -75,6 +87,33 @@ class Faulty(NumpyDense):
         return ms, comps
 
 
+class FaultyRest(NumpyRest):
+    def __init__(self, mode):
+        NumpyRest.__init__(self)
+        self.mode = mode
+        self.id = "faulty-" + mode
+
+    def spoiled(self):
+        return [i for i, g in enumerate(self.gemms) if g.name == SPOILED_GEMM][0]
+
+    def run(self):
+        ms, comps = NumpyRest.run(self)
+        if self.mode == "rest-wrong-gemm":
+            i = self.spoiled()
+            self.outs[i] = self.outs[i].copy()
+            self.outs[i][0, 0, 0] += 1.0
+        elif self.mode == "rest-missing-component":
+            ms -= comps.pop("moe")
+        return ms, comps
+
+    def rest_output(self, picks):
+        vals = NumpyRest.rest_output(self, picks)
+        if self.mode == "rest-short-gemm":
+            i = self.spoiled()
+            vals[i] = vals[i][:-1]
+        return vals
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1 or argv[0] not in MODES:
@@ -83,7 +122,7 @@ def main(argv=None):
     from .protocol import guard_stdout, serve
 
     guard_stdout()
-    return serve(Faulty(argv[0]))
+    return serve(FaultyRest(argv[0]) if argv[0].startswith("rest-") else Faulty(argv[0]))
 
 
 if __name__ == "__main__":
