@@ -199,6 +199,7 @@ class LibraryAdaptersTest(unittest.TestCase):
             "flash-mla": ("flash_mla", "FlashMLA"),
             "flash-mla-dsa": ("flash_mla", "FlashMLA"),
             "deep-gemm": ("deep_gemm", "DeepGEMM"),
+            "torch-rest": ("torch", "pip install torch"),
         }
         for aid, (mod, hint) in libs.items():
             try:
