@@ -83,17 +83,35 @@ pub fn reference(case: &Case, rows: &Rows) -> Vec<f64> {
     want
 }
 
-/// Compare a `rest` engine's output with the f64 reference.
+/// Compare a `rest` engine's output with the f64 reference. A failure names the first GEMM
+/// (in plan order) whose elements do not match.
 pub fn verify(case: &Case, out: &crate::Output, rows: &Rows) -> Verification {
     // The reference multiplies the very FP8 operands the engine does, so an FP8 GEMM differs
     // from it only by accumulation order and its bf16 output: the bf16 tolerance applies.
     let tol = Tolerance::for_precision(if case.precision == Precision::Fp8 { Precision::Bf16 } else { case.precision });
     let want = reference(case, rows);
     let output = compare(&out.values, &want, tol);
-    let method = match rows {
+    let mut method = match rows {
         Rows::All => "full".to_string(),
         Rows::Sampled { queries, heads } => format!("sampled ({queries} rows x {heads} columns of every GEMM)"),
     };
+    if !output.passed && out.values.len() == want.len() {
+        let mut at = 0;
+        for (i, g) in plan(case).iter().enumerate() {
+            let (rs, cs) = picked(g, rows);
+            let n = g.batch * rs.len() * cs.len();
+            let part = compare(&out.values[at..at + n], &want[at..at + n], tol);
+            if !part.passed {
+                let precision = if g.fp8 { "fp8" } else { "bf16 or f32" };
+                method.push_str(&format!(
+                    "; first failing GEMM: #{i} `{}` ({precision}, {} x {} x {}), {} of {n} elements over tolerance",
+                    g.name, g.m, g.k, g.n, part.mismatches + part.non_finite
+                ));
+                break;
+            }
+            at += n;
+        }
+    }
     let passed = output.passed;
     Verification { method, output, selection: None, passed }
 }

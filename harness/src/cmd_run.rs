@@ -53,7 +53,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "LIST")]
     pub engines: Option<String>,
     /// Plug in an engine that runs in another process and speaks peers/PROTOCOL.md:
-    /// `ID:METHOD=COMMAND`, e.g. `my-attn:dense=python3 my_kernel.py` (METHOD: dense or dsa).
+    /// `ID:METHOD=COMMAND`, e.g. `my-attn:dense=python3 my_kernel.py` (METHOD: dense, dsa or rest).
     /// Repeatable; add the id to `--engines` (it is added when `--engines` is not given).
     #[arg(long, value_name = "ID:METHOD=COMMAND")]
     pub external: Vec<String>,

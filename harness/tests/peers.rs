@@ -346,7 +346,7 @@ fn rest_workers_that_answer_wrongly_fail_their_case() {
     let by = |id: &str| recs.iter().find(|r| r["engine"] == id).unwrap_or_else(|| panic!("no record for {id}"));
     assert_eq!(by("rest-cpu")["status"], "ok");
     let expect = [
-        ("rest-wrong-gemm", "1 of"),
+        ("rest-wrong-gemm", "first failing GEMM: #"),
         ("rest-short-gemm", "(`router`) has"),
         ("rest-missing-component", "lacks component(s) moe"),
     ];
@@ -359,6 +359,9 @@ fn rest_workers_that_answer_wrongly_fail_their_case() {
     // The one wrong element is the only mismatch: the rest of the plan came back right.
     let wrong = &by("bad-rest-wrong-gemm")["verification"]["output"];
     assert_eq!(wrong["mismatches"], 1, "{wrong}");
+    // The reason names the spoiled GEMM, and only it.
+    let why = by("bad-rest-wrong-gemm")["reason"].as_str().unwrap().to_string();
+    assert!(why.contains("`router`") && why.contains("1 of"), "{why}");
 }
 
 #[test]
