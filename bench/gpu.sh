@@ -23,15 +23,8 @@ BIN=${CTXCOST_BIN:-target/runner/ctxcost}
 SMOKE=${CTXCOST_SMOKE:-target/release/examples/cuda_smoke}
 STEPS=${STEPS:-"smoke ceilings run baseline"}
 
-# cuBLAS for the GEMM ceiling: the toolkit's, else the one PyTorch ships.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-    $(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null | sed 's|$|/cu13/lib|') \
-    $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
-    if ls "$d"/libcublas.so* >/dev/null 2>&1; then
-        export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        break
-    fi
-done
+# cuBLAS and cuBLASLt: the toolkit's, else the one PyTorch ships.
+. "$(dirname "$0")/cuda-libs.sh"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,memory.used --format=csv | tee "$OUT/gpu.txt"
 

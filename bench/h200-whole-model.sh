@@ -21,15 +21,8 @@ REST_PRECISION=${REST_PRECISION:-bf16,fp8}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/peers${PYTHONPATH:+:$PYTHONPATH}"
 has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
-# cuBLAS / cuBLASLt: the toolkit's, else the one PyTorch ships.
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
-    $(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__file__))' 2>/dev/null | sed 's|$|/cu13/lib|') \
-    $(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null); do
-    if ls "$d"/libcublas.so* >/dev/null 2>&1; then
-        export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        break
-    fi
-done
+# cuBLAS and cuBLASLt: the toolkit's, else the one PyTorch ships.
+. "$(dirname "$0")/cuda-libs.sh"
 
 if has rest; then
     for ep in 1 8; do

@@ -39,14 +39,23 @@ def topk_exact(scores, visible, k):
     return out
 
 
-class _NumpyBase(Adapter):
+class NumpyAdapter(Adapter):
+    """What the numpy CPU workers share: their precisions, their clock, and a size limit
+    (``too_large``) checked after the protocol's own checks."""
+
     precisions = ("f32", "bf16", "fp8")
     timer = "monotonic-clock"
 
+    def too_large(self, case):
+        """Why the case is too large for a CPU worker, or None."""
+        return None
+
     def unsupported_reason(self, case):
-        r = Adapter.unsupported_reason(self, case)
-        if r:
-            return r
+        return Adapter.unsupported_reason(self, case) or self.too_large(case)
+
+
+class _NumpyBase(NumpyAdapter):
+    def too_large(self, case):
         s = case.shape
         cols = max(s.heads * s.mqa_kv_dim, s.heads * s.mha_qk_dim)
         work = case.batch * case.query_len * case.context * cols

@@ -15,23 +15,18 @@ import time
 import numpy as np
 
 from ..generate import round_bf16_np
-from ..protocol import Adapter
+from .numpy_ref import NumpyAdapter
 from ..rest import dequantise_groups_np, fp8_quantise_np, fp8_weight_dequantised_np, host_bytes, input_np, spans, weight_np
 
 #: Host bytes (operands and outputs as f32) above which numpy-rest declines a case.
 MAX_HOST_BYTES = 2 << 30
 
 
-class NumpyRest(Adapter):
+class NumpyRest(NumpyAdapter):
     id = "numpy-rest"
     method = "rest"
-    precisions = ("f32", "bf16", "fp8")
-    timer = "monotonic-clock"
 
-    def unsupported_reason(self, case):
-        r = Adapter.unsupported_reason(self, case)
-        if r:
-            return r
+    def too_large(self, case):
         if case.gemms is not None and host_bytes(case.gemms) > MAX_HOST_BYTES:
             return "the rest of a `%s` layer needs %.1f GiB of operands on the host: numpy-rest is for the tiny and small shapes" % (
                 case.shape.name,
@@ -65,5 +60,5 @@ class NumpyRest(Adapter):
         return sum(comps.values()), comps
 
     def release(self):
-        Adapter.release(self)
+        NumpyAdapter.release(self)
         self.gemms = self.spans = self.inputs_ = self.weights = None
