@@ -163,8 +163,13 @@ pub fn series_sentence(a: &Analysis, s: &Series, fig3: &Fig3) -> String {
         Crossing::AboveRange { .. } => "; costs as much as dense or more at the largest measured context".to_string(),
         Crossing::NoData => String::new(),
     });
+    let rest = match &s.other.source {
+        crate::cost::OtherSource::Rest(r) => format!("rest of the model measured by {}, {} EP {}", r.engine, r.precision, r.ep),
+        crate::cost::OtherSource::Measured { engine, .. } => format!("rest of the model measured by {engine}"),
+        crate::cost::OtherSource::Analytic { .. } => "rest of the model assumed".to_string(),
+    };
     out.push_str(&format!(
-        "; per request of {}: {}; whole model (modelled): {}",
+        "; per request of {}: {}; whole model ({rest}): {}",
         fmt_tokens(last.context as f64),
         fmt_ratio_ci(&last.attn_request_ratio, 2),
         fmt_ratio_ci(&last.model_ratio, 2)

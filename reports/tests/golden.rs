@@ -340,11 +340,13 @@ fn measured_rest_records_change_the_whole_model_cost_by_hand() {
     let md = ctxcost_reports::render::markdown(&r, &[]);
     assert!(md.contains("measured: `rest-cpu` (the fastest verified `rest` engine here), median of 1 record(s), f32 GEMMs at 4 tokens, EP 8"), "{md}");
     assert!(!md.contains("  "), "no runs of spaces inside a sentence");
+    assert!(md.contains("whole model (rest of the model measured by rest-cpu, f32 EP 8): "), "{md}");
     assert!(md.contains("6.4950 ms per token") && md.contains("0.3050 ms per token on the DSA side only"));
     assert!(md.contains("all-to-all") && md.contains("H800") && md.contains("Fig. 3 V3.2-Exp"));
     // Without the rest records the same series is analytic and the differences are not listed.
     let plain = ctxcost_reports::render::markdown(&golden(), &[]);
     assert!(!plain.contains("all-to-all") && plain.contains("not measured"));
+    assert!(plain.contains("whole model (rest of the model assumed): ") && !plain.contains("(modelled)"), "{plain}");
 }
 
 #[test]
