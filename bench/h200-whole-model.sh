@@ -9,7 +9,8 @@
 #   OUT=bench-out bash bench/h200-whole-model.sh
 #   ctxcost report bench-out/whole-model.jsonl --out report/
 # Env: OUT, CTXCOST_BIN, REST_ENGINES (default rest-cuda), REST_PRECISION (default bf16,fp8),
-# CONTEXTS (default 16k,32k,64k,128k), ENGINES, RUN_ARGS, ATTENTION_TIMEOUT (seconds, default 420),
+# REST_ARGS (default --max-seconds 2s), CONTEXTS (default 16k,32k,64k,128k), ENGINES, RUN_ARGS,
+# ATTENTION_TIMEOUT (seconds, default 420),
 # STEPS ("rest attention" by default).
 set -u
 OUT=${OUT:-bench-out}
@@ -18,6 +19,7 @@ BIN=${CTXCOST_BIN:-target/runner/ctxcost}
 STEPS=${STEPS:-"rest attention"}
 REST_ENGINES=${REST_ENGINES:-rest-cuda}
 REST_PRECISION=${REST_PRECISION:-bf16,fp8}
+REST_ARGS=${REST_ARGS:---max-seconds 2s}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/peers${PYTHONPATH:+:$PYTHONPATH}"
 has() { case " $STEPS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
@@ -28,9 +30,9 @@ if has rest; then
     for ep in 1 8; do
         echo "== rest: $REST_ENGINES decode B=16,64,256 and prefill chunk 4096, EP $ep, $REST_PRECISION"
         "$BIN" run --shape deepseek-v3.2-exp --engines "$REST_ENGINES" --contexts 4k --phase decode --batch 16,64,256 \
-            --precision "$REST_PRECISION" --ep "$ep" --max-seconds 2s --out "$OUT/rest-decode-ep$ep.jsonl" --force --no-report 2>&1 | tail -n 30
+            --precision "$REST_PRECISION" --ep "$ep" $REST_ARGS --out "$OUT/rest-decode-ep$ep.jsonl" --force --no-report 2>&1 | tail -n 30
         "$BIN" run --shape deepseek-v3.2-exp --engines "$REST_ENGINES" --contexts 4k --phase prefill --batch 1 --chunk 4096 \
-            --precision "$REST_PRECISION" --ep "$ep" --max-seconds 2s --out "$OUT/rest-prefill-ep$ep.jsonl" --force --no-report 2>&1 | tail -n 20
+            --precision "$REST_PRECISION" --ep "$ep" $REST_ARGS --out "$OUT/rest-prefill-ep$ep.jsonl" --force --no-report 2>&1 | tail -n 20
     done
 fi
 
