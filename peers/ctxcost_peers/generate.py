@@ -258,10 +258,17 @@ def bf16_bits_torch(torch, x_bf16):
     return x_bf16.view(torch.int16).to(torch.int32) & 0xFFFF
 
 
+def div_exact(torch, x, d):
+    """``x / d`` rounded once (IEEE division), elementwise. On CUDA, torch divides a tensor by a
+    Python number as a multiplication by its reciprocal, one ulp off the quotient for some
+    values; dividing by a tensor of ``d`` divides."""
+    return x / torch.full_like(x, d)
+
+
 def e4m3_scale_torch(torch, blocks, kind):
     """As :func:`e4m3_scale_np`, on a float32 tensor (blocks on the last axis)."""
     amax = blocks.abs().amax(dim=-1).clamp_min(1e-12)
-    s = amax / E4M3_MAX
+    s = div_exact(torch, amax, E4M3_MAX)
     if kind == "fp32":
         return s
     lg = torch.log2(s.to(torch.float64)).to(torch.float32)

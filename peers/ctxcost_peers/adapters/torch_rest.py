@@ -17,7 +17,7 @@ block scales (torch or CUDA too old, not a Hopper GPU), fp8 cases are declined w
 own words (one probe per worker).
 """
 
-from ..generate import E4M3_MAX, uniform_torch
+from ..generate import E4M3_MAX, div_exact, uniform_torch
 from ..protocol import Unsupported
 from ..rest import (
     FP8_BLOCK,
@@ -38,7 +38,7 @@ def quantise_1x128(torch, x):
     the definition does."""
     rows, kp = x.shape
     xg = x.view(rows, kp // FP8_BLOCK, FP8_BLOCK).float()
-    s = xg.abs().amax(dim=-1).clamp_min(1e-12) / E4M3_MAX
+    s = div_exact(torch, xg.abs().amax(dim=-1).clamp_min(1e-12), E4M3_MAX)
     q = (xg / s.unsqueeze(-1)).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).view(rows, kp)
     return s, q
 
@@ -53,7 +53,7 @@ def weight_scales(torch, case, g, device):
     """The fp32 128 x 128 block scales ``[ceil(k/128), ceil(n/128)]`` of an FP8 GEMM."""
     kb, nb = g.blocks
     u = uniform_torch(torch, case.seed, g.weight_scale_stream, 0, kb * nb, device)
-    return ((1.5 + 0.5 * u) / E4M3_MAX).view(kb, nb)
+    return div_exact(torch, 1.5 + 0.5 * u, E4M3_MAX).view(kb, nb)
 
 
 def one_line(exc, limit=800):
