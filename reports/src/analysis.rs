@@ -800,7 +800,9 @@ fn build_series(
     }
     unpaired.sort_by_key(|u| u.context);
 
-    let query_tokens_first = paired.first().map(|&(_, d, _)| set.records[d].record.case.query_tokens()).unwrap_or(1);
+    // The series' query tokens: a paired point's, else any of its records' (a side alone).
+    let query_tokens_first =
+        paired.first().map(|&(_, d, _)| d).or_else(|| dense.values().chain(dsa.values()).next().copied()).map_or(1, |i| set.records[i].record.case.query_tokens());
     let other = measured_other(set, &key, query_tokens_first).unwrap_or_else(|| OtherCost::analytic(active_params, settings.other_tflops));
     let (other_dense, other_dsa) = (other.side(false), other.side(true));
     let price = settings.usd_per_gpu_hour;
