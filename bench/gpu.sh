@@ -15,13 +15,14 @@
 # the real runner (verify, then time); PyTorch baselines (cuDNN SDPA prefill, cuBLAS decode).
 # Env: STEPS="smoke ceilings run baseline" picks steps; CONTEXTS/PHASE/PRECISION narrow the
 # run; ENGINES (default: ours and every peer in `ctxcost engines`) picks the engines;
-# RUN_ARGS adds flags to `run`. Peers run as `python3 -m ctxcost_peers ID` from `peers/`.
+# RUN_ARGS adds flags to `run`; RECORDS names the records file under OUT (default h200.jsonl). Peers run as `python3 -m ctxcost_peers ID` from `peers/`.
 set -u
 OUT=${OUT:-bench-out}
 mkdir -p "$OUT"
 BIN=${CTXCOST_BIN:-target/runner/ctxcost}
 SMOKE=${CTXCOST_SMOKE:-target/release/examples/cuda_smoke}
 STEPS=${STEPS:-"smoke ceilings run baseline"}
+RECORDS=${RECORDS:-h200.jsonl}
 
 # cuBLAS and cuBLASLt: the toolkit's, else the one PyTorch ships.
 . "$(dirname "$0")/cuda-libs.sh"
@@ -43,7 +44,7 @@ fi
 if has run && [ -x "$BIN" ]; then
     ENGINES=${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,efficient-sdpa,torch-eager-dense,torch-eager-dsa,flashinfer,flash-mla,flash-mla-dsa,deep-gemm}
     echo "== ctxcost run --preset h200 --engines $ENGINES"
-    args=(run --preset h200 --engines "$ENGINES" --out "$OUT/h200.jsonl" --force --no-report)
+    args=(run --preset h200 --engines "$ENGINES" --out "$OUT/$RECORDS" --force --no-report)
     [ -n "${CONTEXTS:-}" ] && args+=(--contexts "$CONTEXTS")
     [ -n "${PHASE:-}" ] && args+=(--phase "$PHASE")
     [ -n "${PRECISION:-}" ] && args+=(--precision "$PRECISION")
@@ -58,8 +59,8 @@ if has baseline; then
 fi
 
 # Summary: achieved rates of the runner's records next to the ceilings.
-if [ -f "$OUT/h200.jsonl" ]; then
-    python3 - "$OUT" <<'EOF'
+if [ -f "$OUT/$RECORDS" ]; then
+    python3 - "$OUT" "$RECORDS" <<'EOF'
 import json, re, sys
 out = sys.argv[1]
 ceil = {}
@@ -74,7 +75,7 @@ copy, gemm = ceil.get("copy_tbps"), ceil.get("gemm_bf16_tflops")
 print(f"== summary: ceilings copy {copy} TB/s, gemm {gemm} TFLOP/s")
 print(f"{'case':<44} {'status':<8} {'median ms':>10} {'TFLOP/s':>8} {'%gemm':>6} {'TB/s':>7} {'%copy':>6} verify")
 import statistics
-recs = [json.loads(l) for l in open(f"{out}/h200.jsonl")]
+recs = [json.loads(l) for l in open(f"{out}/{sys.argv[2]}")]
 for r in recs:
     c = r["case"]
     name = f"{r['engine']} {c['phase']} {c['precision']} L={c['context']} B={c['batch']} q={c['query_len']}"

@@ -3,7 +3,8 @@
 #   1. `rest-cuda` (and any `rest` peer in REST_ENGINES): one layer's non-attention GEMMs at
 #      decode B = 16, 64, 256 and a prefill chunk of 4096, EP 1 and 8, in each precision of
 #      REST_PRECISION.
-#   2. Attention: ours beside the library peers (bench/gpu.sh's run step) at CONTEXTS.
+#   2. Attention: ours beside the library peers (bench/gpu.sh's run step) at CONTEXTS, decode
+#      then prefill, each phase with half of ATTENTION_TIMEOUT.
 # Build here, carry the runner, run from the repository root on the GPU machine:
 #   cargo build --profile runner -p ctxcost --no-default-features --features cuda
 #   OUT=bench-out bash bench/h200-whole-model.sh
@@ -37,11 +38,15 @@ if has rest; then
 fi
 
 if has attention; then
-    echo "== attention: ours beside the peers"
-    STEPS="run" CTXCOST_BIN="$BIN" OUT="$OUT" CONTEXTS="${CONTEXTS:-16k,32k,64k,128k}" PRECISION="${PRECISION:-bf16,fp8}" \
-        ENGINES="${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,efficient-sdpa,torch-eager-dense,torch-eager-dsa}" \
-        RUN_ARGS="${RUN_ARGS:---max-seconds 2s --max-samples 12}" timeout "${ATTENTION_TIMEOUT:-420}" bash bench/gpu.sh
+    # One run per phase, each with half the time, so a time limit never leaves a phase out.
+    for phase in decode prefill; do
+        echo "== attention, $phase: ours beside the peers"
+        STEPS="run" CTXCOST_BIN="$BIN" OUT="$OUT" RECORDS="attention-$phase.jsonl" PHASE="$phase" \
+            CONTEXTS="${CONTEXTS:-16k,32k,64k,128k}" PRECISION="${PRECISION:-bf16,fp8}" \
+            ENGINES="${ENGINES:-dense-cuda,dsa-cuda,cudnn-sdpa,flash-sdpa,efficient-sdpa,torch-eager-dense,torch-eager-dsa}" \
+            RUN_ARGS="${RUN_ARGS:---max-seconds 2s --max-samples 12}" timeout $(( ${ATTENTION_TIMEOUT:-420} / 2 )) bash bench/gpu.sh
+    done
 fi
 
-cat "$OUT"/rest-*.jsonl "$OUT"/h200.jsonl > "$OUT/whole-model.jsonl" 2>/dev/null
+cat "$OUT"/rest-*.jsonl "$OUT"/attention-*.jsonl > "$OUT/whole-model.jsonl" 2>/dev/null
 echo "== $(wc -l < "$OUT/whole-model.jsonl") records in $OUT/whole-model.jsonl"
