@@ -614,7 +614,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                     if r.status != Status::Ok || !tty {
                         let what = match r.status {
                             Status::Ok => format!("{:.4} ms median", r.median_ms().unwrap_or(f64::NAN)),
-                            _ => format!("{:?}: {}", r.status, r.reason.as_deref().unwrap_or("")).to_lowercase(),
+                            _ => format!("{}: {}", format!("{:?}", r.status).to_lowercase(), r.reason.as_deref().unwrap_or("")),
                         };
                         let on = slot_name(slots[slot].as_ref());
                         let on = if on.is_empty() { on } else { format!(" {on}") };

@@ -58,10 +58,12 @@ pub fn render(records: &[Record]) -> String {
         let f = rs.iter().filter_map(|r| r.median_ms()).fold(f64::INFINITY, f64::min);
         rs.iter().copied().find(|r| r.median_ms() == Some(f))
     }
-    out.push_str(&format!(
-        "{:<8} {:<5} {:>3} {:>7} {:>10} {:<18} {:>10} {:<18} {:>9}  {}\n",
-        "phase", "prec", "B", "context", "dense ms", "(fastest dense)", "dsa ms", "(fastest dsa)", "dsa/dense", "95% CI"
-    ));
+    if !points.is_empty() {
+        out.push_str(&format!(
+            "{:<8} {:<5} {:>3} {:>7} {:>10} {:<18} {:>10} {:<18} {:>9}  {}\n",
+            "phase", "prec", "B", "context", "dense ms", "(fastest dense)", "dsa ms", "(fastest dsa)", "dsa/dense", "95% CI"
+        ));
+    }
     let mut several = Vec::new();
     for (point, (dense, dsa)) in &points {
         let (phase, prec, b, ctx) = (point.phase, point.precision, point.batch, &point.context);
@@ -129,7 +131,11 @@ pub fn render(records: &[Record]) -> String {
     }
     let mut lines = Vec::new();
     for ((engine, phase, prec), pts) in &series {
-        if pts.len() < 2 {
+        // A slope needs two contexts (a `rest` sweep, or batches at one context, has one).
+        let mut contexts: Vec<u64> = pts.iter().map(|p| p.0 as u64).collect();
+        contexts.sort_unstable();
+        contexts.dedup();
+        if contexts.len() < 2 {
             continue;
         }
         let xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
@@ -196,5 +202,24 @@ mod tests {
         assert!(row.contains("cudnn-sdpa") && row.contains("dsa-cuda") && row.contains("0.500"), "{text}");
         assert!(!row.contains("broken-fast"), "an unverified engine never stands for its method: {text}");
         assert!(text.contains("cudnn-sdpa 2.000 ms (1.00), dense-cuda 4.000 ms (0.50)"), "{text}");
+    }
+
+    #[test]
+    fn rest_records_at_one_context_get_no_table_header_and_no_growth_exponent() {
+        let mut records = Vec::new();
+        for (batch, ms) in [(16, 2.0), (64, 2.2), (256, 2.6)] {
+            let mut r = rec("rest-cuda", Method::Rest, ms, true);
+            r.case.batch = batch;
+            records.push(r);
+        }
+        let text = render(&records);
+        assert!(!text.contains("growth with context") && !text.contains("NaN"), "{text}");
+        assert!(!text.contains("dsa/dense"), "{text}");
+        assert_eq!(text.matches("rest of the layer: rest-cuda").count(), 3, "{text}");
+        // Two contexts of one engine do get an exponent.
+        let mut two = vec![rec("dense-cuda", Method::Dense, 1.0, true), rec("dense-cuda", Method::Dense, 2.0, true)];
+        two[1].case.context = 8192;
+        let text = render(&two);
+        assert!(text.contains("dense-cuda decode bf16: time ~ context^1.00"), "{text}");
     }
 }
