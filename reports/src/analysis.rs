@@ -556,9 +556,13 @@ fn measured_other(set: &RecordSet, key: &SeriesKey, query_tokens: usize) -> Opti
 
 /// The rest of the model from `rest` records (see [`measured_other`]).
 fn measured_rest(rest: &[&LoadedRecord], key: &SeriesKey, query_tokens: usize) -> Option<OtherCost> {
-    // Verified records when there are any (a `--no-verify` record never outranks them).
-    let verified: Vec<&LoadedRecord> = rest.iter().copied().filter(|r| r.record.verification.as_ref().is_some_and(|v| v.passed)).collect();
-    let rest: &[&LoadedRecord] = if verified.is_empty() { rest } else { &verified };
+    // As the verdict ranks attention records: never one that failed verification, and only
+    // verified ones when there are any (a `--no-verify` record never outranks them).
+    let best = rest.iter().map(|r| Verified::of(r)).max().unwrap_or(Verified::Failed);
+    if best == Verified::Failed {
+        return None;
+    }
+    let rest: Vec<&LoadedRecord> = rest.iter().copied().filter(|r| Verified::of(r) == best).collect();
     let tokens_of = |r: &&LoadedRecord| r.record.case.query_tokens();
     let distance = |t: usize| ((t as f64) / (query_tokens.max(1) as f64)).ln().abs();
     let nearest = rest.iter().map(tokens_of).min_by(|a, b| distance(*a).total_cmp(&distance(*b)).then(a.cmp(b)))?;

@@ -374,7 +374,12 @@ fn the_fastest_verified_rest_engine_is_used_and_the_others_named() {
     slow.record.verification = passed();
     let mut unverified = rename(rest_record(&records, 4, 1, 0.1), "unchecked-rest");
     unverified.record.verification = None;
-    records.extend([ours, fast, slow, unverified]);
+    // A record that failed verification is never used, however fast.
+    let mut wrong = rename(rest_record(&records, 4, 1, 0.05), "wrong-rest");
+    wrong.record.verification = passed();
+    wrong.record.verification.as_mut().unwrap().passed = false;
+    let only_wrong = wrong.clone();
+    records.extend([ours, fast, slow, unverified, wrong]);
     let r = report::build_from_set(load::from_records(records), &ReportOptions::default()).unwrap();
     let s = series(&r, Phase::Decode, Precision::F32);
     let OtherSource::Rest(src) = &s.other.source else { panic!("{:?}", s.other) };
@@ -383,6 +388,11 @@ fn the_fastest_verified_rest_engine_is_used_and_the_others_named() {
     // The others, fastest first, with their whole-model ms per token (DSA side).
     assert_eq!(src.others, vec!["rest-cpu 6.8000 ms/token".to_string(), "numpy-rest 20.4000 ms/token".to_string()]);
     assert!(s.other.describe().contains("`torch-rest` (the fastest verified `rest` engine here; also measured: rest-cpu 6.8000 ms/token, numpy-rest"), "{}", s.other.describe());
+    // With only the failed record, the rest of the model is assumed, not taken from it.
+    let (mut alone, _) = load::parse_jsonl("golden.jsonl", &text);
+    alone.push(only_wrong);
+    let r = report::build_from_set(load::from_records(alone), &ReportOptions::default()).unwrap();
+    assert!(matches!(series(&r, Phase::Decode, Precision::F32).other.source, OtherSource::Analytic { .. }));
 }
 
 #[test]
