@@ -160,11 +160,7 @@ pub fn verify(case: &Case, inputs: &Inputs, out: &Output, rows: &Rows) -> Verifi
     }
     let output = compare(&got, &want, tol);
     if case.is_sparse() {
-        let tie_tol = match case.precision {
-            ctxcost_core::Precision::F32 => 1e-6,
-            ctxcost_core::Precision::Bf16 => 1e-3,
-            ctxcost_core::Precision::Fp8 => 1e-2,
-        };
+        let tie_tol = tie_tolerance(case.precision);
         let mut scores = |r: usize| {
             let (b, i) = sel_rows[r];
             indexer_scores(&view, b, i)
@@ -181,3 +177,14 @@ fn method(rows: &Rows) -> String {
         Rows::Sampled { queries, heads } => format!("sampled ({queries} queries x {heads} heads)"),
     }
 }
+
+/// How close (relative to the row's score range) an index's reference score must be to the
+/// k-th largest for a differing top-k entry to count as a near-tie that rounding may flip.
+pub fn tie_tolerance(precision: ctxcost_core::Precision) -> f64 {
+    match precision {
+        ctxcost_core::Precision::F32 => 1e-6,
+        ctxcost_core::Precision::Bf16 => 1e-3,
+        ctxcost_core::Precision::Fp8 => 1e-2,
+    }
+}
+

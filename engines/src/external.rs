@@ -479,7 +479,7 @@ impl External {
         if per_gemm.len() != self.gemms.len() {
             return Err(fail(format!("`output`: {} value arrays for the {} GEMMs of the plan", per_gemm.len(), self.gemms.len())));
         }
-        let mut values = Vec::with_capacity(picks.iter().zip(&self.gemms).map(|((r, c), g)| g.batch * r.len() * c.len()).sum());
+        let mut values = Vec::new();
         for (i, ((g, (r, c)), got)) in self.gemms.iter().zip(&picks).zip(per_gemm).enumerate() {
             let got = got.as_array().ok_or_else(|| fail(format!("`output`: the values of GEMM {i} ({}) are not an array", gemm_label(g))))?;
             let want = g.batch * r.len() * c.len();

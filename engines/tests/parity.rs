@@ -124,8 +124,10 @@ fn dsa_with_k_at_least_context_is_dense_mqa() {
     }
 }
 
+/// dsa-cpu's f32 top-k equals the f64 reference's row for row, except where a near-tie at the
+/// k-th score (within verification's f32 tie tolerance) may flip; such rows stay rare.
 #[test]
-fn dsa_indices_equal_reference_topk_exactly_in_f32() {
+fn dsa_indices_equal_reference_topk_in_f32_up_to_near_ties() {
     for (phase, context, query_len, batch) in [(Phase::Decode, 1000, 2, 3), (Phase::Prefill, 300, 300, 1), (Phase::Prefill, 700, 40, 2)] {
         let c = case("dsa-cpu", phase, Precision::F32, context, query_len, batch);
         let out = run(&c, Some(16));
@@ -134,13 +136,12 @@ fn dsa_indices_equal_reference_topk_exactly_in_f32() {
         let k = c.effective_top_k();
         let idx = out.indices.expect("dsa-cpu returns indices");
         assert_eq!(idx.len(), batch * query_len * k);
-        for b in 0..batch {
-            for i in 0..query_len {
-                let want = reference::topk(&reference::indexer_scores(&view, b, i), k);
-                let row = (b * query_len + i) * k;
-                assert_eq!(&idx[row..row + k], &want[..], "{} seed {} b {b} i {i}", c.key(), c.seed);
-            }
-        }
+        let rows: Vec<(usize, usize)> = (0..batch).flat_map(|b| (0..query_len).map(move |i| (b, i))).collect();
+        let want: Vec<i32> = rows.iter().flat_map(|&(b, i)| reference::topk(&reference::indexer_scores(&view, b, i), k)).collect();
+        let mut scores = |r: usize| reference::indexer_scores(&view, rows[r].0, rows[r].1);
+        let sel = ctxcost_core::verify::compare_selection(&idx, &want, k, ctxcost_engines::check::tie_tolerance(Precision::F32), &mut scores);
+        assert!(sel.passed, "{} seed {}: {sel:?}", c.key(), c.seed);
+        assert!(sel.rows_differing * 50 <= rows.len().max(50), "{} seed {}: {} of {} rows differ", c.key(), c.seed, sel.rows_differing, rows.len());
     }
 }
 

@@ -102,12 +102,16 @@ struct Fp8Operands {
     _weight_scales: CudaSlice<f32>,
 }
 
+/// A GEMM's weight: bf16, or an FP8 checkpoint with its quantised-input buffers.
+enum Weight {
+    Bf16(CudaSlice<u16>),
+    Fp8(Fp8Operands),
+}
+
 struct Operands {
     input: CudaSlice<u16>,
-    /// The bf16 weight (empty for an FP8 GEMM, whose weight is in `fp8`).
-    weight: CudaSlice<u16>,
+    weight: Weight,
     out: CudaSlice<u16>,
-    fp8: Option<Fp8Operands>,
 }
 
 struct Prepared {
@@ -166,7 +170,7 @@ impl RestCuda {
             let (ni8, nw8) = (ni.next_multiple_of(8), nw.next_multiple_of(8));
             let mut input = launch::alloc::<u16>(&dev, ni8, "rest GEMM input")?;
             launch::gen_bf16(&dev, &gen, &mut input, case.seed, g.input_stream, [1, 1, 1, ni8], false)?;
-            let (weight, out, fp8) = match (&lt, g.fp8) {
+            let (weight, out) = match (&lt, g.fp8) {
                 (Some((lt, gen_w)), true) => {
                     let mp = padded_rows(g.m);
                     let (kb, nb) = g.blocks();
@@ -180,17 +184,17 @@ impl RestCuda {
                     let mut out = launch::alloc::<u16>(&dev, mp * g.n, "rest GEMM output")?;
                     launch::fill_bytes(&dev, &mut out, 0xFF)?;
                     let ops = Fp8Operands { gemm, input_codes, input_scales, weight_codes, _weight_scales: weight_scales };
-                    (launch::alloc::<u16>(&dev, 1, "unused bf16 weight")?, out, Some(ops))
+                    (Weight::Fp8(ops), out)
                 }
                 _ => {
                     let mut weight = launch::alloc::<u16>(&dev, nw8, "rest GEMM weight")?;
                     launch::gen_bf16(&dev, &gen, &mut weight, case.seed, g.weight_stream, [1, 1, 1, nw8], false)?;
                     let mut out = launch::alloc::<u16>(&dev, no, "rest GEMM output")?;
                     launch::fill_bytes(&dev, &mut out, 0xFF)?;
-                    (weight, out, None)
+                    (Weight::Bf16(weight), out)
                 }
             };
-            operands.push(Operands { input, weight, out, fp8 });
+            operands.push(Operands { input, weight, out });
         }
         let spans = spans(&gemms);
         let timer = EventTimer::new(&dev, spans.len())?;
@@ -226,12 +230,13 @@ impl Engine for RestCuda {
         p.timer.start(&dev)?;
         for (i, &(_, first, end)) in spans.iter().enumerate() {
             for (g, o) in p.gemms[first..end].iter().zip(&mut p.operands[first..end]) {
-                match (&mut o.fp8, &mut p.quant) {
-                    (Some(f), Some((quant, workspace))) => {
+                match (&mut o.weight, &mut p.quant) {
+                    (Weight::Fp8(f), Some((quant, workspace))) => {
                         launch::quant_fp8_groups(&dev, quant, &o.input, &mut f.input_codes, &mut f.input_scales, (g.m, f.gemm.m, g.k))?;
                         f.gemm.run(&dev, &f.weight_codes, &f.input_codes, &mut o.out, workspace)?;
                     }
-                    _ => launch::gemm_bf16_rows(&p.blas, &dev, g.batch, g.m, g.k, g.n, &o.input, &o.weight, &mut o.out)?,
+                    (Weight::Bf16(w), _) => launch::gemm_bf16_rows(&p.blas, &dev, g.batch, g.m, g.k, g.n, &o.input, w, &mut o.out)?,
+                    (Weight::Fp8(_), None) => return Err(EngineError::State("rest-cuda: an FP8 GEMM without its quantiser".into())),
                 }
             }
             p.timer.mark(&dev, i)?;
